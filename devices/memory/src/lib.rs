@@ -1,0 +1,216 @@
+//! p2plab-memory: bus addresses, the DMA-space trait, and shared-memory mappings.
+//!
+//! # What it is
+//! The vocabulary every p2plab device model and the fabric share:
+//! - [`BusAddr`]: an address a device puts on the PCIe bus (a guest-physical address,
+//!   since the lab runs without a vIOMMU). A newtype so it cannot be mixed with BAR
+//!   offsets or file offsets.
+//! - [`DmaSpace`]: what a bus master can do with a bus address: read, write, and the
+//!   zero-copy file transfers the NVMe model uses (`pread` straight into the target).
+//! - [`InterruptSink`]: how a device raises an MSI-X vector.
+//! - [`MmapRegion`]: a shared mapping of a file descriptor (a guest-RAM memfd handed over
+//!   by QEMU, or a BAR's own memfd) with bounds-checked copy and file I/O.
+//!
+//! # Architecture
+//! Device crates forbid `unsafe`; they only see the traits here. This is the one crate
+//! that maps memory: [`MmapRegion`] owns the raw pointer, checks every range against its
+//! length, and is the only place that turns a pointer into a slice.
+//!
+//! # What it does not implement
+//! Routing (which mapping a bus address hits) and counting: that is `p2plab-fabric`.
+//! Guest memory is shared with a running guest, so byte contents can change under a copy;
+//! that is the nature of DMA and not a memory-safety issue for plain byte copies, which is
+//! why all access goes through `copy_nonoverlapping` on raw pointers and never through
+//! long-lived Rust references.
+
+use std::fs::File;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+mod mmap;
+pub use mmap::{memfd_create, MmapRegion};
+
+/// A bus address (guest physical address) as seen by a DMA master.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BusAddr(pub u64);
+
+impl BusAddr {
+    /// `self + off`, or `None` on overflow (guest-controlled values must never wrap).
+    pub fn checked_add(self, off: u64) -> Option<BusAddr> {
+        self.0.checked_add(off).map(BusAddr)
+    }
+}
+
+impl std::fmt::LowerHex for BusAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// Why a DMA failed. Device models turn these into guest-visible statuses (NVMe: Data
+/// Transfer Error); they are never a reason to panic.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum DmaError {
+    /// Nothing is mapped at (part of) this range.
+    #[error("no mapping covers bus address {addr:#x}+{len:#x}")]
+    Unmapped { addr: u64, len: u64 },
+    /// The target mapping does not allow this direction.
+    #[error("bus address {addr:#x} is mapped read-only")]
+    ReadOnly { addr: u64 },
+    /// The device's Bus Master Enable bit is clear.
+    #[error("bus mastering is disabled")]
+    BusMasterDisabled,
+    /// A range whose end overflows 64 bits.
+    #[error("range {addr:#x}+{len:#x} overflows")]
+    Overflow { addr: u64, len: u64 },
+    /// The client (QEMU) relay failed or the client went away.
+    #[error("relayed DMA through the client failed: {0}")]
+    Relay(String),
+    /// Reading or writing the backing file failed.
+    #[error("backing file I/O failed: {0}")]
+    Io(String),
+    /// The transfer moved fewer bytes than asked.
+    #[error("partial transfer: expected {expected} bytes, completed {completed}")]
+    Partial { expected: usize, completed: usize },
+}
+
+/// Direction-neutral view of a bus as one DMA master sees it.
+///
+/// Implementations route each address (own BAR, peer BAR, guest RAM, client relay) and
+/// count the bytes; the device model never knows which route was taken.
+pub trait DmaSpace: Send + Sync {
+    /// Device reads `buf.len()` bytes at `addr` (the target is read).
+    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError>;
+    /// Device writes `data` at `addr` (the target is written).
+    fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError>;
+
+    /// Device writes `len` bytes read from `file` at `file_offset` to `addr`.
+    /// Routed implementations `pread` straight into the target mapping (zero copy); this
+    /// default bounces through a buffer.
+    fn write_from_file(
+        &self,
+        addr: BusAddr,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        let mut buf = vec![0u8; len];
+        read_exact_at(file, &mut buf, file_offset)?;
+        self.write(addr, &buf)
+    }
+
+    /// Device reads `len` bytes at `addr` and they are written to `file` at `file_offset`.
+    /// Routed implementations `pwrite` straight from the source mapping.
+    fn read_to_file(
+        &self,
+        addr: BusAddr,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        let mut buf = vec![0u8; len];
+        self.read(addr, &mut buf)?;
+        write_all_at(file, &buf, file_offset)
+    }
+}
+
+impl<T: DmaSpace + ?Sized> DmaSpace for std::sync::Arc<T> {
+    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        (**self).read(addr, buf)
+    }
+    fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
+        (**self).write(addr, data)
+    }
+    fn write_from_file(&self, a: BusAddr, f: &File, o: u64, l: usize) -> Result<(), DmaError> {
+        (**self).write_from_file(a, f, o, l)
+    }
+    fn read_to_file(&self, a: BusAddr, f: &File, o: u64, l: usize) -> Result<(), DmaError> {
+        (**self).read_to_file(a, f, o, l)
+    }
+}
+
+/// How a device raises an interrupt: one MSI-X vector (or vector 0 for INTx/MSI).
+pub trait InterruptSink: Send + Sync {
+    fn signal(&self, vector: u16);
+}
+
+/// `pread` until `buf` is full; a short file reads as an error (never silently zero).
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), DmaError> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset).map_err(|e| DmaError::Io(e.to_string()))
+}
+
+/// `pwrite` all of `buf`.
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> Result<(), DmaError> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, offset).map_err(|e| DmaError::Io(e.to_string()))
+}
+
+/// A flat, in-memory DMA space for unit tests of device models: `size` bytes at bus
+/// address `base`, everything else unmapped.
+pub struct TestDmaSpace {
+    base: u64,
+    mem: std::sync::Mutex<Vec<u8>>,
+}
+
+impl TestDmaSpace {
+    pub fn new(base: u64, size: usize) -> Self {
+        Self { base, mem: std::sync::Mutex::new(vec![0; size]) }
+    }
+    fn range(&self, addr: BusAddr, len: usize) -> Result<std::ops::Range<usize>, DmaError> {
+        let bad = DmaError::Unmapped { addr: addr.0, len: len as u64 };
+        let start = addr.0.checked_sub(self.base).ok_or(bad.clone())?;
+        let start = usize::try_from(start).map_err(|_| bad.clone())?;
+        let end = start.checked_add(len).ok_or(bad.clone())?;
+        let size = self.mem.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if end > size {
+            return Err(bad);
+        }
+        Ok(start..end)
+    }
+    /// Test helper: copy bytes into the space.
+    pub fn poke(&self, addr: u64, data: &[u8]) {
+        self.write(BusAddr(addr), data).expect("poke outside TestDmaSpace");
+    }
+    /// Test helper: copy bytes out of the space.
+    pub fn peek(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.read(BusAddr(addr), &mut v).expect("peek outside TestDmaSpace");
+        v
+    }
+}
+
+impl DmaSpace for TestDmaSpace {
+    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        let r = self.range(addr, buf.len())?;
+        buf.copy_from_slice(&self.mem.lock().unwrap_or_else(|p| p.into_inner())[r]);
+        Ok(())
+    }
+    fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
+        let r = self.range(addr, data.len())?;
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())[r].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Records every signalled vector, for unit tests.
+#[derive(Default)]
+pub struct RecordingInterrupts {
+    pub signalled: std::sync::Mutex<Vec<u16>>,
+}
+
+impl RecordingInterrupts {
+    pub fn take(&self) -> Vec<u16> {
+        std::mem::take(&mut *self.signalled.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl InterruptSink for RecordingInterrupts {
+    fn signal(&self, vector: u16) {
+        self.signalled.lock().unwrap_or_else(|p| p.into_inner()).push(vector);
+    }
+}
+
+/// Duplicate a borrowed fd into an owned one (`F_DUPFD_CLOEXEC`).
+pub fn dup_fd(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}

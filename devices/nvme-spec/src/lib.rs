@@ -1,0 +1,1 @@
+//! nvme-spec (skeleton)
