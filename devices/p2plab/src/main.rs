@@ -1,1 +1,55 @@
-fn main() {}
+//! `p2plab`: serve emulated PCIe P2P devices to QEMU over vfio-user, boot lab guests,
+//! read the devices' counters.
+
+mod config;
+mod control;
+mod lab;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "p2plab", version, about = "Emulated PCIe P2P DMA lab: vfio-user devices for QEMU, with counters that prove the bypass")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the p2plab devices a topology names (vfio-user sockets) until Ctrl-C.
+    Serve {
+        /// Topology file (qemu-configs/*.toml).
+        #[arg(long, default_value = "qemu-configs/switch.toml")]
+        config: PathBuf,
+        /// Directory for sockets, namespace images and counters.json (default: a fresh one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Boot a lab guest: serve the topology's devices, start QEMU, run guest cases.
+    Run(run::RunArgs),
+    /// Print the live counters of a running lab (JSON).
+    Stats {
+        /// The lab's control socket, or its run directory.
+        #[arg(default_value = ".")]
+        target: PathBuf,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Serve { config, dir } => lab::serve_main(&config, dir),
+        Cmd::Run(args) => run::run_main(args),
+        Cmd::Stats { target } => control::stats_main(&target),
+    };
+    match code {
+        Ok(c) => std::process::exit(c),
+        Err(e) => {
+            eprintln!("p2plab: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+use super::*;
+use p2plab_memory::memfd_create;
+use std::sync::Mutex;
+
+const MIB: u64 = 1 << 20;
+const RAM_BASE: u64 = 0;
+const RAM_LEN: u64 = 16 * MIB;
+const RELAY_BASE: u64 = 0xfffc_0000;
+const GPU_BAR: u64 = 0x80_0000_0000;
+const CMB_BAR: u64 = 0x81_0000_0000;
+
+/// A client with fd-backed RAM at 0..16 MiB and a relayed range at RELAY_BASE.
+struct FakeClient {
+    ram: Arc<MmapRegion>,
+    relayed: Mutex<Vec<(bool, u64, usize)>>,
+    relay_mem: Mutex<Vec<u8>>,
+}
+
+impl FakeClient {
+    fn new() -> Arc<Self> {
+        let f = memfd_create("ram", RAM_LEN).unwrap();
+        Arc::new(Self {
+            ram: Arc::new(MmapRegion::new(&f, 0, RAM_LEN as usize, true).unwrap()),
+            relayed: Mutex::default(),
+            relay_mem: Mutex::new(vec![0; 0x40000]),
+        })
+    }
+}
+
+impl HostMemory for FakeClient {
+    fn resolve(&self, addr: u64, len: u64, _write: bool) -> Result<(HostRoute, u64), DmaError> {
+        if addr < RAM_BASE + RAM_LEN {
+            Ok((HostRoute::Mapped { region: self.ram.clone(), offset: addr }, len.min(RAM_LEN - addr)))
+        } else if (RELAY_BASE..RELAY_BASE + 0x40000).contains(&addr) {
+            Ok((HostRoute::Relay, len.min(RELAY_BASE + 0x40000 - addr)))
+        } else {
+            Err(DmaError::Unmapped { addr, len })
+        }
+    }
+    fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.relayed.lock().unwrap().push((false, addr, buf.len()));
+        let o = (addr - RELAY_BASE) as usize;
+        buf.copy_from_slice(&self.relay_mem.lock().unwrap()[o..o + buf.len()]);
+        Ok(())
+    }
+    fn relay_write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.relayed.lock().unwrap().push((true, addr, data.len()));
+        let o = (addr - RELAY_BASE) as usize;
+        self.relay_mem.lock().unwrap()[o..o + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+struct Lab {
+    fabric: Fabric,
+    nvme: DeviceId,
+    gpu: DeviceId,
+    cmb: Arc<MmapRegion>,
+    vram: Arc<MmapRegion>,
+    client: Arc<FakeClient>,
+}
+
+fn mem(len: u64) -> Arc<MmapRegion> {
+    let f = memfd_create("bar", len).unwrap();
+    Arc::new(MmapRegion::new(&f, 0, len as usize, true).unwrap())
+}
+
+fn lab() -> Lab {
+    let fabric = Fabric::new();
+    let nvme = fabric.add_device("nvme0", "nvme");
+    let gpu = fabric.add_device("gpu0", "gpu");
+    let cmb = mem(4 * MIB);
+    let vram = mem(8 * MIB);
+    fabric.set_bar_memory(nvme, 2, cmb.clone());
+    fabric.set_bar_memory(gpu, 2, vram.clone());
+    fabric.set_bar_window(nvme, 0, Some((0x9000_0000, 0x4000)));
+    fabric.set_bar_window(nvme, 2, Some((CMB_BAR, 4 * MIB)));
+    fabric.set_bar_window(gpu, 2, Some((GPU_BAR, 8 * MIB)));
+    let client = FakeClient::new();
+    fabric.set_client(nvme, Some(client.clone()));
+    fabric.set_client(gpu, Some(client.clone()));
+    fabric.set_bus_master(nvme, true);
+    fabric.set_bus_master(gpu, true);
+    Lab { fabric, nvme, gpu, cmb, vram, client }
+}
+
+fn dev<'a>(c: &'a Counters, name: &str) -> &'a DeviceSnapshot {
+    c.devices.iter().find(|d| d.name == name).unwrap()
+}
+
+#[test]
+fn peer_write_lands_in_peer_memory_and_counts_both_sides() {
+    let l = lab();
+    let port = l.fabric.port(l.nvme);
+    port.write(BusAddr(GPU_BAR + 4096), &[0xab; 8192]).unwrap();
+    let mut b = [0u8; 8192];
+    l.vram.read(4096, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0xab));
+    let c = l.fabric.snapshot();
+    assert_eq!(dev(&c, "nvme0").dma.peers["gpu0"].write_bytes, 8192);
+    assert_eq!(dev(&c, "gpu0").inbound.peers["nvme0"].write_bytes, 8192);
+    assert_eq!(dev(&c, "nvme0").dma.host_memory, DirSnapshot::default());
+    assert_eq!(dev(&c, "nvme0").dma.client_relay, DirSnapshot::default());
+}
+
+#[test]
+fn own_bar_is_self_and_needs_no_bus_master() {
+    let l = lab();
+    l.fabric.set_bus_master(l.nvme, false);
+    let port = l.fabric.port(l.nvme);
+    port.write(BusAddr(CMB_BAR), b"sqe!").unwrap();
+    let mut b = [0u8; 4];
+    port.read(BusAddr(CMB_BAR), &mut b).unwrap();
+    assert_eq!(&b, b"sqe!");
+    let c = l.fabric.snapshot();
+    assert_eq!(dev(&c, "nvme0").dma.self_, DirSnapshot { read_bytes: 4, write_bytes: 4, ops: 2 });
+    assert_eq!(port.write(BusAddr(0x1000), b"x"), Err(DmaError::BusMasterDisabled));
+}
+
+#[test]
+fn guest_ram_is_host_memory_and_relay_is_client_relay() {
+    let l = lab();
+    let port = l.fabric.port(l.gpu);
+    port.write(BusAddr(0x2000), &[7; 100]).unwrap();
+    port.write(BusAddr(RELAY_BASE + 16), &[9; 10]).unwrap();
+    let mut b = [0u8; 10];
+    port.read(BusAddr(RELAY_BASE + 16), &mut b).unwrap();
+    assert_eq!(b, [9; 10]);
+    let c = l.fabric.snapshot();
+    let g = dev(&c, "gpu0");
+    assert_eq!(g.dma.host_memory.write_bytes, 100);
+    assert_eq!(g.dma.client_relay, DirSnapshot { read_bytes: 10, write_bytes: 10, ops: 2 });
+    assert_eq!(l.client.relayed.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn trapped_bars_and_holes_are_errors() {
+    let l = lab();
+    let port = l.fabric.port(l.gpu);
+    assert!(matches!(port.write(BusAddr(0x9000_0000), &[1]), Err(DmaError::Unmapped { .. })));
+    assert!(matches!(port.write(BusAddr(0x7000_0000_0000), &[1]), Err(DmaError::Unmapped { .. })));
+    assert!(matches!(port.write(BusAddr(u64::MAX), &[1, 2]), Err(DmaError::Overflow { .. })));
+    let mut b = [0u8; 16];
+    // Runs off the end of the VRAM window into nothing.
+    assert!(port.read(BusAddr(GPU_BAR + 8 * MIB - 8), &mut b).is_err());
+}
+
+#[test]
+fn disabled_window_is_not_routed() {
+    let l = lab();
+    l.fabric.set_bar_window(l.gpu, 2, None);
+    let port = l.fabric.port(l.nvme);
+    assert!(port.write(BusAddr(GPU_BAR), &[1]).is_err());
+    assert_eq!(dev(&l.fabric.snapshot(), "gpu0").bars.len(), 0);
+}
+
+#[test]
+fn no_client_means_no_guest_ram() {
+    let l = lab();
+    l.fabric.set_client(l.nvme, None);
+    assert!(l.fabric.port(l.nvme).write(BusAddr(0x1000), &[1]).is_err());
+}
+
+#[test]
+fn file_transfers_are_zero_copy_into_peer_and_split_at_windows() {
+    let l = lab();
+    let f = memfd_create("ns", 16 * MIB).unwrap();
+    p2plab_memory::write_all_at(&f, &vec![0x5a; 2 * MIB as usize], 0).unwrap();
+    let port = l.fabric.port(l.nvme);
+    port.write_from_file(BusAddr(GPU_BAR), &f, 0, 2 * MIB as usize).unwrap();
+    let mut b = vec![0u8; 2 * MIB as usize];
+    l.vram.read(0, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0x5a));
+    // From the CMB back to the file: self reads.
+    l.cmb.fill(0, 4096, 0x11).unwrap();
+    port.read_to_file(BusAddr(CMB_BAR), &f, 8 * MIB, 4096).unwrap();
+    let mut b = [0u8; 4096];
+    p2plab_memory::read_exact_at(&f, &mut b, 8 * MIB).unwrap();
+    assert!(b.iter().all(|&x| x == 0x11));
+    let c = l.fabric.snapshot();
+    assert_eq!(dev(&c, "nvme0").dma.peers["gpu0"].write_bytes, 2 * MIB);
+    assert_eq!(dev(&c, "nvme0").dma.self_.read_bytes, 4096);
+}
+
+#[test]
+fn snapshot_matches_the_counter_contract() {
+    let l = lab();
+    let v = serde_json::to_value(l.fabric.snapshot()).unwrap();
+    let d = &v["devices"][0];
+    assert_eq!(d["name"], "nvme0");
+    for k in ["host_memory", "self", "client_relay"] {
+        assert!(d["dma"][k]["read_bytes"].is_u64(), "{k}");
+    }
+    assert!(d["dma"]["peers"]["gpu0"]["ops"].is_u64());
+    assert!(d["inbound"]["peers"]["gpu0"]["write_bytes"].is_u64());
+    assert!(d["inbound"]["cpu_mmio"]["read_bytes"].is_u64());
+}
+
+#[test]
+fn concurrent_traffic_counts_exactly() {
+    let l = lab();
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let port = l.fabric.port(l.nvme);
+            std::thread::spawn(move || {
+                for j in 0..100u64 {
+                    port.write(BusAddr(GPU_BAR + (i * 100 + j) * 64), &[1; 64]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let c = l.fabric.snapshot();
+    assert_eq!(dev(&c, "nvme0").dma.peers["gpu0"], DirSnapshot { read_bytes: 0, write_bytes: 400 * 64, ops: 400 });
+}
