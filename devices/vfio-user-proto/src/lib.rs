@@ -1,1 +1,38 @@
-//! vfio-user-proto (skeleton)
+//! vfio-user-proto: the vfio-user wire format.
+//!
+//! # What it is
+//! Everything needed to read and write vfio-user messages, and nothing that does I/O:
+//! - [`Header`], the message flags and the open [`Command`] number type;
+//! - the `#[repr(C)]` payload structs in [`wire`] (zerocopy, size-asserted), which mirror
+//!   QEMU's `hw/vfio-user/protocol.h` and the vfio-user spec;
+//! - the VFIO constants vfio-user reuses from `linux/vfio.h` ([`vfio`]);
+//! - VERSION capabilities JSON ([`caps`]);
+//! - [`decode_request`], turning a received payload into a typed [`Request`] or a
+//!   [`DecodeError`] that carries the errno for the error reply.
+//!
+//! # Architecture
+//! `vfio-user-server` reads a header, validates its size, reads the whole payload and
+//! hands both to [`decode_request`]. Replies are built from the same structs with
+//! `zerocopy::IntoBytes`.
+//!
+//! # What it does not implement
+//! Migration, dirty-page tracking, DEVICE_FEATURE and GET_REGION_IO_FDS payloads: they
+//! decode to [`DecodeError::Unsupported`]. Twin-socket mode is not modelled.
+//!
+//! # A QEMU/spec discrepancy
+//! QEMU's `VFIOUserDMARW` puts DMA_READ/DMA_WRITE data at payload offset 12, not 16 as
+//! the spec says; see [`DmaRwLayout`].
+
+#![forbid(unsafe_code)]
+
+pub mod caps;
+mod header;
+mod request;
+pub mod vfio;
+pub mod wire;
+
+pub use caps::{emit_capabilities, parse_capabilities, Capabilities};
+pub use header::*;
+pub use request::{decode_request, errno, DecodeError, Request};
+pub use vfio::*;
+pub use wire::DmaRwLayout;

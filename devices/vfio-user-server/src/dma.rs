@@ -1,0 +1,406 @@
+//! The client's DMA map table and server→client DMA.
+//!
+//! Every DMA_MAP is recorded. Maps that came with an fd (guest RAM with
+//! `memory-backend-memfd,share=on`) are mmapped and accessed directly; maps without
+//! one (anonymous guest RAM, BARs of vfio-user devices, ROM) are reached with
+//! VFIO_USER_DMA_READ/WRITE messages ("relay").
+
+use crate::link::Link;
+use crate::Errno;
+use p2plab_memory::{BusAddr, DmaError, DmaSpace, MmapRegion};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use vfio_user_proto::wire::DmaAccess;
+use vfio_user_proto::{Command, DmaRwLayout, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
+use zerocopy::IntoBytes;
+
+/// Where a bus address lives, as [`ClientDma::resolve`] found it.
+#[derive(Clone)]
+pub enum Resolved {
+    /// In an fd-backed map: access `region` at `offset` directly.
+    Mapped {
+        region: Arc<MmapRegion>,
+        offset: u64,
+    },
+    /// In a map without fd: use [`ClientDma::relay_read`] / [`ClientDma::relay_write`].
+    Relay,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resolved::Mapped { offset, .. } => write!(f, "Mapped {{ offset: {offset:#x} }}"),
+            Resolved::Relay => f.write_str("Relay"),
+        }
+    }
+}
+
+struct MapEntry {
+    size: u64,
+    flags: u32,
+    /// The mapping and the offset of `iova` inside it (fd offsets need not be page
+    /// aligned; the mapping starts at the page below).
+    backing: Option<(Arc<MmapRegion>, u64)>,
+}
+
+/// One DMA map as recorded (for diagnostics and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaMapInfo {
+    pub iova: u64,
+    pub size: u64,
+    /// `DMA_MAP_FLAG_READ` / `DMA_MAP_FLAG_WRITE`.
+    pub flags: u32,
+    /// The map came with an fd and is accessed directly.
+    pub fd_backed: bool,
+}
+
+/// The DMA view of one client connection: its map table and the relay.
+///
+/// Implements [`DmaSpace`] (fd maps direct, others relayed). After the client
+/// disconnects every access fails with [`DmaError::Unmapped`] or [`DmaError::Relay`].
+pub struct ClientDma {
+    link: Arc<Link>,
+    maps: RwLock<BTreeMap<u64, MapEntry>>,
+    max_maps: AtomicUsize,
+    unmap_wait: Duration,
+    layout: DmaRwLayout,
+}
+
+const PAGE: u64 = 4096;
+
+impl ClientDma {
+    pub(crate) fn new(
+        link: Arc<Link>,
+        max_maps: usize,
+        unmap_wait: Duration,
+        layout: DmaRwLayout,
+    ) -> Self {
+        ClientDma {
+            link,
+            maps: RwLock::new(BTreeMap::new()),
+            max_maps: AtomicUsize::new(max_maps),
+            unmap_wait,
+            layout,
+        }
+    }
+
+    fn read_maps(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, MapEntry>> {
+        self.maps.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_maps(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, MapEntry>> {
+        self.maps.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The map containing `addr`, and how many bytes from `addr` stay inside it (<= len).
+    pub fn resolve(&self, addr: u64, len: u64, write: bool) -> Result<(Resolved, u64), DmaError> {
+        let maps = self.read_maps();
+        let unmapped = DmaError::Unmapped { addr, len };
+        let (&iova, e) = maps.range(..=addr).next_back().ok_or(unmapped.clone())?;
+        let off = addr - iova; // iova <= addr by the range query
+        if off >= e.size {
+            return Err(unmapped);
+        }
+        if write && e.flags & DMA_MAP_FLAG_WRITE == 0 {
+            return Err(DmaError::ReadOnly { addr });
+        }
+        if !write && e.flags & DMA_MAP_FLAG_READ == 0 {
+            return Err(unmapped);
+        }
+        let n = len.min(e.size - off);
+        let r = match &e.backing {
+            Some((region, delta)) => Resolved::Mapped {
+                region: region.clone(),
+                offset: delta + off,
+            },
+            None => Resolved::Relay,
+        };
+        Ok((r, n))
+    }
+
+    /// VFIO_USER_DMA_READ: the client reads guest memory at `addr` into `buf`, in
+    /// chunks of the negotiated `max_data_xfer_size`.
+    ///
+    /// Callable from any thread except the connection's reader thread (it would wait
+    /// for a reply only it can receive: an error is returned instead). Never holds a
+    /// lock while waiting. Must not be called while a client request is being handled
+    /// (QEMU runs DMA under the BQL that the vCPU waiting for our reply holds).
+    pub fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let chunk = self.link.max_xfer.load(Ordering::Relaxed).max(1);
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = chunk.min(buf.len() - done);
+            let a = checked_addr(addr, done, buf.len())?;
+            let req = DmaAccess {
+                address: a,
+                count: n as u64,
+            };
+            let reply = self.link.request(Command::DMA_READ, req.as_bytes())?;
+            let data = self
+                .layout
+                .decode_read_reply(&reply, n)
+                .map_err(|e| DmaError::Relay(format!("bad DMA_READ reply: {e}")))?;
+            buf[done..done + n].copy_from_slice(data);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// VFIO_USER_DMA_WRITE: the client writes `data` to guest memory at `addr`. Same
+    /// threading rules as [`ClientDma::relay_read`].
+    pub fn relay_write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
+        let chunk = self.link.max_xfer.load(Ordering::Relaxed).max(1);
+        let mut done = 0usize;
+        while done < data.len() {
+            let n = chunk.min(data.len() - done);
+            let a = checked_addr(addr, done, data.len())?;
+            let payload = self
+                .layout
+                .encode_write(a, &data[done..done + n])
+                .ok_or_else(|| DmaError::Relay("DMA_WRITE too large".into()))?;
+            self.link.request(Command::DMA_WRITE, &payload)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The maps currently recorded, in address order.
+    pub fn maps(&self) -> Vec<DmaMapInfo> {
+        self.read_maps()
+            .iter()
+            .map(|(&iova, e)| DmaMapInfo {
+                iova,
+                size: e.size,
+                flags: e.flags,
+                fd_backed: e.backing.is_some(),
+            })
+            .collect()
+    }
+
+    /// Whether the client connection is still up.
+    pub fn is_connected(&self) -> bool {
+        !self.link.is_closed()
+    }
+
+    pub(crate) fn set_max_maps(&self, n: usize) {
+        self.max_maps.store(n, Ordering::Relaxed);
+    }
+
+    /// DMA_MAP: record `iova..iova+size`, mmapping `fd` at `fd_offset` if given.
+    pub(crate) fn add(
+        &self,
+        iova: u64,
+        size: u64,
+        flags: u32,
+        fd: Option<(OwnedFd, u64)>,
+    ) -> Result<(), Errno> {
+        if size == 0 || flags & !(DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = iova.checked_add(size).ok_or(Errno::EINVAL)?;
+        if self.overlaps(iova, end) {
+            return Err(Errno::EEXIST);
+        }
+        // Map outside the table lock: mmap of a large range can take a while.
+        let backing = match fd {
+            None => None,
+            Some((fd, fd_offset)) => {
+                let delta = fd_offset % PAGE;
+                let len = size.checked_add(delta).ok_or(Errno::EINVAL)?;
+                let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
+                let file = File::from(fd);
+                let region = MmapRegion::new(
+                    &file,
+                    fd_offset - delta,
+                    len,
+                    flags & DMA_MAP_FLAG_WRITE != 0,
+                )
+                .map_err(Errno::from)?;
+                Some((Arc::new(region), delta))
+            }
+        };
+        let mut maps = self.write_maps();
+        if maps.len() >= self.max_maps.load(Ordering::Relaxed) {
+            return Err(Errno::ENOSPC);
+        }
+        if overlaps_in(&maps, iova, end) {
+            return Err(Errno::EEXIST);
+        }
+        maps.insert(
+            iova,
+            MapEntry {
+                size,
+                flags,
+                backing,
+            },
+        );
+        Ok(())
+    }
+
+    fn overlaps(&self, iova: u64, end: u64) -> bool {
+        overlaps_in(&self.read_maps(), iova, end)
+    }
+
+    /// DMA_UNMAP of exactly one earlier map; waits for in-flight users of its mapping.
+    pub(crate) fn remove(&self, iova: u64, size: u64) -> Result<(), Errno> {
+        let e = {
+            let mut maps = self.write_maps();
+            match maps.get(&iova) {
+                Some(e) if e.size == size => maps.remove(&iova),
+                _ => None,
+            }
+        };
+        let e = e.ok_or(Errno::EINVAL)?;
+        self.retire(iova, e);
+        Ok(())
+    }
+
+    /// DMA_UNMAP with the ALL flag, and disconnect.
+    pub(crate) fn clear(&self) {
+        let all = std::mem::take(&mut *self.write_maps());
+        for (iova, e) in all {
+            self.retire(iova, e);
+        }
+    }
+
+    /// Drop a removed map once nobody uses its mapping any more (bounded wait: a user
+    /// that holds a [`Resolved::Mapped`] region for longer only delays the munmap,
+    /// which stays memory-safe because the region is reference counted).
+    fn retire(&self, iova: u64, e: MapEntry) {
+        let Some((region, _)) = e.backing else { return };
+        let start = Instant::now();
+        let mut nap = Duration::from_micros(20);
+        while Arc::strong_count(&region) > 1 {
+            if start.elapsed() >= self.unmap_wait {
+                log::warn!(
+                    "DMA map {iova:#x} still in use after {:?}; unmapping anyway",
+                    self.unmap_wait
+                );
+                break;
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(5));
+        }
+    }
+}
+
+fn overlaps_in(maps: &BTreeMap<u64, MapEntry>, iova: u64, end: u64) -> bool {
+    if let Some((&a, e)) = maps.range(..end).next_back() {
+        // The last map starting below `end` overlaps iff it ends above `iova`.
+        return a.saturating_add(e.size) > iova;
+    }
+    false
+}
+
+fn checked_addr(addr: u64, done: usize, len: usize) -> Result<u64, DmaError> {
+    addr.checked_add(done as u64).ok_or(DmaError::Overflow {
+        addr,
+        len: len as u64,
+    })
+}
+
+impl DmaSpace for ClientDma {
+    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let a = checked_addr(addr.0, done, buf.len())?;
+            let rest = (buf.len() - done) as u64;
+            let (r, n) = self.resolve(a, rest, false)?;
+            let n = n as usize; // n <= rest, which came from a usize
+            let dst = &mut buf[done..done + n];
+            match r {
+                Resolved::Mapped { region, offset } => region.read(offset, dst)?,
+                Resolved::Relay => self.relay_read(a, dst)?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let a = checked_addr(addr.0, done, data.len())?;
+            let rest = (data.len() - done) as u64;
+            let (r, n) = self.resolve(a, rest, true)?;
+            let n = n as usize;
+            let src = &data[done..done + n];
+            match r {
+                Resolved::Mapped { region, offset } => region.write(offset, src)?,
+                Resolved::Relay => self.relay_write(a, src)?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_from_file(
+        &self,
+        addr: BusAddr,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        let mut done = 0usize;
+        while done < len {
+            let a = checked_addr(addr.0, done, len)?;
+            let (r, n) = self.resolve(a, (len - done) as u64, true)?;
+            let n = n as usize;
+            let foff = file_offset
+                .checked_add(done as u64)
+                .ok_or(DmaError::Overflow {
+                    addr: a,
+                    len: len as u64,
+                })?;
+            match r {
+                Resolved::Mapped { region, offset } => {
+                    region.read_from_file(offset, file, foff, n)?
+                }
+                Resolved::Relay => {
+                    let mut b = vec![0u8; n];
+                    p2plab_memory::read_exact_at(file, &mut b, foff)?;
+                    self.relay_write(a, &b)?;
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_to_file(
+        &self,
+        addr: BusAddr,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        let mut done = 0usize;
+        while done < len {
+            let a = checked_addr(addr.0, done, len)?;
+            let (r, n) = self.resolve(a, (len - done) as u64, false)?;
+            let n = n as usize;
+            let foff = file_offset
+                .checked_add(done as u64)
+                .ok_or(DmaError::Overflow {
+                    addr: a,
+                    len: len as u64,
+                })?;
+            match r {
+                Resolved::Mapped { region, offset } => {
+                    region.write_to_file(offset, file, foff, n)?
+                }
+                Resolved::Relay => {
+                    let mut b = vec![0u8; n];
+                    self.relay_read(a, &mut b)?;
+                    p2plab_memory::write_all_at(file, &b, foff)?;
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
