@@ -1,9 +1,13 @@
 //! `p2plab`: serve emulated PCIe P2P devices to QEMU over vfio-user, boot lab guests,
 //! read the devices' counters.
 
+mod assertions;
 mod config;
 mod control;
+mod counters;
+mod image;
 mod lab;
+mod qemu;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,178 @@
+//! PCI identity, BAR layout and capabilities of the GPU-like device.
+//!
+//! IDs: vendor [`VENDOR_ID`] `0x2b2b` is a lab-only ID chosen for "p2p" (it is not in the
+//! pci.ids database as of 2023-04 and not assigned to p2plab by the PCI-SIG; never ship
+//! it outside a lab VM). Device [`DEVICE_ID`] `0x0001`, class [`CLASS_CODE`] 0x030200
+//! (display controller, 3D). The guest module `p2pgpu.ko` binds exactly this pair.
+//!
+//! | BAR | what | type | size |
+//! |---|---|---|---|
+//! | 0 | registers ([`crate::regs`]) | 64-bit, non-prefetchable, trapped | 64 KiB |
+//! | 2 | "VRAM" | 64-bit, prefetchable, memfd-backed (mmapped by QEMU) | `GpuConfig::vram_size` |
+//! | 4 | MSI-X table (offset 0) + PBA ([`MSIX_PBA_OFFSET`]) | 32-bit, non-prefetchable, trapped | 4 KiB |
+//!
+//! [`PciLayout::build`] turns the description into a `p2plab_pci::ConfigSpace`.
+//!
+//! Capabilities: Power Management, MSI-X ([`crate::regs::MSIX_VECTORS`] vectors), PCI
+//! Express endpoint; extended: Resizable BAR for BAR2 (sizes from 1 MiB up to the VRAM
+//! size, current = VRAM size), Device Serial Number.
+
+use crate::regs;
+use p2plab_pci::{BarDef, BarKind, ConfigError, ConfigSpace, PciIds};
+
+/// Lab-only vendor ID (see the module docs).
+pub const VENDOR_ID: u16 = 0x2b2b;
+/// The GPU-like device.
+pub const DEVICE_ID: u16 = 0x0001;
+/// Subsystem vendor (same lab-only ID).
+pub const SUBSYSTEM_VENDOR_ID: u16 = VENDOR_ID;
+/// Subsystem ID.
+pub const SUBSYSTEM_ID: u16 = 0x0001;
+/// Revision ID.
+pub const REVISION_ID: u8 = 0x01;
+/// Class code: base 0x03 (display), sub 0x02 (3D controller), prog-if 0.
+pub const CLASS_CODE: u32 = 0x03_02_00;
+
+/// Size of BAR4 (MSI-X table and PBA).
+pub const MSIX_BAR_SIZE: u64 = 4096;
+/// Offset of the MSI-X table in BAR4.
+pub const MSIX_TABLE_OFFSET: u32 = 0;
+/// Offset of the MSI-X Pending Bit Array in BAR4.
+pub const MSIX_PBA_OFFSET: u32 = 0x800;
+
+/// Smallest VRAM size: the smallest Resizable BAR size (1 MiB).
+pub const MIN_VRAM_SIZE: u64 = 1 << 20;
+/// Largest VRAM size: the largest size the Resizable BAR capability register can
+/// advertise without the extended size bits (2^47 bytes = 128 TiB).
+pub const MAX_VRAM_SIZE: u64 = 1 << 47;
+
+/// One memory BAR as the config space must advertise it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarLayout {
+    /// BAR index (a 64-bit BAR also uses `index + 1`).
+    pub index: usize,
+    pub size: u64,
+    pub is_64bit: bool,
+    pub prefetchable: bool,
+    /// Whether the host serves it from a memfd that QEMU mmaps.
+    pub mmappable: bool,
+}
+
+/// The device's whole PCI description (input of the `p2plab-pci` builder).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciLayout {
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem_vendor: u16,
+    pub subsystem: u16,
+    pub revision: u8,
+    /// 24-bit class code.
+    pub class: u32,
+    pub bars: [BarLayout; 3],
+    pub msix_vectors: u16,
+    pub msix_bar: usize,
+    pub msix_table_offset: u32,
+    pub msix_pba_offset: u32,
+    /// Resizable BAR index (the VRAM BAR).
+    pub rebar_bar: usize,
+    /// Resizable BAR supported sizes: bit n = 2^(n+20) bytes.
+    pub rebar_sizes: u64,
+    /// Device Serial Number.
+    pub dsn: u64,
+    /// INTx pin (1 = INTA#); only a fallback, MSI-X is what the driver uses.
+    pub interrupt_pin: u8,
+}
+
+/// Resizable BAR size mask for a VRAM of `vram_size` bytes: every power of two from
+/// 1 MiB up to `vram_size` (bit n = 2^(n+20) bytes, n <= 27).
+pub fn rebar_sizes(vram_size: u64) -> u64 {
+    (0..=27u32)
+        .filter(|n| 1u64.checked_shl(n + 20).is_some_and(|s| s <= vram_size))
+        .fold(0, |m, n| m | (1 << n))
+}
+
+/// The PCI description of a device with `vram_size` bytes of VRAM and serial `dsn`.
+pub fn layout(vram_size: u64, dsn: u64) -> PciLayout {
+    PciLayout {
+        vendor: VENDOR_ID,
+        device: DEVICE_ID,
+        subsystem_vendor: SUBSYSTEM_VENDOR_ID,
+        subsystem: SUBSYSTEM_ID,
+        revision: REVISION_ID,
+        class: CLASS_CODE,
+        bars: [
+            BarLayout {
+                index: crate::REG_BAR,
+                size: regs::BAR0_SIZE,
+                is_64bit: true,
+                prefetchable: false,
+                mmappable: false,
+            },
+            BarLayout {
+                index: crate::VRAM_BAR,
+                size: vram_size,
+                is_64bit: true,
+                prefetchable: true,
+                mmappable: true,
+            },
+            BarLayout {
+                index: crate::MSIX_BAR,
+                size: MSIX_BAR_SIZE,
+                is_64bit: false,
+                prefetchable: false,
+                mmappable: false,
+            },
+        ],
+        msix_vectors: regs::MSIX_VECTORS,
+        msix_bar: crate::MSIX_BAR,
+        msix_table_offset: MSIX_TABLE_OFFSET,
+        msix_pba_offset: MSIX_PBA_OFFSET,
+        rebar_bar: crate::VRAM_BAR,
+        rebar_sizes: rebar_sizes(vram_size),
+        dsn,
+        interrupt_pin: 1,
+    }
+}
+
+impl PciLayout {
+    /// Build the power-on config space with the `p2plab-pci` builder.
+    pub fn build(&self) -> Result<ConfigSpace, ConfigError> {
+        let ids = PciIds {
+            vendor: self.vendor,
+            device: self.device,
+            subsystem_vendor: self.subsystem_vendor,
+            subsystem: self.subsystem,
+            revision: self.revision,
+            class: self.class,
+        };
+        let mut b = ConfigSpace::builder(ids);
+        for bar in &self.bars {
+            let kind = if bar.is_64bit {
+                BarKind::Mem64
+            } else {
+                BarKind::Mem32
+            };
+            b = b.bar(
+                bar.index,
+                BarDef {
+                    size: bar.size,
+                    kind,
+                    prefetchable: bar.prefetchable,
+                },
+            );
+        }
+        b.msix(
+            self.msix_vectors,
+            self.msix_bar,
+            u64::from(self.msix_table_offset),
+            self.msix_bar,
+            u64::from(self.msix_pba_offset),
+        )
+        .power_management()
+        .pcie_endpoint()
+        .dsn(self.dsn)
+        .resizable_bar(self.rebar_bar, self.rebar_sizes)
+        .interrupt_pin(self.interrupt_pin)
+        .build()
+    }
+}

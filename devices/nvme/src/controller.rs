@@ -1,0 +1,906 @@
+//! The controller: register access from the vfio-user thread, queue processing on the
+//! host's worker thread.
+//!
+//! Locking: `regs` (register file) and the doorbell atomics are touched by `bar_*`; they
+//! are never held across DMA. `state` (queues, features, async events) belongs to
+//! [`NvmeController::process`] and is held across DMA and file I/O, so nothing a vCPU
+//! waits for (a register access) ever takes it: CC.EN transitions are recorded and
+//! carried out by the worker.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use nvme_spec::log::LogPageId;
+use nvme_spec::regs::{Cap, CAP_CSS_NVM, CSTS_SHST_COMPLETE};
+use nvme_spec::{
+    AsyncEventCompletion, AsyncEventErrorInfo, AsyncEventType, Completion, CqeStatus, Status,
+};
+use p2plab_memory::{DmaSpace, InterruptSink};
+
+use crate::admin::{self, AdminOutcome, Features};
+use crate::cmb::Cmb;
+use crate::error::ConfigError;
+use crate::namespace::{Deallocate, Namespace, NamespaceConfig};
+use crate::queue::{
+    cq_db_index, sq_db_index, CompletionQueue, Doorbells, SubmissionQueue, DB_ERR_INVALID_REGISTER,
+    DB_ERR_INVALID_VALUE,
+};
+use crate::regs::RegFile;
+use crate::{io, pci, CMB_BAR, MAX_IO_QUEUES, MSIX_BAR, REG_BAR, REG_BAR_SIZE};
+
+/// Commands taken from the admin SQ per [`NvmeController::process`] pass.
+pub const ADMIN_BATCH: usize = 16;
+/// Commands taken from each I/O SQ per pass (bounds latency for the other queues).
+pub const IO_BATCH: usize = 32;
+
+/// The vendor log page 0xC0 source: returns the bytes to report (p2plab counters JSON).
+pub type VendorLogSource = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// Controller configuration.
+pub struct NvmeConfig {
+    /// SN: 1..=20 ASCII characters; also seeds the namespace identifiers and SUBNQN.
+    pub serial: String,
+    /// MN: 1..=40 ASCII characters.
+    pub model: String,
+    /// FR: 1..=8 ASCII characters.
+    pub firmware: String,
+    /// CMB size in bytes: 0 (no CMB) or a power of two >= 2 MiB (Linux needs 2 MiB
+    /// alignment of the CMB BAR). Default 128 MiB.
+    pub cmb_size: u64,
+    /// CAP.MQES: maximum entries per queue, 0's based (1..=4095). Default 1023.
+    pub mqes: u16,
+    /// I/O queue pairs (1..=[`MAX_IO_QUEUES`]); MSI-X vectors = this + 1. Default 8.
+    pub max_io_queues: u16,
+    /// MDTS, 2^n 4 KiB pages (1..=12). Default 9 (2 MiB).
+    pub mdts: u8,
+    /// Namespaces, NSID 1.. in order.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// Hole punching for deallocation, if the host offers it.
+    pub deallocate: Option<Arc<dyn Deallocate>>,
+}
+
+impl NvmeConfig {
+    /// Defaults for everything but the identity and the namespaces.
+    pub fn new(serial: impl Into<String>, namespaces: Vec<NamespaceConfig>) -> Self {
+        Self {
+            serial: serial.into(),
+            model: "p2plab NVMe".into(),
+            firmware: "0.1".into(),
+            cmb_size: 128 << 20,
+            mqes: 1023,
+            max_io_queues: 8,
+            mdts: 9,
+            namespaces,
+            deallocate: None,
+        }
+    }
+}
+
+/// Counters behind the SMART / Health log.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub read_512: AtomicU64,
+    pub written_512: AtomicU64,
+    pub read_cmds: AtomicU64,
+    pub write_cmds: AtomicU64,
+    pub media_errors: AtomicU64,
+}
+
+/// What the worker and register paths share.
+pub(crate) struct Shared {
+    pub serial: String,
+    pub model: String,
+    pub firmware: String,
+    pub subnqn: String,
+    pub mqes: u16,
+    pub max_io_queues: u16,
+    pub msix_vectors: u16,
+    pub mdts: u8,
+    pub dma: Arc<dyn DmaSpace>,
+    pub irq: Arc<dyn InterruptSink>,
+    pub regs: Mutex<RegFile>,
+    pub doorbells: Doorbells,
+    pub work: AtomicBool,
+    pub bus_master: AtomicBool,
+    pub reset_epoch: AtomicU64,
+    pub msix: Mutex<Vec<u8>>,
+    pub vendor_log: RwLock<Option<VendorLogSource>>,
+    pub namespaces: Vec<Namespace>,
+    pub stats: Stats,
+}
+
+impl Shared {
+    pub fn regs(&self) -> MutexGuard<'_, RegFile> {
+        lock(&self.regs)
+    }
+    /// Largest data transfer in bytes (MDTS).
+    pub fn max_transfer(&self) -> u64 {
+        crate::prp::PAGE_SIZE << self.mdts
+    }
+    pub fn namespace(&self, nsid: u32) -> Option<&Namespace> {
+        let i = usize::try_from(nsid).ok()?.checked_sub(1)?;
+        self.namespaces.get(i)
+    }
+}
+
+/// Async event bookkeeping (§5.2).
+#[derive(Default)]
+pub(crate) struct AsyncEvents {
+    /// CIDs of outstanding Asynchronous Event Request commands.
+    pub outstanding: Vec<u16>,
+    pub pending: VecDeque<AsyncEventCompletion>,
+    /// Event types reported and not yet cleared by reading their log page.
+    pub masked: u8,
+}
+
+impl AsyncEvents {
+    pub fn raise(&mut self, ev: AsyncEventCompletion) {
+        let bit = 1u8 << (ev.aet() & 7);
+        let dup = self.pending.iter().any(|p| p.into_bits() == ev.into_bits());
+        if self.masked & bit == 0 && !dup && self.pending.len() < 16 {
+            self.pending.push_back(ev);
+        }
+    }
+    /// A Get Log Page without RAE for `lid` unmasks its event type.
+    pub fn log_read(&mut self, lid: LogPageId) {
+        let ty = match lid {
+            LogPageId::ERROR_INFORMATION => AsyncEventType::ERROR_STATUS,
+            LogPageId::SMART_HEALTH => AsyncEventType::SMART_HEALTH_STATUS,
+            LogPageId::CHANGED_NAMESPACE_LIST | LogPageId::FIRMWARE_SLOT => AsyncEventType::NOTICE,
+            _ => return,
+        };
+        self.masked &= !(1u8 << (ty.0 & 7));
+    }
+}
+
+/// Worker-owned state.
+pub(crate) struct State {
+    pub epoch: u64,
+    pub enabled: bool,
+    /// CSTS.CFS was set; nothing is processed until a reset.
+    pub failed: bool,
+    pub shutdown_done: bool,
+    /// Index = queue id; 0 is the admin queue.
+    pub sqs: Vec<Option<SubmissionQueue>>,
+    pub cqs: Vec<Option<CompletionQueue>>,
+    pub features: Features,
+    pub events: AsyncEvents,
+    /// Doorbell Buffer Config: (shadow doorbell buffer, EventIdx buffer).
+    pub dbbuf: Option<(u64, u64)>,
+    /// CQs with new entries in this pass (interrupts to raise).
+    pub irq_cqs: Vec<u16>,
+    /// Next I/O SQ to start the round robin at.
+    pub rr: usize,
+}
+
+impl State {
+    fn new(queues: usize, features: Features) -> Self {
+        Self {
+            epoch: 0,
+            enabled: false,
+            failed: false,
+            shutdown_done: false,
+            sqs: (0..queues).map(|_| None).collect(),
+            cqs: (0..queues).map(|_| None).collect(),
+            features,
+            events: AsyncEvents::default(),
+            dbbuf: None,
+            irq_cqs: Vec::new(),
+            rr: 0,
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An emulated NVMe 1.4 controller with a Controller Memory Buffer.
+pub struct NvmeController {
+    sh: Shared,
+    state: Mutex<State>,
+}
+
+fn ascii_ok(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+impl NvmeController {
+    /// BAR of the registers and doorbells (64-bit, 16 KiB, trapped).
+    pub const REG_BAR: usize = REG_BAR;
+    /// BAR of the Controller Memory Buffer (64-bit prefetchable, memory-backed).
+    pub const CMB_BAR: usize = CMB_BAR;
+    /// BAR of the MSI-X table and PBA (32-bit, trapped).
+    pub const MSIX_BAR: usize = MSIX_BAR;
+
+    /// Builds a controller (disabled, bus mastering off) from `cfg`.
+    pub fn new(
+        cfg: NvmeConfig,
+        dma: Arc<dyn DmaSpace>,
+        irq: Arc<dyn InterruptSink>,
+    ) -> Result<Self, ConfigError> {
+        if !ascii_ok(&cfg.serial, 20) {
+            return Err(ConfigError::Serial);
+        }
+        if !ascii_ok(&cfg.model, 40) {
+            return Err(ConfigError::Model);
+        }
+        if !ascii_ok(&cfg.firmware, 8) {
+            return Err(ConfigError::Firmware);
+        }
+        if cfg.namespaces.is_empty() {
+            return Err(ConfigError::NoNamespaces);
+        }
+        if cfg.cmb_size != 0 && (!cfg.cmb_size.is_power_of_two() || cfg.cmb_size < (2 << 20)) {
+            return Err(ConfigError::CmbSize(cfg.cmb_size));
+        }
+        if cfg.mqes == 0 || cfg.mqes > 4095 {
+            return Err(ConfigError::Mqes(cfg.mqes));
+        }
+        if cfg.max_io_queues == 0 || cfg.max_io_queues > MAX_IO_QUEUES {
+            return Err(ConfigError::MaxIoQueues(cfg.max_io_queues));
+        }
+        if cfg.mdts == 0 || cfg.mdts > 12 {
+            return Err(ConfigError::Mdts(cfg.mdts));
+        }
+        let mut namespaces = Vec::with_capacity(cfg.namespaces.len());
+        for (i, ns) in cfg.namespaces.into_iter().enumerate() {
+            let nsid = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            namespaces.push(Namespace::new(
+                nsid,
+                &cfg.serial,
+                ns,
+                cfg.deallocate.clone(),
+            )?);
+        }
+        let cap = Cap::new()
+            .with_mqes(cfg.mqes)
+            .with_cqr(true)
+            .with_to(20) // 10 s: the worker may be slow to wake under TCG.
+            .with_dstrd(0)
+            .with_css(CAP_CSS_NVM)
+            .with_mpsmin(0)
+            .with_mpsmax(0)
+            .with_cmbs(cfg.cmb_size != 0);
+        let queues = usize::from(cfg.max_io_queues) + 1;
+        let msix_vectors = cfg.max_io_queues + 1;
+        let sh = Shared {
+            subnqn: format!("nqn.2024-01.io.p2plab:nvme:{}", cfg.serial),
+            serial: cfg.serial,
+            model: cfg.model,
+            firmware: cfg.firmware,
+            mqes: cfg.mqes,
+            max_io_queues: cfg.max_io_queues,
+            msix_vectors,
+            mdts: cfg.mdts,
+            dma,
+            irq,
+            regs: Mutex::new(RegFile::new(cap, Cmb::new(cfg.cmb_size))),
+            doorbells: Doorbells::new(queues),
+            work: AtomicBool::new(false),
+            bus_master: AtomicBool::new(false),
+            reset_epoch: AtomicU64::new(0),
+            msix: Mutex::new(vec![0; pci::MSIX_BAR_SIZE as usize]),
+            vendor_log: RwLock::new(None),
+            namespaces,
+            stats: Stats::default(),
+        };
+        let features = Features::new(cfg.max_io_queues);
+        Ok(Self {
+            sh,
+            state: Mutex::new(State::new(queues, features)),
+        })
+    }
+
+    /// The PCI identity, BARs and MSI-X layout the config space must advertise.
+    pub fn pci_layout(&self) -> pci::PciLayout {
+        let cmb_size = self.sh.regs().cmb.size;
+        pci::layout(cmb_size, self.sh.msix_vectors, &self.sh.serial)
+    }
+
+    /// The PCI config space to serve (IDs, BARs, MSI-X, PM, PCIe, DSN; see [`pci`]).
+    pub fn config_space(&self) -> Result<p2plab_pci::ConfigSpace, p2plab_pci::ConfigError> {
+        self.pci_layout().config_space()
+    }
+
+    /// Number of MSI-X vectors (one per queue pair, vector 0 for the admin queue).
+    pub fn msix_vectors(&self) -> u16 {
+        self.sh.msix_vectors
+    }
+
+    /// CMB size in bytes (the size of BAR [`Self::CMB_BAR`]); 0 if there is none.
+    pub fn cmb_size(&self) -> u64 {
+        self.sh.regs().cmb.size
+    }
+
+    /// Whether [`Self::process`] has work: a doorbell, a CC change or a reset arrived
+    /// since it last started. The host wakes its worker when this becomes true.
+    pub fn needs_processing(&self) -> bool {
+        self.sh.work.load(Ordering::Acquire)
+    }
+
+    fn kick(&self) {
+        self.sh.work.store(true, Ordering::Release);
+    }
+
+    /// Installs the source of vendor log page 0xC0.
+    pub fn set_vendor_log_source(&self, source: VendorLogSource) {
+        *self
+            .sh
+            .vendor_log
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// The address the guest programmed into the CMB BAR (None: unassigned or memory
+    /// decoding off). CMBSTS.CBAI is re-evaluated against it.
+    pub fn set_cmb_bar_address(&self, addr: Option<u64>) {
+        self.sh.regs().cmb.set_bar_address(addr);
+    }
+
+    /// The Bus Master Enable bit of the config space; no DMA happens while clear.
+    pub fn set_bus_master(&self, enabled: bool) {
+        self.sh.bus_master.store(enabled, Ordering::Release);
+        if enabled {
+            self.kick();
+        }
+    }
+
+    /// DEVICE_RESET / function-level reset: registers to power-on values (CMBMSC kept),
+    /// all queues deleted by the worker on its next pass. Never blocks on the worker.
+    pub fn reset(&self) {
+        let mut regs = self.sh.regs();
+        regs.reset();
+        self.sh.doorbells.close_all();
+        self.sh.reset_epoch.fetch_add(1, Ordering::AcqRel);
+        drop(regs);
+        lock(&self.sh.msix).fill(0);
+        self.kick();
+    }
+
+    /// A guest read of `buf.len()` bytes at `offset` of BAR `bar`. Unknown BARs and
+    /// offsets read as zero.
+    pub fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
+        buf.fill(0);
+        match bar {
+            REG_BAR => {
+                let regs = self.sh.regs();
+                for (i, b) in buf.iter_mut().enumerate() {
+                    let Some(o) = offset.checked_add(i as u64) else {
+                        break;
+                    };
+                    if o >= crate::regs_end() {
+                        break; // doorbells are write-only; reads return 0
+                    }
+                    let dword = regs.read_dword(o & !3);
+                    *b = (dword >> ((o & 3) * 8)) as u8;
+                }
+            }
+            MSIX_BAR => {
+                let msix = lock(&self.sh.msix);
+                copy_out(&msix, offset, buf);
+            }
+            CMB_BAR => {
+                // The host normally serves the CMB from its memfd; this trapped fallback
+                // goes through the DMA space (which routes our own BAR locally).
+                if let Some((base, size)) = self.cmb_bar_window() {
+                    if offset.saturating_add(buf.len() as u64) <= size {
+                        let _ = self
+                            .sh
+                            .dma
+                            .read(p2plab_memory::BusAddr(base.saturating_add(offset)), buf);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A guest write at `offset` of BAR `bar`. Never blocks on DMA or on the worker.
+    /// Returns whether the worker should run [`Self::process`] (also
+    /// [`Self::needs_processing`]).
+    pub fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> bool {
+        match bar {
+            REG_BAR => self.reg_write(offset, data),
+            MSIX_BAR => {
+                let mut msix = lock(&self.sh.msix);
+                copy_in(&mut msix, offset, data);
+                false
+            }
+            CMB_BAR => {
+                if let Some((base, size)) = self.cmb_bar_window() {
+                    if offset.saturating_add(data.len() as u64) <= size {
+                        let _ = self
+                            .sh
+                            .dma
+                            .write(p2plab_memory::BusAddr(base.saturating_add(offset)), data);
+                    }
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The CMB BAR's programmed address and size, for the trapped fallback. A window
+    /// that would wrap past the end of the address space counts as unassigned.
+    fn cmb_bar_window(&self) -> Option<(u64, u64)> {
+        let regs = self.sh.regs();
+        let base = regs.cmb.bar_addr?;
+        base.checked_add(regs.cmb.size)?;
+        Some((base, regs.cmb.size))
+    }
+
+    fn reg_write(&self, offset: u64, data: &[u8]) -> bool {
+        // Registers are written with aligned 32- or 64-bit accesses (§3.1); others are
+        // ignored.
+        let dwords: Vec<(u64, u32)> = match (data.len(), offset % 4) {
+            (4, 0) => vec![(
+                offset,
+                u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+            )],
+            (8, 0) => {
+                let lo = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                let hi = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
+                // CMBMSC's enable bits are in the low dword: apply the high dword first,
+                // as Linux's hi_lo_writeq does.
+                match offset.checked_add(4) {
+                    Some(h) => vec![(h, hi), (offset, lo)],
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+        let mut kick = false;
+        for (off, val) in dwords {
+            if off >= crate::regs_end() {
+                if off >= REG_BAR_SIZE {
+                    continue;
+                }
+                let index = ((off - nvme_spec::regs::DBS) / 4) as usize;
+                // Accepted: a new tail/head to service. Rejected: an error event for the
+                // worker to raise. Either way the worker has something to do.
+                self.sh.doorbells.write(index, val);
+                kick = true;
+                continue;
+            }
+            let fx = self.sh.regs().write_dword(off, val);
+            if fx.controller_reset {
+                self.sh.doorbells.close_all();
+                self.sh.reset_epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            for v in 0..32u16 {
+                if fx.unmasked_pending & (1 << v) != 0 {
+                    self.sh.irq.signal(v);
+                }
+            }
+            kick |= fx.kick;
+        }
+        if kick {
+            self.kick();
+        }
+        kick
+    }
+
+    /// Services the controller once: carries out enable/reset/shutdown, then runs the
+    /// admin queue and every I/O SQ for a bounded batch, completes async events and
+    /// raises interrupts. Returns whether any work was done; the host calls it again
+    /// while it returns true (or [`Self::needs_processing`] is set), then sleeps until
+    /// the next [`Self::bar_write`] asks for it.
+    pub fn process(&self) -> bool {
+        let mut st = lock(&self.state);
+        self.sh.work.store(false, Ordering::SeqCst);
+        let mut did = self.sync_enable(&mut st);
+        if !st.enabled || st.failed || !self.sh.bus_master.load(Ordering::Acquire) {
+            return did;
+        }
+        did |= self.doorbell_errors(&mut st);
+        did |= self.service_sq(&mut st, 0, ADMIN_BATCH);
+        let n = st.sqs.len() - 1;
+        let start = st.rr;
+        for k in 0..n {
+            let qid = 1 + (start + k) % n;
+            if st.sqs[qid].is_some() {
+                did |= self.service_sq(&mut st, qid as u16, IO_BATCH);
+            }
+            if st.failed {
+                break;
+            }
+        }
+        st.rr = (start + 1) % n.max(1);
+        did |= self.deliver_async_events(&mut st);
+        self.raise_interrupts(&mut st);
+        did
+    }
+
+    /// Reconciles the worker state with CC and resets (§7.6.1, §7.6.2).
+    fn sync_enable(&self, st: &mut State) -> bool {
+        let mut did = false;
+        let epoch = self.sh.reset_epoch.load(Ordering::Acquire);
+        if st.epoch != epoch {
+            self.teardown(st);
+            st.epoch = epoch;
+            did = true;
+        }
+        let (cc, aqa, asq, acq) = {
+            let r = self.sh.regs();
+            (r.cc, r.aqa, r.asq, r.acq)
+        };
+        if cc.en() && !st.enabled && !st.failed {
+            did = true;
+            let valid = aqa.asqs() >= 1
+                && aqa.acqs() >= 1
+                && u32::from(aqa.asqs()) <= u32::from(self.sh.mqes)
+                && u32::from(aqa.acqs()) <= u32::from(self.sh.mqes)
+                && cc.mps() == 0
+                && cc.css() == 0
+                && cc.ams() == 0
+                && asq != 0
+                && acq != 0;
+            if !valid {
+                log::warn!(
+                    "nvme {}: invalid enable (CC {cc:?}, AQA {aqa:?})",
+                    self.sh.serial
+                );
+                self.fatal(st);
+            } else {
+                let sq_entries = u32::from(aqa.asqs()) + 1;
+                let cq_entries = u32::from(aqa.acqs()) + 1;
+                let mut acq_q = CompletionQueue::new(0, acq, cq_entries, 0, true);
+                acq_q.sq_count = 1;
+                st.cqs[0] = Some(acq_q);
+                st.sqs[0] = Some(SubmissionQueue::new(0, asq, sq_entries, 0));
+                self.sh.doorbells.set_limit(sq_db_index(0), sq_entries);
+                self.sh.doorbells.set_limit(cq_db_index(0), cq_entries);
+                st.enabled = true;
+                st.shutdown_done = false;
+                let mut r = self.sh.regs();
+                r.csts.set_rdy(true);
+                r.csts.set_shst(0);
+            }
+        }
+        if cc.shn() != 0 && !st.shutdown_done {
+            did = true;
+            for ns in &self.sh.namespaces {
+                if let Err(e) = ns.file.sync_data() {
+                    log::warn!("nvme {}: flush at shutdown: {e}", self.sh.serial);
+                }
+            }
+            st.shutdown_done = true;
+            self.sh.regs().csts.set_shst(CSTS_SHST_COMPLETE);
+        }
+        did
+    }
+
+    /// Controller Reset: delete all queues, drop outstanding AERs, reset features.
+    fn teardown(&self, st: &mut State) {
+        for q in st.sqs.iter_mut() {
+            *q = None;
+        }
+        for q in st.cqs.iter_mut() {
+            *q = None;
+        }
+        self.sh.doorbells.close_all();
+        st.enabled = false;
+        st.failed = false;
+        st.shutdown_done = false;
+        st.events = AsyncEvents::default();
+        st.dbbuf = None;
+        st.irq_cqs.clear();
+        st.features = Features::new(self.sh.max_io_queues);
+        let mut r = self.sh.regs();
+        r.csts.set_rdy(false);
+        r.csts.set_cfs(false);
+        if !r.cc.en() || r.cc.shn() == 0 {
+            r.csts.set_shst(0);
+        }
+        // Shutdown was (re)requested in CC before this reset was processed.
+        if r.cc.shn() != 0 {
+            r.csts.set_shst(nvme_spec::regs::CSTS_SHST_OCCURRING);
+        }
+    }
+
+    /// CSTS.CFS: the controller cannot go on (e.g. its admin queue is unreachable).
+    fn fatal(&self, st: &mut State) {
+        st.failed = true;
+        self.sh.regs().csts.set_cfs(true);
+    }
+
+    fn doorbell_errors(&self, st: &mut State) -> bool {
+        let bits = self.sh.doorbells.take_errors();
+        for (bit, info) in [
+            (
+                DB_ERR_INVALID_REGISTER,
+                AsyncEventErrorInfo::WRITE_TO_INVALID_DOORBELL_REGISTER,
+            ),
+            (
+                DB_ERR_INVALID_VALUE,
+                AsyncEventErrorInfo::INVALID_DOORBELL_WRITE_VALUE,
+            ),
+        ] {
+            if bits & bit != 0 {
+                st.events.raise(
+                    AsyncEventCompletion::new()
+                        .with_aet(AsyncEventType::ERROR_STATUS.0)
+                        .with_aei(info.0)
+                        .with_lid(LogPageId::ERROR_INFORMATION.0),
+                );
+            }
+        }
+        bits != 0
+    }
+
+    /// Latest tail of SQ `qid`: the shadow doorbell for I/O queues when configured, else
+    /// the MMIO doorbell. Out-of-range values raise Invalid Doorbell Write Value.
+    fn refresh_sq_tail(&self, st: &mut State, qid: u16) {
+        let Some(sq) = st.sqs[usize::from(qid)].as_mut() else {
+            return;
+        };
+        let v = match sq.shadow {
+            Some(s) => match s.read_db(&*self.sh.dma) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
+            None => self.sh.doorbells.value(sq_db_index(qid)),
+        };
+        if v < sq.entries {
+            sq.tail = v;
+        } else {
+            self.sh.doorbells.note_error(DB_ERR_INVALID_VALUE);
+        }
+    }
+
+    /// Latest head of CQ `qid`; a head that passes entries not yet posted is rejected.
+    fn refresh_cq_head(&self, st: &mut State, qid: u16) {
+        let Some(cq) = st.cqs[usize::from(qid)].as_mut() else {
+            return;
+        };
+        let v = match cq.shadow {
+            Some(s) => match s.read_db(&*self.sh.dma) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
+            None => self.sh.doorbells.value(cq_db_index(qid)),
+        };
+        let n = cq.entries;
+        let posted = (cq.tail + n - cq.head) % n;
+        if v < n && (v + n - cq.head) % n <= posted {
+            cq.head = v;
+            if let Some(s) = cq.shadow {
+                // Ask for a doorbell write once the head moves past what we have seen.
+                let _ = s.write_ei(&*self.sh.dma, v);
+            }
+        } else {
+            self.sh.doorbells.note_error(DB_ERR_INVALID_VALUE);
+        }
+    }
+
+    /// Whether SQ `qid` has a command; with shadow doorbells this publishes EventIdx and
+    /// re-checks, so a tail the driver writes meanwhile is never missed.
+    fn sq_has_work(&self, st: &mut State, qid: u16) -> bool {
+        let q = usize::from(qid);
+        if st.sqs[q].as_ref().is_some_and(|s| !s.is_empty()) {
+            return true;
+        }
+        self.refresh_sq_tail(st, qid);
+        let Some(sq) = st.sqs[q].as_ref() else {
+            return false;
+        };
+        if !sq.is_empty() {
+            return true;
+        }
+        let Some(shadow) = sq.shadow else {
+            return false;
+        };
+        let tail = sq.tail;
+        // EventIdx = the tail we have consumed up to: the driver rings the MMIO doorbell
+        // only when it moves its tail past this (nvme_dbbuf_need_event).
+        if shadow.write_ei(&*self.sh.dma, tail).is_err() {
+            return false;
+        }
+        // The EventIdx store must be visible before we re-read the shadow tail: the
+        // driver does the mirror image (store shadow tail, mb(), load EventIdx), so
+        // one of us is guaranteed to see the other's update.
+        fence(Ordering::SeqCst);
+        self.refresh_sq_tail(st, qid);
+        st.sqs[q].as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    fn service_sq(&self, st: &mut State, qid: u16, budget: usize) -> bool {
+        let q = usize::from(qid);
+        let mut did = false;
+        for _ in 0..budget {
+            if self.sh.reset_epoch.load(Ordering::Acquire) != st.epoch || st.failed {
+                break;
+            }
+            if !self.sq_has_work(st, qid) {
+                break;
+            }
+            let Some(cqid) = st.sqs[q].as_ref().map(|s| s.cqid) else {
+                break;
+            };
+            let cqi = usize::from(cqid);
+            if st.cqs[cqi].as_ref().is_none_or(|c| c.is_full()) {
+                self.refresh_cq_head(st, cqid);
+                if st.cqs[cqi].as_ref().is_none_or(|c| c.is_full()) {
+                    break;
+                }
+            }
+            let Some(sq) = st.sqs[q].as_mut() else { break };
+            let cmd = match sq.pop(&*self.sh.dma) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!(
+                        "nvme {}: fetching from SQ {qid} failed: {e}",
+                        self.sh.serial
+                    );
+                    self.fatal(st);
+                    break;
+                }
+            };
+            let sqhd = sq.head;
+            did = true;
+            let outcome = if qid == 0 {
+                admin::handle(&self.sh, st, &cmd)
+            } else {
+                io::handle(&self.sh, &cmd).map(AdminOutcome::Complete)
+            };
+            let (dw0, status) = match outcome {
+                Ok(AdminOutcome::Complete(dw0)) => (dw0, Status::SUCCESS),
+                Ok(AdminOutcome::Deferred) => continue,
+                Err(e) => {
+                    if let Some(src) = &e.source {
+                        log::debug!(
+                            "nvme {}: SQ {qid} opcode {:#x} cid {}: {:?}: {src}",
+                            self.sh.serial,
+                            cmd.cdw0.opc(),
+                            cmd.cdw0.cid(),
+                            e.status
+                        );
+                    }
+                    (0, e.status)
+                }
+            };
+            let cqe = Completion {
+                dw0,
+                dw1: 0,
+                sqhd: sqhd as u16,
+                sqid: qid,
+                cid: cmd.cdw0.cid(),
+                status: status_field(status),
+            };
+            self.post(st, cqid, cqe);
+        }
+        did
+    }
+
+    /// Posts `cqe` to CQ `cqid` (space was checked by the caller).
+    pub(crate) fn post_to(sh: &Shared, st: &mut State, cqid: u16, cqe: Completion) -> bool {
+        if sh.reset_epoch.load(Ordering::Acquire) != st.epoch {
+            return true; // reset meanwhile: the queue is gone
+        }
+        let Some(cq) = st.cqs[usize::from(cqid)].as_mut() else {
+            return true;
+        };
+        match cq.push(&*sh.dma, cqe) {
+            Ok(()) => {
+                if !st.irq_cqs.contains(&cqid) {
+                    st.irq_cqs.push(cqid);
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!("nvme {}: posting to CQ {cqid} failed: {e}", sh.serial);
+                false
+            }
+        }
+    }
+
+    fn post(&self, st: &mut State, cqid: u16, cqe: Completion) {
+        if !Self::post_to(&self.sh, st, cqid, cqe) {
+            self.fatal(st);
+        }
+    }
+
+    fn deliver_async_events(&self, st: &mut State) -> bool {
+        let mut did = false;
+        while !st.events.outstanding.is_empty() && !st.events.pending.is_empty() {
+            if st.cqs[0].as_ref().is_none_or(|c| c.is_full()) {
+                self.refresh_cq_head(st, 0);
+                if st.cqs[0].as_ref().is_none_or(|c| c.is_full()) {
+                    break;
+                }
+            }
+            let (Some(cid), Some(ev)) =
+                (st.events.outstanding.pop(), st.events.pending.pop_front())
+            else {
+                break;
+            };
+            st.events.masked |= 1u8 << (ev.aet() & 7);
+            let sqhd = st.sqs[0].as_ref().map_or(0, |s| s.head as u16);
+            let cqe = Completion {
+                dw0: ev.into_bits(),
+                dw1: 0,
+                sqhd,
+                sqid: 0,
+                cid,
+                status: status_field(Status::SUCCESS),
+            };
+            self.post(st, 0, cqe);
+            did = true;
+        }
+        did
+    }
+
+    fn raise_interrupts(&self, st: &mut State) {
+        let cqs = std::mem::take(&mut st.irq_cqs);
+        for cqid in cqs {
+            let Some(cq) = st.cqs[usize::from(cqid)].as_ref() else {
+                continue;
+            };
+            if !cq.ien {
+                continue;
+            }
+            let v = cq.iv;
+            let masked = {
+                let mut r = self.sh.regs();
+                let bit = 1u32.checked_shl(u32::from(v)).unwrap_or(0);
+                if r.intms & bit != 0 {
+                    r.irq_pending |= bit;
+                    true
+                } else {
+                    false
+                }
+            };
+            if !masked {
+                self.sh.irq.signal(v);
+            }
+        }
+    }
+}
+
+/// A CQE Status Field (phase filled in when posted). Errors set DNR: retrying a
+/// command the model rejected gives the same answer.
+pub(crate) fn status_field(s: Status) -> CqeStatus {
+    CqeStatus::new()
+        .with_sc(s.sc())
+        .with_sct(s.sct().0)
+        .with_dnr(!s.is_success() && s != Status::DATA_TRANSFER_ERROR)
+}
+
+fn copy_out(src: &[u8], offset: u64, buf: &mut [u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= src.len() {
+        return;
+    }
+    let n = buf.len().min(src.len() - start);
+    buf[..n].copy_from_slice(&src[start..start + n]);
+}
+
+fn copy_in(dst: &mut [u8], offset: u64, data: &[u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= dst.len() {
+        return;
+    }
+    let n = data.len().min(dst.len() - start);
+    dst[start..start + n].copy_from_slice(&data[..n]);
+}
+
+impl std::fmt::Debug for NvmeController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmeController")
+            .field("serial", &self.sh.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+// Shared state is reached from the vfio-user thread and the worker.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<NvmeController>();
+};

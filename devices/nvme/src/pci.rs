@@ -1,0 +1,158 @@
+//! PCI identity, BAR layout and capabilities of the NVMe controller.
+//!
+//! IDs: vendor [`VENDOR_ID`] `0x2b2b` is p2plab's lab-only ID (see `p2plab-gpu`'s
+//! `pci.rs`; not assigned by the PCI-SIG, never ship it outside a lab VM); device
+//! [`DEVICE_ID`] `0x0002`; class [`CLASS_CODE`] 0x010802 (mass storage, NVM, NVMe I/O
+//! controller), which is what `nvme.ko` binds to. A distinct vendor ID also keeps
+//! Linux's QEMU-NVMe quirks (1b36:0010) away.
+//!
+//! | BAR | what | type | size |
+//! |---|---|---|---|
+//! | 0 | registers + doorbells | 64-bit, non-prefetchable, trapped | 16 KiB |
+//! | 2 | Controller Memory Buffer | 64-bit, prefetchable, memfd-backed (mmapped) | `cmb_size` (power of two >= 2 MiB) |
+//! | 4 | MSI-X table (offset 0) + PBA ([`MSIX_PBA_OFFSET`]) | 32-bit, non-prefetchable, trapped | 4 KiB |
+//!
+//! Capabilities: Power Management, MSI-X (one vector per queue pair), PCI Express
+//! endpoint; extended: Device Serial Number. INTx pin A as a fallback.
+
+/// Lab-only vendor ID (shared with the GPU-like device).
+pub const VENDOR_ID: u16 = 0x2b2b;
+/// The NVMe controller.
+pub const DEVICE_ID: u16 = 0x0002;
+/// Subsystem vendor (same lab-only ID).
+pub const SUBSYSTEM_VENDOR_ID: u16 = VENDOR_ID;
+/// Subsystem ID.
+pub const SUBSYSTEM_ID: u16 = 0x0002;
+/// Revision ID.
+pub const REVISION_ID: u8 = 0x01;
+/// Class code: base 0x01 (mass storage), sub 0x08 (NVM), prog-if 0x02 (NVMe).
+pub const CLASS_CODE: u32 = 0x01_08_02;
+
+/// Size of BAR0.
+pub const REG_BAR_SIZE: u64 = 16 * 1024;
+/// Size of BAR4 (MSI-X table and PBA).
+pub const MSIX_BAR_SIZE: u64 = 4096;
+/// Offset of the MSI-X table in BAR4.
+pub const MSIX_TABLE_OFFSET: u32 = 0;
+/// Offset of the MSI-X Pending Bit Array in BAR4 (room for 128 table entries before).
+pub const MSIX_PBA_OFFSET: u32 = 0x800;
+
+/// One memory BAR as the config space must advertise it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarLayout {
+    /// BAR index (a 64-bit BAR also uses `index + 1`).
+    pub index: usize,
+    pub size: u64,
+    pub is_64bit: bool,
+    pub prefetchable: bool,
+    /// Whether the host serves it from a memfd that QEMU mmaps.
+    pub mmappable: bool,
+}
+
+/// The device's whole PCI description (input of the `p2plab-pci` builder).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciLayout {
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem_vendor: u16,
+    pub subsystem: u16,
+    pub revision: u8,
+    /// 24-bit class code.
+    pub class: u32,
+    /// BAR0 registers, BAR2 CMB (absent without a CMB), BAR4 MSI-X.
+    pub bars: Vec<BarLayout>,
+    pub msix_vectors: u16,
+    pub msix_bar: usize,
+    pub msix_table_offset: u32,
+    pub msix_pba_offset: u32,
+    /// Device Serial Number (derived from the NVMe serial).
+    pub dsn: u64,
+    /// INTx pin (1 = INTA#).
+    pub interrupt_pin: u8,
+}
+
+/// The PCI description of a controller.
+pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
+    let mut bars = vec![BarLayout {
+        index: crate::REG_BAR,
+        size: REG_BAR_SIZE,
+        is_64bit: true,
+        prefetchable: false,
+        mmappable: false,
+    }];
+    if cmb_size != 0 {
+        bars.push(BarLayout {
+            index: crate::CMB_BAR,
+            size: cmb_size,
+            is_64bit: true,
+            prefetchable: true,
+            mmappable: true,
+        });
+    }
+    bars.push(BarLayout {
+        index: crate::MSIX_BAR,
+        size: MSIX_BAR_SIZE,
+        is_64bit: false,
+        prefetchable: false,
+        mmappable: false,
+    });
+    let dsn = serial.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    PciLayout {
+        vendor: VENDOR_ID,
+        device: DEVICE_ID,
+        subsystem_vendor: SUBSYSTEM_VENDOR_ID,
+        subsystem: SUBSYSTEM_ID,
+        revision: REVISION_ID,
+        class: CLASS_CODE,
+        bars,
+        msix_vectors,
+        msix_bar: crate::MSIX_BAR,
+        msix_table_offset: MSIX_TABLE_OFFSET,
+        msix_pba_offset: MSIX_PBA_OFFSET,
+        dsn,
+        interrupt_pin: 1,
+    }
+}
+
+impl PciLayout {
+    /// The power-on config space of this layout (`p2plab-pci`).
+    pub fn config_space(&self) -> Result<p2plab_pci::ConfigSpace, p2plab_pci::ConfigError> {
+        let ids = p2plab_pci::PciIds {
+            vendor: self.vendor,
+            device: self.device,
+            subsystem_vendor: self.subsystem_vendor,
+            subsystem: self.subsystem,
+            revision: self.revision,
+            class: self.class,
+        };
+        let mut b = p2plab_pci::ConfigSpace::builder(ids);
+        for bar in &self.bars {
+            b = b.bar(
+                bar.index,
+                p2plab_pci::BarDef {
+                    size: bar.size,
+                    kind: if bar.is_64bit {
+                        p2plab_pci::BarKind::Mem64
+                    } else {
+                        p2plab_pci::BarKind::Mem32
+                    },
+                    prefetchable: bar.prefetchable,
+                },
+            );
+        }
+        b.msix(
+            self.msix_vectors,
+            self.msix_bar,
+            u64::from(self.msix_table_offset),
+            self.msix_bar,
+            u64::from(self.msix_pba_offset),
+        )
+        .power_management()
+        .pcie_endpoint()
+        .dsn(self.dsn)
+        .interrupt_pin(self.interrupt_pin)
+        .build()
+    }
+}

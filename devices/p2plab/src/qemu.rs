@@ -1,0 +1,248 @@
+//! The QEMU command line of a topology, and the accelerator choice.
+//!
+//! Topology rules (shared/DESIGN.md §4): `port = "switch"` devices sit below one emulated
+//! PCIe switch (`pcie-root-port` → `x3130-upstream` → one `xio3130-downstream` each, no
+//! ACS: P2P allowed); `port = "root"` devices get their own `pcie-root-port` (P2P refused
+//! unless the CPU is AMD family >= 0x17, e.g. `-cpu EPYC`). Guest RAM is a shared memfd so
+//! it reaches the vfio-user servers by fd.
+
+use crate::config::{DeviceKind, Port, Topology};
+use crate::image::{KeyHasher, Toolroot};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// vfio-user request timeout QEMU applies (ms); DESIGN §3: a stall beyond it is fatal.
+pub const VFIO_USER_MSG_TIMEOUT_MS: u32 = 20_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Auto,
+    Tcg,
+    Kvm,
+}
+
+/// Everything the command line depends on besides the topology.
+pub struct Launch<'a> {
+    pub topo: &'a Topology,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub accel: Accel, // Tcg or Kvm (resolved)
+    pub cmdline: String,
+    /// vfio-user socket per p2plab device name.
+    pub sockets: Vec<(String, PathBuf)>,
+    pub run_dir: &'a Path,
+    /// Interactive: serial muxed with the monitor on the terminal, logged by QEMU.
+    pub shell: bool,
+    pub extra: &'a [String],
+}
+
+/// The QEMU arguments (after the binary and its -L options).
+pub fn args(l: &Launch) -> Result<Vec<String>> {
+    let t = l.topo;
+    let m = &t.machine;
+    let mem = m.memory.0;
+    let mut a: Vec<String> = vec![];
+    let mut push = |v: &[&str]| a.extend(v.iter().map(|s| s.to_string()));
+    push(&["-nodefaults", "-nographic", "-no-reboot"]);
+    push(&["-machine", "q35,memory-backend=ram"]);
+    match l.accel {
+        Accel::Kvm => push(&["-accel", "kvm"]),
+        _ => push(&["-accel", "tcg"]),
+    }
+    let mut cpu = m.cpu.clone();
+    if let Some(pb) = m.phys_bits {
+        cpu.push_str(&format!(",phys-bits={pb}"));
+    }
+    push(&["-cpu", &cpu, "-smp", &m.smp.to_string()]);
+    push(&["-m", &format!("{}M", mem >> 20)]);
+    push(&["-object", &format!("memory-backend-memfd,id=ram,size={}M,share=on", mem >> 20)]);
+    push(&["-kernel", &l.kernel.to_string_lossy(), "-initrd", &l.initrd.to_string_lossy(), "-append", &l.cmdline]);
+    if l.shell {
+        let log = l.run_dir.join("console.log");
+        push(&["-chardev", &format!("stdio,id=con,mux=on,signal=off,logfile={}", log.display())]);
+        push(&["-serial", "chardev:con", "-mon", "chardev=con,mode=readline"]);
+    } else {
+        push(&["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con", "-monitor", "none"]);
+    }
+
+    // PCIe hierarchy
+    let on_switch = t.devices.iter().filter(|d| d.port == Port::Switch).count();
+    let mut slot = 1;
+    if on_switch > 0 {
+        push(&["-device", &format!("pcie-root-port,id=rp-switch,bus=pcie.0,chassis=1,slot={slot}")]);
+        slot += 1;
+        push(&["-device", "x3130-upstream,id=switch-up,bus=rp-switch"]);
+    }
+    let mut down = 0;
+    for d in &t.devices {
+        let bus = match d.port {
+            Port::Switch => {
+                let id = format!("switch-dn{down}");
+                push(&["-device", &format!("xio3130-downstream,id={id},bus=switch-up,chassis=2,slot={down}")]);
+                down += 1;
+                id
+            }
+            Port::Root => {
+                let id = format!("rp-{}", d.name);
+                push(&["-device", &format!("pcie-root-port,id={id},bus=pcie.0,chassis=1,slot={slot}")]);
+                slot += 1;
+                id
+            }
+        };
+        match d.kind {
+            DeviceKind::Nvme | DeviceKind::Gpu => {
+                let sock = l
+                    .sockets
+                    .iter()
+                    .find(|(n, _)| *n == d.name)
+                    .map(|(_, p)| p.clone())
+                    .with_context(|| format!("no vfio-user socket for {}", d.name))?;
+                let dev = serde_json::json!({
+                    "driver": "vfio-user-pci",
+                    "id": d.name,
+                    "socket": {"type": "unix", "path": sock},
+                    "bus": bus,
+                    "x-msg-timeout": VFIO_USER_MSG_TIMEOUT_MS,
+                });
+                push(&["-device", &dev.to_string()]);
+            }
+            DeviceKind::QemuNvme => {
+                let mut nsdevs = vec![];
+                for (i, _ns) in d.namespaces().iter().enumerate() {
+                    let f = d.namespace_file(i, l.run_dir);
+                    let drv = format!("drv-{}-{}", d.name, i + 1);
+                    push(&["-drive", &format!("file={},if=none,id={drv},format=raw", qemu_escape(&f.to_string_lossy()))]);
+                    nsdevs.push(drv);
+                }
+                let mut dev = format!("nvme,id={},serial={},bus={bus}", d.name, d.serial());
+                if let Some(first) = nsdevs.first() {
+                    dev.push_str(&format!(",drive={first}"));
+                }
+                let cmb = d.cmb_size();
+                if cmb > 0 {
+                    dev.push_str(&format!(",cmb_size_mb={}", cmb >> 20));
+                }
+                if !d.qemu_options.trim().is_empty() {
+                    dev.push(',');
+                    dev.push_str(d.qemu_options.trim().trim_start_matches(','));
+                }
+                push(&["-device", &dev]);
+                for (i, drv) in nsdevs.iter().enumerate().skip(1) {
+                    push(&["-device", &format!("nvme-ns,drive={drv},bus={},nsid={}", d.name, i + 1)]);
+                }
+            }
+        }
+    }
+    a.extend(m.extra_args.iter().cloned());
+    a.extend(l.extra.iter().cloned());
+    Ok(a)
+}
+
+/// QEMU option values escape ',' as ',,'.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// Create missing namespace backing files of QEMU's own NVMe devices (sparse).
+pub fn prepare_qemu_nvme_files(t: &Topology, run_dir: &Path) -> Result<()> {
+    for d in t.devices.iter().filter(|d| d.kind == DeviceKind::QemuNvme) {
+        for (i, ns) in d.namespaces().iter().enumerate() {
+            let f = d.namespace_file(i, run_dir);
+            if let Some(p) = f.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&f).with_context(|| format!("{}", f.display()))?;
+            if file.metadata()?.len() < ns.size.0 {
+                file.set_len(ns.size.0)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolve `auto`: KVM only if /dev/kvm opens and a probe boot of `kernel` gets through
+/// early boot (these machines' /dev/kvm is PVM, which cannot run a stock kernel). The
+/// verdict is cached in `$P2PLAB_HOME/kvm-verdict` per kernel and QEMU.
+pub fn resolve_accel(want: Accel, tr: &Toolroot, home: &Path, kernel: &Path, verbose: bool) -> Result<Accel> {
+    match want {
+        Accel::Tcg => return Ok(Accel::Tcg),
+        Accel::Kvm => {
+            std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").context("--accel kvm: cannot open /dev/kvm")?;
+            return Ok(Accel::Kvm);
+        }
+        Accel::Auto => {}
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return Ok(Accel::Tcg);
+    }
+    // KVM usability is a property of the host and QEMU, not of the guest kernel.
+    let mut uts: libc::utsname = unsafe_zeroed_utsname();
+    // SAFETY: uname fills the struct it is given.
+    unsafe { libc::uname(&mut uts) };
+    let release: String = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect();
+    let key = KeyHasher::default().str(&release).file_meta(&tr.root.join("usr/bin/qemu-system-x86_64")).hex();
+    let cache = home.join("kvm-verdict");
+    if let Ok(s) = std::fs::read_to_string(&cache) {
+        if let Some((k, v)) = s.trim().split_once(' ') {
+            if k == key {
+                return Ok(if v == "kvm" { Accel::Kvm } else { Accel::Tcg });
+            }
+        }
+    }
+    eprintln!("p2plab: /dev/kvm opens; probing whether it boots a stock kernel (once; verdict cached in {})", cache.display());
+    let ok = probe_kvm(tr, kernel).unwrap_or(false);
+    if verbose || ok {
+        eprintln!("p2plab: KVM probe: {}", if ok { "usable" } else { "not usable, using TCG" });
+    }
+    let _ = std::fs::create_dir_all(home);
+    let _ = std::fs::write(&cache, format!("{key} {}\n", if ok { "kvm" } else { "tcg" }));
+    Ok(if ok { Accel::Kvm } else { Accel::Tcg })
+}
+
+fn unsafe_zeroed_utsname() -> libc::utsname {
+    // SAFETY: utsname is plain old data (arrays of c_char); all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Boot `kernel` with no initramfs under KVM: a working KVM reaches "Kernel panic"
+/// (no root fs) and QEMU exits (-no-reboot, panic=-1); a broken one stalls or errors.
+fn probe_kvm(tr: &Toolroot, kernel: &Path) -> Result<bool> {
+    let mut c = tr.qemu();
+    c.args(["-nodefaults", "-nographic", "-no-reboot", "-accel", "kvm", "-cpu", "host", "-m", "256M", "-serial", "stdio", "-monitor", "none"]);
+    c.arg("-kernel").arg(kernel).args(["-append", "console=ttyS0 panic=-1 root=/dev/p2plab-none"]);
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = c.spawn()?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    Ok(s.contains("Kernel panic") || s.contains("VFS:"))
+}
+
+/// Can P2P go between `client` and `provider` in this topology? (DESIGN §4)
+pub fn p2p_allowed(t: &Topology) -> Option<bool> {
+    let c = t.device(t.roles.client.as_deref()?)?;
+    let p = t.device(t.roles.provider.as_deref()?)?;
+    if c.port == Port::Switch && p.port == Port::Switch {
+        return Some(true);
+    }
+    Some(t.machine.cpu.to_ascii_lowercase().starts_with("epyc"))
+}

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Build p2pgpu.ko with W=1 and fail on any compiler or modpost warning.
+#
+# Usage: build.sh TOOLROOT [KDIR] OUTDIR
+#   TOOLROOT  the lab toolroot (Debian trixie root with gcc-14 and
+#             linux-headers-7.3.4+deb13-amd64), see scripts/setup.
+#   KDIR      kernel build directory. Default: the toolroot's 7.3 headers.
+#             A path that exists inside TOOLROOT is built there with chroot
+#             (needs root); a path that exists only on this host (your own
+#             kernel tree, built with this host's compiler) is built here
+#             without chroot.
+#   OUTDIR    receives p2pgpu.ko and build.log.
+#
+# The sources are copied to a scratch directory first, so this directory
+# stays clean and several builds may run at once.
+
+set -euo pipefail
+
+usage() {
+	echo "usage: $0 TOOLROOT [KDIR] OUTDIR" >&2
+	exit 2
+}
+
+case $# in
+2) toolroot=$1 kdir= outdir=$2 ;;
+3) toolroot=$1 kdir=$2 outdir=$3 ;;
+*) usage ;;
+esac
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+sources=(p2pgpu.c p2pgpu_uapi.h Kbuild Makefile)
+toolroot=$(cd "$toolroot" && pwd)
+mkdir -p "$outdir"
+outdir=$(cd "$outdir" && pwd)
+
+if [[ -z $kdir ]]; then
+	kdir=/usr/src/linux-headers-7.3.4+deb13-amd64
+	if [[ ! -d $toolroot$kdir ]]; then
+		shopt -s nullglob
+		found=("$toolroot"/usr/src/linux-headers-*-amd64)
+		shopt -u nullglob
+		if [[ ${#found[@]} -ne 1 ]]; then
+			echo "build.sh: no unique linux-headers-*-amd64 in $toolroot/usr/src" >&2
+			exit 1
+		fi
+		kdir=${found[0]#"$toolroot"}
+	fi
+fi
+
+if [[ $kdir == /* && -f $toolroot$kdir/Makefile ]]; then
+	mode=chroot
+	if [[ $(id -u) -ne 0 ]]; then
+		echo "build.sh: building in the toolroot needs root (chroot)" >&2
+		exit 1
+	fi
+	scratch=$(mktemp -d "$toolroot/tmp/p2pgpu-build.XXXXXX")
+	inner=${scratch#"$toolroot"}
+elif [[ -f $kdir/Makefile ]]; then
+	mode=host
+	kdir=$(cd "$kdir" && pwd)
+	scratch=$(mktemp -d "${TMPDIR:-/tmp}/p2pgpu-build.XXXXXX")
+	inner=$scratch
+else
+	echo "build.sh: $kdir is not a kernel build directory (in $toolroot or here)" >&2
+	exit 1
+fi
+trap 'rm -rf "$scratch"' EXIT
+
+for f in "${sources[@]}"; do
+	cp "$here/$f" "$scratch/"
+done
+
+make_args=(-C "$kdir" M="$inner" W=1 modules)
+log=$outdir/build.log
+set +e
+if [[ $mode == chroot ]]; then
+	# objtool reads /proc: mount it in a private mount namespace, so it
+	# goes away with the build and nothing is left mounted in the toolroot.
+	unshare --mount --propagation private -- sh -c \
+		'mount -t proc proc "$1/proc" && shift && exec chroot "$@"' \
+		sh "$toolroot" "$toolroot" /usr/bin/env -i \
+		PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+		make "${make_args[@]}" >"$log" 2>&1
+else
+	make "${make_args[@]}" >"$log" 2>&1
+fi
+status=$?
+set -e
+
+if [[ $status -ne 0 ]]; then
+	cat "$log" >&2
+	echo "build.sh: make failed ($status); log in $log" >&2
+	exit 1
+fi
+if grep -qi 'warning' "$log"; then
+	grep -i -B2 -A4 'warning' "$log" >&2
+	echo "build.sh: the build has warnings; log in $log" >&2
+	exit 1
+fi
+cp "$scratch/p2pgpu.ko" "$outdir/p2pgpu.ko"
+echo "build.sh: $outdir/p2pgpu.ko ($mode, $kdir)"

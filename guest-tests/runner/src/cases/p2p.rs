@@ -1,0 +1,81 @@
+//! P2P data cases: an NVMe namespace (client) and P2P memory (provider's p2pmem).
+
+use super::Ctx;
+use crate::devices::Found;
+use crate::mem::{direct_io, open_direct, Mapping, MIB};
+use std::time::Instant;
+
+/// Bytes moved per case, and the O_DIRECT chunk.
+const LEN: usize = 64 * MIB;
+const CHUNK: usize = MIB;
+/// Namespace offset the cases use.
+const NS_OFF: u64 = 0;
+const SEED_READ: u64 = 0x7265_6164;
+const SEED_WRITE: u64 = 0x7772_6974;
+
+fn roles<'a>(ctx: &Ctx<'a>) -> Result<(&'a Found, &'a Found, String), String> {
+    let client = ctx.env.role("client")?;
+    let provider = ctx.env.role("provider")?;
+    let ns = client.ns.clone().ok_or_else(|| format!("client {} has no namespace block device", client.info.name))?;
+    Ok((client, provider, ns))
+}
+
+fn mibs(len: usize, t: Instant) -> String {
+    let s = t.elapsed().as_secs_f64();
+    format!("{:.2} s, {:.1} MiB/s", s, len as f64 / MIB as f64 / s.max(1e-9))
+}
+
+pub fn read(ctx: &mut Ctx) -> Result<(), String> {
+    let (client, provider, ns) = roles(ctx)?;
+    let bdf = provider.bdf.as_deref().unwrap_or_default();
+    let p2p = Mapping::p2pmem(bdf, LEN)?;
+    let f = open_direct(&ns)?;
+    // Stage the pattern on the namespace from RAM first.
+    let ram = Mapping::ram(LEN)?;
+    ram.fill(SEED_READ);
+    let t = Instant::now();
+    direct_io(&f, &ram, NS_OFF, CHUNK, true).map_err(|e| format!("staging pwrite from RAM to {ns}: {e}"))?;
+    ctx.diag(&format!("staged {} MiB RAM -> {ns}: {}", LEN / MIB, mibs(LEN, t)));
+    drop(ram);
+    p2p.fill(!SEED_READ); // make stale data visible
+    let t = Instant::now();
+    direct_io(&f, &p2p, NS_OFF, CHUNK, false)
+        .map_err(|e| format!("pread {ns} -> p2pmem of {} ({bdf}): {e}", provider.info.name))?;
+    ctx.diag(&format!("p2p read {} ({ns}) -> {} p2pmem: {}", client.info.name, provider.info.name, mibs(LEN, t)));
+    let t = Instant::now();
+    p2p.verify(SEED_READ)?;
+    ctx.diag(&format!("verified {} MiB in p2pmem: {}", LEN / MIB, mibs(LEN, t)));
+    Ok(())
+}
+
+pub fn write(ctx: &mut Ctx) -> Result<(), String> {
+    let (client, provider, ns) = roles(ctx)?;
+    let bdf = provider.bdf.as_deref().unwrap_or_default();
+    let p2p = Mapping::p2pmem(bdf, LEN)?;
+    let f = open_direct(&ns)?;
+    let t = Instant::now();
+    p2p.fill(SEED_WRITE);
+    ctx.diag(&format!("pattern into p2pmem: {}", mibs(LEN, t)));
+    let t = Instant::now();
+    direct_io(&f, &p2p, NS_OFF, CHUNK, true)
+        .map_err(|e| format!("pwrite p2pmem of {} ({bdf}) -> {ns}: {e}", provider.info.name))?;
+    ctx.diag(&format!("p2p write {} p2pmem -> {} ({ns}): {}", provider.info.name, client.info.name, mibs(LEN, t)));
+    let ram = Mapping::ram(LEN)?;
+    direct_io(&f, &ram, NS_OFF, CHUNK, false).map_err(|e| format!("read-back pread {ns} -> RAM: {e}"))?;
+    ram.verify(SEED_WRITE)
+}
+
+pub fn refused(ctx: &mut Ctx) -> Result<(), String> {
+    let (_client, provider, ns) = roles(ctx)?;
+    let bdf = provider.bdf.as_deref().unwrap_or_default();
+    let p2p = Mapping::p2pmem(bdf, LEN)?;
+    let f = open_direct(&ns)?;
+    match direct_io(&f, &p2p, NS_OFF, CHUNK, false) {
+        Ok(()) => Err("the P2P pread succeeded; it must be refused on this topology".into()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            ctx.diag(&format!("pread {ns} -> p2pmem of {} refused: {e} (expected)", provider.info.name));
+            Ok(())
+        }
+        Err(e) => Err(format!("the P2P pread failed with '{e}', expected EINVAL")),
+    }
+}
