@@ -327,8 +327,6 @@ struct Running {
     server: vfu::Server,
     device: Arc<LabDevice>,
     worker: Option<std::thread::JoinHandle<()>>,
-    /// Memory BAR mappings, for RSS reports.
-    memory: Vec<Arc<MmapRegion>>,
 }
 
 /// A running lab.
@@ -408,8 +406,19 @@ impl Lab {
     }
 
     /// All counters, in the counter contract's JSON shape.
+    ///
+    /// Besides the contract's fields each device carries `bar_resident_bytes` (host
+    /// memory actually backing its memory BARs: a sparse VRAM costs only what was
+    /// touched), and `process.rss_bytes` is this process's resident set.
     pub fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(self.fabric.snapshot()).unwrap_or_default()
+        let mut v = serde_json::to_value(self.fabric.snapshot()).unwrap_or_default();
+        if let Some(devs) = v.get_mut("devices").and_then(serde_json::Value::as_array_mut) {
+            for (d, (_, resident)) in devs.iter_mut().zip(self.resident_bytes()) {
+                d["bar_resident_bytes"] = resident.into();
+            }
+        }
+        v["process"] = serde_json::json!({ "rss_bytes": process_rss_bytes() });
+        v
     }
 
     /// Memory BAR windows currently decoded (for the CPU witness).
@@ -419,7 +428,10 @@ impl Lab {
 
     /// Host memory resident in the devices' memory BARs (bytes), per device.
     pub fn resident_bytes(&self) -> Vec<(String, u64)> {
-        self.devices.iter().map(|d| (d.name.clone(), d.memory.iter().map(|m| m.resident_bytes()).sum())).collect()
+        use std::os::unix::fs::MetadataExt;
+        // st_blocks of a memfd counts the shmem pages allocated: cheap even for 128 GiB.
+        let allocated = |f: &MemoryBar| f.file.metadata().map_or(0, |m| m.blocks() * 512);
+        self.devices.iter().map(|d| (d.name.clone(), d.device.memory_bars.iter().flatten().map(allocated).sum())).collect()
     }
 
     pub fn shutdown(mut self) {
@@ -456,7 +468,6 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
     let port = fabric.port(id);
     let irqs = Arc::new(ClientIrqs::default());
     let mut memory_bars: [Option<MemoryBar>; 6] = Default::default();
-    let mut memory = Vec::new();
     let (model, cfg, msix_vectors): (Arc<dyn Model>, ConfigSpace, u32) = match dc.kind {
         DeviceKind::Nvme => {
             let mut namespaces = Vec::new();
@@ -478,7 +489,6 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
                 let (file, region) = memory_bar(&format!("{}-cmb", dc.name), cmb)?;
                 let bar = p2plab_nvme::NvmeController::CMB_BAR;
                 fabric.set_bar_memory(id, bar, region.clone());
-                memory.push(region);
                 memory_bars[bar] = Some(MemoryBar { file });
             }
             let cfg = ctrl.config_space().with_context(|| format!("{}: config space", dc.name))?;
@@ -490,7 +500,6 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
             let (file, region) = memory_bar(&format!("{}-vram", dc.name), size)?;
             let bar = p2plab_gpu::GpuDevice::VRAM_BAR;
             fabric.set_bar_memory(id, bar, region.clone());
-            memory.push(region.clone());
             memory_bars[bar] = Some(MemoryBar { file });
             let cfg = p2plab_gpu::GpuConfig { vram_size: size, serial: dsn_of(&dc.name) };
             let gpu = Arc::new(p2plab_gpu::GpuDevice::new(cfg, port, irqs.clone(), region).with_context(|| format!("{}: GPU device", dc.name))?);
@@ -517,7 +526,16 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
     let socket = run_dir.join(format!("{}.sock", dc.name));
     let server = vfu::Server::bind(&socket, device.clone()).with_context(|| format!("{}: binding {}", dc.name, socket.display()))?;
     server.spawn().with_context(|| format!("{}: starting its server", dc.name))?;
-    Ok(Running { name: dc.name.clone(), kind: dc.kind, socket, server, device, worker, memory })
+    Ok(Running { name: dc.name.clone(), kind: dc.kind, socket, server, device, worker })
+}
+
+/// This process's resident set size (VmRSS), 0 if unknown.
+pub fn process_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
+        .flatten()
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// A stable 64-bit Device Serial Number derived from a device name (FNV-1a).

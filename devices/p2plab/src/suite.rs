@@ -1,0 +1,232 @@
+//! `p2plab summary`: the suite's closing table and `summary.json`.
+//!
+//! `scripts/test` runs one guest per topology into `OUT/<topology>/`; this reads every
+//! `OUT/*/results.ktap` (the verdicts, host assertions already applied) with each case's
+//! `result.json` (seconds) and `counters.json` (key counters), prints one row per case
+//! and writes `OUT/summary.json` = `{"cases": [{"case", "topology", "result", "seconds",
+//! "key_counters", "message"}]}`. Exit status 1 if any case is `not ok` or a topology
+//! run produced no results.
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Serialize, Clone)]
+pub struct Row {
+    pub case: String,
+    pub topology: String,
+    pub result: String,
+    pub seconds: f64,
+    pub key_counters: String,
+    pub message: String,
+}
+
+/// KTAP top-level result lines: `ok N name` / `not ok N name # reason`.
+pub fn parse_ktap(text: &str) -> Vec<(bool, String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (ok, rest) = if let Some(r) = l.strip_prefix("not ok ") {
+                (false, r)
+            } else if let Some(r) = l.strip_prefix("ok ") {
+                (true, r)
+            } else {
+                return None;
+            };
+            let mut it = rest.splitn(2, ' ');
+            it.next()?.parse::<u32>().ok()?;
+            let tail = it.next().unwrap_or("");
+            let (name, why) = match tail.split_once(" # ") {
+                Some((n, w)) => (n.trim(), w.trim()),
+                None => (tail.trim(), ""),
+            };
+            Some((ok, name.to_string(), why.to_string()))
+        })
+        .collect()
+}
+
+fn mib(n: u64) -> String {
+    if n == 0 {
+        "0".into()
+    } else if n >= 1 << 20 {
+        format!("{:.1}M", n as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{:.0}K", (n as f64 / 1024.0).ceil())
+    }
+}
+
+/// "peer 64.0M, ram 172K, relay 0" summed over the lab's devices as bus masters.
+pub fn key_counters(delta: &Value) -> String {
+    let Some(devs) = delta.get("devices").and_then(Value::as_array) else { return String::new() };
+    if devs.is_empty() {
+        return "(no p2plab devices)".into();
+    }
+    let sum = |f: &dyn Fn(&Value) -> u64| devs.iter().map(f).sum::<u64>();
+    let rw = |v: &Value| v["read_bytes"].as_u64().unwrap_or(0) + v["write_bytes"].as_u64().unwrap_or(0);
+    let peer = sum(&|d| d["dma"]["peers"].as_object().map_or(0, |m| m.values().map(rw).sum()));
+    let own = sum(&|d| rw(&d["dma"]["self"]));
+    let ram = sum(&|d| rw(&d["dma"]["host_memory"]));
+    let relay = sum(&|d| rw(&d["dma"]["client_relay"]));
+    format!("peer {} self {} ram {} relay {}", mib(peer), mib(own), mib(ram), mib(relay))
+}
+
+pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut dirs: Vec<_> = std::fs::read_dir(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let topology = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let Ok(ktap) = std::fs::read_to_string(dir.join("results.ktap")) else {
+            rows.push(Row { case: "(boot)".into(), topology, result: "not ok".into(), seconds: 0.0, key_counters: String::new(), message: "no results.ktap: the run did not start".into() });
+            continue;
+        };
+        let cases = parse_ktap(&ktap);
+        if cases.is_empty() {
+            rows.push(Row { case: "(boot)".into(), topology: topology.clone(), result: "not ok".into(), seconds: 0.0, key_counters: String::new(), message: "results.ktap has no results".into() });
+        }
+        for (ok, case, why) in cases {
+            let cdir = dir.join("cases").join(&case);
+            let read = |f: &str| std::fs::read_to_string(cdir.join(f)).ok().and_then(|s| serde_json::from_str::<Value>(&s).ok());
+            let seconds = read("result.json").and_then(|v| v["seconds"].as_f64()).unwrap_or(0.0);
+            let key = read("counters.json").map(|v| key_counters(&v)).unwrap_or_default();
+            rows.push(Row { case, topology: topology.clone(), result: if ok { "ok" } else { "not ok" }.into(), seconds, key_counters: key, message: why });
+        }
+    }
+    Ok(rows)
+}
+
+/// `p2plab summary OUT [--host-row NAME:RESULT:SECONDS]...`.
+pub fn summary_main(out: &Path, host_rows: &[String]) -> anyhow::Result<i32> {
+    let mut rows = Vec::new();
+    for h in host_rows {
+        let mut it = h.splitn(3, ':');
+        let (Some(case), Some(result), Some(secs)) = (it.next(), it.next(), it.next()) else {
+            anyhow::bail!("--host-row wants NAME:RESULT:SECONDS, got '{h}'");
+        };
+        let result = if result == "ok" { "ok" } else { "not ok" };
+        rows.push(Row { case: case.into(), topology: "host".into(), result: result.into(), seconds: secs.parse().unwrap_or(0.0), key_counters: String::new(), message: String::new() });
+    }
+    rows.extend(collect(out)?);
+    println!();
+    println!("{:<18} {:<22} {:<7} {:>8}  {}", "case", "topology", "result", "seconds", "key counters (bytes moved by the lab's devices)");
+    println!("{}", "-".repeat(100));
+    for r in &rows {
+        println!("{:<18} {:<22} {:<7} {:>8.2}  {}", r.case, r.topology, r.result, r.seconds, r.key_counters);
+        if r.result != "ok" && !r.message.is_empty() {
+            println!("    └─ {}", r.message);
+        }
+    }
+    let failed = rows.iter().filter(|r| r.result != "ok").count();
+    let passed = rows.len() - failed;
+    let json = serde_json::json!({ "cases": rows });
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    println!("{}", "-".repeat(100));
+    println!("summary: {}", out.join("summary.json").display());
+    println!("{passed} passed, {failed} failed");
+    Ok(i32::from(failed > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ktap_lines_parse() {
+        let k = "KTAP version 1\n1..3\n# diag\nok 1 a\nnot ok 2 b # counter x: expected >= 1, seen 0\nok 3 c # SKIP never\n";
+        let r = parse_ktap(k);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1], (false, "b".into(), "counter x: expected >= 1, seen 0".into()));
+        assert!(r[0].0 && r[0].1 == "a");
+    }
+
+    #[test]
+    fn key_counters_sum_devices() {
+        let v = serde_json::json!({"devices": [
+            {"dma": {"peers": {"gpu0": {"read_bytes": 0, "write_bytes": 67108864}}, "self": {"read_bytes": 4096, "write_bytes": 0},
+                     "host_memory": {"read_bytes": 1024, "write_bytes": 0}, "client_relay": {"read_bytes": 0, "write_bytes": 0}}},
+            {"dma": {"peers": {}, "self": {}, "host_memory": {}, "client_relay": {}}}]});
+        assert_eq!(key_counters(&v), "peer 64.0M self 4K ram 1K relay 0");
+    }
+
+    #[test]
+    fn missing_results_fail() {
+        let dir = std::env::temp_dir().join(format!("p2plab-summary-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("switch")).unwrap();
+        let rows = collect(&dir).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].result, "not ok");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+fn fmt_bytes(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n >= 1 << 20 {
+        out.push_str(&format!(" ({:.1} MiB)", n as f64 / f64::from(1u32 << 20)));
+    }
+    out
+}
+
+/// `p2plab proof RUN_DIR [CASE]`: the bypass proof of one P2P case, for a newcomer.
+pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
+    let run: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).context("run.json")?)?;
+    let mut topo: crate::config::Topology = toml::from_str(run["topology_toml"].as_str().unwrap_or_default()).context("topology in run.json")?;
+    topo.name = run["topology"].as_str().unwrap_or_default().to_string();
+    let client = topo.roles.client.clone().context("topology has no client role")?;
+    let provider = topo.roles.provider.clone().context("topology has no provider role")?;
+    let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
+    let verdict = parse_ktap(&ktap).into_iter().find(|(_, n, _)| n == case);
+    let cdir = run_dir.join("cases").join(case);
+    let delta: Value = std::fs::read_to_string(cdir.join("counters.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+    let dev = |name: &str| delta["devices"].as_array().and_then(|a| a.iter().find(|d| d["name"] == name)).cloned().unwrap_or(Value::Null);
+    let (c, p) = (dev(&client), dev(&provider));
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    let peer = u(&c["dma"]["peers"][&provider]["write_bytes"]);
+    let inbound = u(&p["inbound"]["peers"][&client]["write_bytes"]);
+    let ram_data = u(&c["dma"]["host_memory"]["write_bytes"]);
+    let relay: u64 = [&c, &p].iter().map(|d| u(&d["dma"]["client_relay"]["read_bytes"]) + u(&d["dma"]["client_relay"]["write_bytes"])).sum();
+    let cpu: Option<Value> = std::fs::read_to_string(cdir.join("cpu.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
+    let console = std::fs::read_to_string(run_dir.join("console.log")).unwrap_or_default();
+    let checksum_line = console.lines().find(|l| l.contains("checksum") && l.contains(case.split('-').next().unwrap_or(case))).map(str::trim);
+    let guest_ok = verdict.as_ref().is_some_and(|v| v.0);
+
+    println!();
+    println!("p2plab proof — case {case} in topology '{}' ({client} → {provider})", topo.name);
+    println!("  {:<52} {}", format!("bytes DMA'd {client} → {provider} BAR (peer-to-peer)"), fmt_bytes(peer));
+    println!("  {:<52} {}", format!("  …as counted by {provider} (inbound)"), fmt_bytes(inbound));
+    println!("  {:<52} {}", format!("bytes {client} wrote into guest RAM"), fmt_bytes(ram_data));
+    println!("  {:<52} {}", "bytes relayed through QEMU", fmt_bytes(relay));
+    match &cpu {
+        Some(cpu) => {
+            let r = cpu["ranges"].as_array().and_then(|a| a.iter().find(|r| r["device"] == provider.as_str() && r["bar"] == 2)).cloned().unwrap_or(Value::Null);
+            println!("  {:<52} {} loads, {} stores", format!("guest CPU accesses to {provider} BAR2 (TCG witness)"), u(&r["loads"]), u(&r["stores"]));
+        }
+        None => println!("  {:<52} (not measured: run with --cpu-witness)", "guest CPU accesses to the BAR"),
+    }
+    println!("  {:<52} {}", "data check in the guest", match (guest_ok, checksum_line) {
+        (true, Some(l)) => format!("ok — {}", l.trim_start_matches("# ")),
+        (true, None) => "ok".to_string(),
+        (false, _) => format!("FAILED {}", verdict.map(|v| v.2).unwrap_or_else(|| "(case did not run)".into())),
+    });
+    let proven = guest_ok && peer >= 64 << 20 && inbound == peer && ram_data < 1 << 20 && relay == 0;
+    println!();
+    if proven {
+        println!("  ✔ bypass proven: the data went {client} → {provider} directly; neither guest RAM nor QEMU carried it.");
+        Ok(0)
+    } else {
+        println!("  ✘ bypass NOT proven (see the figures above and {})", cdir.display());
+        Ok(1)
+    }
+}
