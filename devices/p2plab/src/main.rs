@@ -9,6 +9,8 @@ mod image;
 mod lab;
 mod qemu;
 mod run;
+mod witness;
+mod suite;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +35,23 @@ enum Cmd {
     },
     /// Boot a lab guest: serve the topology's devices, start QEMU, run guest cases.
     Run(run::RunArgs),
+    /// Summarise a suite run directory (one sub-directory per topology run):
+    /// print the table, write summary.json, exit 1 on any failure.
+    Summary {
+        /// The suite's output directory.
+        out: PathBuf,
+        /// An extra host-side row, NAME:RESULT:SECONDS (e.g. cargo-test:ok:93.2).
+        #[arg(long = "host-row")]
+        host_rows: Vec<String>,
+    },
+    /// Print the bypass proof of a P2P case from a run directory.
+    Proof {
+        /// The run directory (scripts/run-guest --out).
+        run_dir: PathBuf,
+        /// The case.
+        #[arg(default_value = "p2p-read")]
+        case: String,
+    },
     /// Print the live counters of a running lab (JSON).
     Stats {
         /// The lab's control socket, or its run directory.
@@ -47,6 +66,8 @@ fn main() {
     let code = match cli.cmd {
         Cmd::Serve { config, dir } => lab::serve_main(&config, dir),
         Cmd::Run(args) => run::run_main(args),
+        Cmd::Summary { out, host_rows } => suite::summary_main(&out, &host_rows),
+        Cmd::Proof { run_dir, case } => suite::proof_main(&run_dir, &case),
         Cmd::Stats { target } => control::stats_main(&target),
     };
     match code {
