@@ -9,7 +9,6 @@ mod image;
 mod lab;
 mod qemu;
 mod run;
-mod witness;
 mod suite;
 
 use clap::{Parser, Subcommand};
