@@ -248,7 +248,10 @@ impl vfu::Device for LabDevice {
         match index {
             VFIO_PCI_INTX_IRQ_INDEX => Some(vfu::IrqInfo { count: 1, flags: EVENTFD | MASKABLE }),
             VFIO_PCI_MSIX_IRQ_INDEX => Some(vfu::IrqInfo { count: self.msix_vectors, flags: EVENTFD | NORESIZE }),
-            1 | 3 | 4 => Some(vfu::IrqInfo { count: 0, flags: EVENTFD }),
+            // MSI: not offered (MSI-X only). ERR/REQ: one eventfd each, so QEMU can
+            // register its error and request notifiers (nothing raises them yet).
+            1 => Some(vfu::IrqInfo { count: 0, flags: EVENTFD }),
+            3 | 4 => Some(vfu::IrqInfo { count: 1, flags: EVENTFD }),
             _ => None,
         }
     }
