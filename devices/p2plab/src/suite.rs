@@ -113,7 +113,7 @@ pub fn summary_main(out: &Path, host_rows: &[String]) -> anyhow::Result<i32> {
     }
     rows.extend(collect(out)?);
     println!();
-    println!("{:<18} {:<22} {:<7} {:>8}  {}", "case", "topology", "result", "seconds", "key counters (bytes moved by the lab's devices)");
+    println!("{:<18} {:<22} {:<7} {:>8}  key counters (bytes moved by the lab's devices)", "case", "topology", "result", "seconds");
     println!("{}", "-".repeat(100));
     for r in &rows {
         println!("{:<18} {:<22} {:<7} {:>8.2}  {}", r.case, r.topology, r.result, r.seconds, r.key_counters);
@@ -131,44 +131,11 @@ pub fn summary_main(out: &Path, host_rows: &[String]) -> anyhow::Result<i32> {
     Ok(i32::from(failed > 0))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ktap_lines_parse() {
-        let k = "KTAP version 1\n1..3\n# diag\nok 1 a\nnot ok 2 b # counter x: expected >= 1, seen 0\nok 3 c # SKIP never\n";
-        let r = parse_ktap(k);
-        assert_eq!(r.len(), 3);
-        assert_eq!(r[1], (false, "b".into(), "counter x: expected >= 1, seen 0".into()));
-        assert!(r[0].0 && r[0].1 == "a");
-    }
-
-    #[test]
-    fn key_counters_sum_devices() {
-        let v = serde_json::json!({"devices": [
-            {"dma": {"peers": {"gpu0": {"read_bytes": 0, "write_bytes": 67108864}}, "self": {"read_bytes": 4096, "write_bytes": 0},
-                     "host_memory": {"read_bytes": 1024, "write_bytes": 0}, "client_relay": {"read_bytes": 0, "write_bytes": 0}}},
-            {"dma": {"peers": {}, "self": {}, "host_memory": {}, "client_relay": {}}}]});
-        assert_eq!(key_counters(&v), "peer 64.0M self 4K ram 1K relay 0");
-    }
-
-    #[test]
-    fn missing_results_fail() {
-        let dir = std::env::temp_dir().join(format!("p2plab-summary-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("switch")).unwrap();
-        let rows = collect(&dir).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].result, "not ok");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 fn fmt_bytes(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -228,5 +195,38 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     } else {
         println!("  ✘ bypass NOT proven (see the figures above and {})", cdir.display());
         Ok(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ktap_lines_parse() {
+        let k = "KTAP version 1\n1..3\n# diag\nok 1 a\nnot ok 2 b # counter x: expected >= 1, seen 0\nok 3 c # SKIP never\n";
+        let r = parse_ktap(k);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1], (false, "b".into(), "counter x: expected >= 1, seen 0".into()));
+        assert!(r[0].0 && r[0].1 == "a");
+    }
+
+    #[test]
+    fn key_counters_sum_devices() {
+        let v = serde_json::json!({"devices": [
+            {"dma": {"peers": {"gpu0": {"read_bytes": 0, "write_bytes": 67108864}}, "self": {"read_bytes": 4096, "write_bytes": 0},
+                     "host_memory": {"read_bytes": 1024, "write_bytes": 0}, "client_relay": {"read_bytes": 0, "write_bytes": 0}}},
+            {"dma": {"peers": {}, "self": {}, "host_memory": {}, "client_relay": {}}}]});
+        assert_eq!(key_counters(&v), "peer 64.0M self 4K ram 1K relay 0");
+    }
+
+    #[test]
+    fn missing_results_fail() {
+        let dir = std::env::temp_dir().join(format!("p2plab-summary-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("switch")).unwrap();
+        let rows = collect(&dir).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].result, "not ok");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
