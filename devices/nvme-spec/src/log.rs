@@ -19,7 +19,7 @@ open_enum! {
         PERSISTENT_EVENT = 0x0d,
         RESERVATION_NOTIFICATION = 0x80,
         SANITIZE_STATUS = 0x81,
-        /// Vendor specific: p2plab's fabric counters (JSON, NUL padded).
+        /// Vendor specific: p2plab's fabric counters (JSON, NUL padded to at least 64 KiB).
         VENDOR_P2PLAB_COUNTERS = 0xc0,
     }
 }

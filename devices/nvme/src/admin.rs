@@ -283,6 +283,9 @@ fn effects_log() -> CommandsEffectsLog {
     log
 }
 
+/// Smallest size of vendor log page 0xC0 (the counters JSON, NUL padded).
+pub const VENDOR_LOG_MIN_SIZE: usize = 64 * 1024;
+
 fn get_log_page(sh: &Shared, st: &mut State, cmd: &Command) -> Result<(), NvmeError> {
     let cdw10 = GetLogPageCdw10::from_bits(cmd.cdw10);
     let cdw11 = GetLogPageCdw11::from_bits(cmd.cdw11);
@@ -311,8 +314,21 @@ fn get_log_page(sh: &Shared, st: &mut State, cmd: &Command) -> Result<(), NvmeEr
         LogPageId::CHANGED_NAMESPACE_LIST => vec![0; 4096],
         LogPageId::COMMANDS_SUPPORTED_AND_EFFECTS => effects_log().as_bytes().to_vec(),
         LogPageId::VENDOR_P2PLAB_COUNTERS => {
-            let src = sh.vendor_log.read().unwrap_or_else(|p| p.into_inner());
-            src.as_ref().map(|f| f()).unwrap_or_default()
+            // A fresh snapshot at offset 0; later chunks of the same fetch reuse it
+            // (the counters move with every command, including these log reads).
+            match (&st.vendor_log_snapshot, offset) {
+                (Some(page), o) if o != 0 => page.clone(),
+                _ => {
+                    let src = sh.vendor_log.read().unwrap_or_else(|p| p.into_inner());
+                    let mut page = src.as_ref().map(|f| f()).unwrap_or_default();
+                    // The page has a fixed size (NUL padded, grown in 4 KiB steps only if
+                    // the JSON is larger), so a host may fetch it in chunks at any offset
+                    // inside it without knowing the JSON's length.
+                    page.resize(page.len().next_multiple_of(4096).max(VENDOR_LOG_MIN_SIZE), 0);
+                    st.vendor_log_snapshot = Some(page.clone());
+                    page
+                }
+            }
         }
         _ => return Err(Status::INVALID_LOG_PAGE.into()),
     };

@@ -172,6 +172,10 @@ pub(crate) struct State {
     pub irq_cqs: Vec<u16>,
     /// Next I/O SQ to start the round robin at.
     pub rr: usize,
+    /// Vendor log 0xC0 as taken by the last read at offset 0: reads at a non-zero offset
+    /// (a host fetching the page in chunks) are served from it, so the chunks of one
+    /// fetch come from one snapshot and concatenate to a consistent document.
+    pub vendor_log_snapshot: Option<Vec<u8>>,
 }
 
 impl State {
@@ -188,6 +192,7 @@ impl State {
             dbbuf: None,
             irq_cqs: Vec::new(),
             rr: 0,
+            vendor_log_snapshot: None,
         }
     }
 }

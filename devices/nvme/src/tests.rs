@@ -1365,6 +1365,47 @@ fn vendor_log_is_padded_and_truncated() {
 }
 
 #[test]
+fn vendor_log_chunks_come_from_one_snapshot() {
+    // A host fetching the page in chunks (nvme-cli: 4 KiB per command, increasing LPO)
+    // must get one consistent document even though the counters move in between.
+    let mut h = Harness::new();
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n2 = n.clone();
+    h.ctrl.set_vendor_log_source(Box::new(move || {
+        let v = n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        format!("{{\"gen\":{v:04}}}").into_bytes()
+    }));
+    h.enable();
+    let (s, a) = h.get_log(LogPageId::VENDOR_P2PLAB_COUNTERS, 8, 0);
+    assert_eq!(s, Status::SUCCESS);
+    let (_, b) = h.get_log(LogPageId::VENDOR_P2PLAB_COUNTERS, 8, 8);
+    assert_eq!([a, b].concat(), b"{\"gen\":0000}\0\0\0\0");
+    // A new fetch (offset 0) takes a new snapshot.
+    let (_, a) = h.get_log(LogPageId::VENDOR_P2PLAB_COUNTERS, 8, 0);
+    let (_, b) = h.get_log(LogPageId::VENDOR_P2PLAB_COUNTERS, 8, 8);
+    assert_eq!([a, b].concat(), b"{\"gen\":0001}\0\0\0\0");
+    assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn vendor_log_has_a_fixed_size_for_chunked_fetches() {
+    // nvme-cli fetches 4 KiB at a time at increasing offsets; a short JSON must not make
+    // the offsets past its end invalid (that failed `nvme get-log --log-len=65536`).
+    let mut h = Harness::new();
+    h.ctrl
+        .set_vendor_log_source(Box::new(|| b"{\"devices\":[]}".to_vec()));
+    h.enable();
+    let (s, _) = h.get_log(LogPageId::VENDOR_P2PLAB_COUNTERS, 4096, 0);
+    assert_eq!(s, Status::SUCCESS);
+    let (s, d) = h.get_log(LogPageId::VENDOR_P2PLAB_COUNTERS, 4096, 60 * 1024);
+    assert_eq!(s, Status::SUCCESS);
+    assert!(d.iter().all(|&b| b == 0));
+    // Past the page's end: Invalid Field (NVMe 1.4, Log Page Offset).
+    let (s, _) = h.get_log(LogPageId::VENDOR_P2PLAB_COUNTERS, 4, 64 * 1024 + 4);
+    assert_eq!(s, Status::INVALID_FIELD_IN_COMMAND);
+}
+
+#[test]
 fn effects_firmware_and_unknown_logs() {
     let mut h = Harness::new();
     h.enable();

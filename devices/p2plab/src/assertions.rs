@@ -8,8 +8,8 @@ use crate::config::Topology;
 use crate::counters::leaf;
 use serde_json::Value;
 
-/// What a counter must be. Paths use `counters::leaf` syntax; `{client}` and
-/// `{provider}` are replaced by the topology's role devices.
+/// What a counter must be. Paths use `counters::leaf` syntax; `{client}`,
+/// `{provider}` and `{peer}` are replaced by the topology's role devices.
 #[derive(Debug, Clone, Copy)]
 #[allow(dead_code, reason = "the suite issue adds rules of every kind")]
 pub enum Expect {
@@ -25,19 +25,240 @@ pub struct Rule {
     pub expect: &'static [Expect],
 }
 
-/// The table (empty for now; issue #6 fills it).
-pub const RULES: &[Rule] = &[];
+const NV_MIB: i64 = 1 << 20;
+
+/// The table (issue #6).
+pub const RULES: &[Rule] = &[
+    // NVMe-side cases (guest-tests/runner/src/cases/nvme.rs).
+    Rule {
+        case: "cmb-read",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast("devices[{client}].dma.self.write_bytes", 64 * NV_MIB),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB - 1),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    Rule {
+        case: "sqs-in-cmb",
+        needs_p2plab_roles: true,
+        expect: &[
+            // 1000 reads (+ the staging writes): one 64-byte SQE each, fetched from the CMB.
+            Expect::AtLeast("devices[{client}].dma.self.read_bytes", 64 * 1000),
+            Expect::Eq("devices[{client}].dma.self.write_bytes", 0),
+            Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 1000 * 4096),
+        ],
+    },
+    Rule { case: "vendor-log", needs_p2plab_roles: true, expect: &[Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 8 * NV_MIB)] },
+    Rule {
+        case: "fio-verify",
+        needs_p2plab_roles: true,
+        expect: &[
+            // Two 256 MiB write passes from RAM and two verify passes back into RAM.
+            Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 512 * NV_MIB),
+            Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 512 * NV_MIB),
+            Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    Rule {
+        case: "nvme-nvme-copy",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast("devices[{client}].dma.peers.{peer}.write_bytes", 64 * NV_MIB),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB),
+            Expect::AtLeast("devices[{peer}].dma.self.read_bytes", 64 * NV_MIB),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    Rule { case: "p2p-refused", needs_p2plab_roles: true, expect: &[Expect::Eq("devices[{client}].dma.peers.{provider}.write_bytes", 0)] },
+    Rule {
+        case: "p2p-host-bridge",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast("devices[{client}].dma.peers.{provider}.write_bytes", 64 * NV_MIB),
+            Expect::AtLeast("devices[{provider}].inbound.peers.{client}.write_bytes", 64 * NV_MIB),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    // GPU-side cases (guest-tests/runner/src/cases/{p2p,gpu,uring}.rs), 64 MiB each.
+    // NVMe -> provider BAR: every data byte went to the peer, none to guest RAM or the relay.
+    Rule {
+        case: "p2p-read",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast("devices[{client}].dma.peers.{provider}.write_bytes", 64 * NV_MIB),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB - 1),
+            Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    // Provider BAR -> NVMe: the data came from the peer, not from RAM; the read-back (and
+    // nothing else) landed in RAM.
+    Rule {
+        case: "p2p-write",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast("devices[{client}].dma.peers.{provider}.read_bytes", 64 * NV_MIB),
+            Expect::Eq("devices[{client}].dma.peers.{provider}.write_bytes", 0),
+            Expect::AtMost("devices[{client}].dma.host_memory.read_bytes", NV_MIB - 1),
+            Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 64 * NV_MIB),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", 65 * NV_MIB - 1),
+            Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    // GPU copy engine: RAM -> VRAM A (self) -> client CMB (peer) -> VRAM B (self) -> RAM.
+    Rule {
+        case: "copy-engine",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast("devices[{provider}].dma.host_memory.read_bytes", 64 * NV_MIB),
+            Expect::AtLeast("devices[{provider}].dma.host_memory.write_bytes", 64 * NV_MIB),
+            Expect::AtLeast("devices[{provider}].dma.peers.{client}.write_bytes", 64 * NV_MIB),
+            Expect::AtLeast("devices[{provider}].dma.peers.{client}.read_bytes", 64 * NV_MIB),
+            Expect::AtLeast("devices[{provider}].dma.self.read_bytes", 128 * NV_MIB),
+            Expect::AtLeast("devices[{provider}].dma.self.write_bytes", 128 * NV_MIB),
+            Expect::Eq("devices[{provider}].dma.client_relay.read_bytes", 0),
+            Expect::Eq("devices[{provider}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    // io_uring: READ ns -> p2pmem X, WRITE X -> ns, READ ns -> p2pmem Y; only the staging
+    // of the pattern (RAM -> ns) touches guest RAM.
+    Rule {
+        case: "io-uring-p2p",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast("devices[{client}].dma.peers.{provider}.write_bytes", 128 * NV_MIB),
+            Expect::AtLeast("devices[{client}].dma.peers.{provider}.read_bytes", 64 * NV_MIB),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB - 1),
+            Expect::AtMost("devices[{client}].dma.host_memory.read_bytes", 65 * NV_MIB - 1),
+            Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    // The CPU moved the data, no device did (the checksum engine reads VRAM locally).
+    Rule {
+        case: "cpu-copy",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::Eq("devices[{provider}].dma.self.write_bytes", 0),
+            Expect::Eq("devices[{provider}].dma.host_memory.read_bytes", 0),
+            Expect::Eq("devices[{provider}].inbound.peers.{client}.write_bytes", 0),
+        ],
+    },
+];
+
+/// Two counters of a case's delta that must be equal (e.g. what one device wrote to a
+/// peer and what the peer saw arrive). Same path syntax and conditions as [`Rule`].
+pub struct SameRule {
+    pub case: &'static str,
+    pub a: &'static str,
+    pub b: &'static str,
+}
+
+pub const SAME_RULES: &[SameRule] = &[
+    SameRule {
+        case: "nvme-nvme-copy",
+        a: "devices[{peer}].inbound.peers.{client}.write_bytes",
+        b: "devices[{client}].dma.peers.{peer}.write_bytes",
+    },
+    // What the initiator sent to a peer is what the peer saw arrive.
+    SameRule { case: "p2p-read", a: "devices[{provider}].inbound.peers.{client}.write_bytes", b: "devices[{client}].dma.peers.{provider}.write_bytes" },
+    SameRule { case: "p2p-write", a: "devices[{provider}].inbound.peers.{client}.read_bytes", b: "devices[{client}].dma.peers.{provider}.read_bytes" },
+    SameRule { case: "copy-engine", a: "devices[{client}].inbound.peers.{provider}.write_bytes", b: "devices[{provider}].dma.peers.{client}.write_bytes" },
+    SameRule { case: "copy-engine", a: "devices[{client}].inbound.peers.{provider}.read_bytes", b: "devices[{provider}].dma.peers.{client}.read_bytes" },
+    SameRule { case: "io-uring-p2p", a: "devices[{provider}].inbound.peers.{client}.write_bytes", b: "devices[{client}].dma.peers.{provider}.write_bytes" },
+    SameRule { case: "io-uring-p2p", a: "devices[{provider}].inbound.peers.{client}.read_bytes", b: "devices[{client}].dma.peers.{provider}.read_bytes" },
+];
 
 pub fn check(case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
-    check_rules(RULES, case, topo, delta)
+    let mut f = check_rules(RULES, case, topo, delta);
+    f.extend(check_same(SAME_RULES, case, topo, delta));
+    f
+}
+
+fn subst_roles(topo: &Topology, p: &str) -> String {
+    p.replace("{client}", topo.roles.client.as_deref().unwrap_or("?"))
+        .replace("{provider}", topo.roles.provider.as_deref().unwrap_or("?"))
+        .replace("{peer}", topo.roles.peer.as_deref().unwrap_or("?"))
+}
+
+fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
+    let p2plab = |r: &Option<String>| r.as_deref().and_then(|n| topo.device(n)).is_none_or(|d| d.kind.is_p2plab());
+    if !(p2plab(&topo.roles.client) && p2plab(&topo.roles.provider) && p2plab(&topo.roles.peer)) {
+        return vec![];
+    }
+    let mut fails = vec![];
+    for r in rules.iter().filter(|r| r.case == case) {
+        let (a, b) = (subst_roles(topo, r.a), subst_roles(topo, r.b));
+        match (leaf(delta, &a), leaf(delta, &b)) {
+            (Some(x), Some(y)) if x == y => {}
+            (x, y) => fails.push(format!("counter {a}: expected == {b} ({}), seen {}", fmt_opt(y), fmt_opt(x))),
+        }
+    }
+    fails
+}
+
+/// Counter snapshots the guest reported during a case (JSON lines, e.g. the NVMe vendor
+/// log page 0xC0 it read with `nvme get-log`) must lie between the host's snapshots at
+/// the case's begin and end: every numeric leaf of every device, counters only grow.
+/// A report that is not JSON, or names a device the host does not have, fails.
+pub fn check_reported(begin: &Value, end: &Value, reports: &[String]) -> Vec<String> {
+    let mut fails = vec![];
+    for (k, text) in reports.iter().enumerate() {
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                fails.push(format!("reported counters #{k}: not JSON ({e})"));
+                continue;
+            }
+        };
+        let devs = v.get("devices").and_then(Value::as_array).cloned().unwrap_or_default();
+        if devs.is_empty() {
+            fails.push(format!("reported counters #{k}: no devices"));
+        }
+        for d in &devs {
+            let name = d.get("name").and_then(Value::as_str).unwrap_or("?");
+            let mut leaves = vec![];
+            numeric_leaves(d, String::new(), &mut leaves);
+            for (path, seen) in leaves {
+                let full = format!("devices[{name}]{path}");
+                match (leaf(begin, &full), leaf(end, &full)) {
+                    (Some(lo), Some(hi)) if lo <= seen && seen <= hi => {}
+                    (Some(lo), Some(hi)) => fails.push(format!("reported counter {full}: expected {lo}..={hi} (host at case begin..end), seen {seen}")),
+                    _ => fails.push(format!("reported counter {full}: the host has no such counter")),
+                }
+            }
+        }
+    }
+    fails
+}
+
+fn numeric_leaves(v: &Value, path: String, out: &mut Vec<(String, i64)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                numeric_leaves(x, format!("{path}.{k}"), out);
+            }
+        }
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                out.push((path, i));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn fmt_opt(v: Option<i64>) -> String {
+    v.map_or_else(|| "nothing (no such counter)".into(), |v| v.to_string())
 }
 
 fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
     let role_is_p2plab = |r: &Option<String>| r.as_deref().and_then(|n| topo.device(n)).is_some_and(|d| d.kind.is_p2plab());
-    let subst = |p: &str| {
-        p.replace("{client}", topo.roles.client.as_deref().unwrap_or("?"))
-            .replace("{provider}", topo.roles.provider.as_deref().unwrap_or("?"))
-    };
+    let subst = |p: &str| subst_roles(topo, p);
     let mut fails = vec![];
     for r in rules.iter().filter(|r| r.case == case) {
         if r.needs_p2plab_roles && !(role_is_p2plab(&topo.roles.client) && role_is_p2plab(&topo.roles.provider)) {
@@ -61,6 +282,153 @@ fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Value) -> Ve
         }
     }
     fails
+}
+
+/// When a CPU witness rule applies (by the kind of the role device it names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuWhen {
+    /// The provider is a p2plab GPU-kind device (VRAM in BAR 2).
+    ProviderIsGpu,
+    /// The provider is any p2plab device (its BAR 2 memory: VRAM or an NVMe CMB).
+    ProviderIsP2plab,
+}
+
+/// What the CPU witness must show for one window of a case's `cpu.json` (runs with
+/// `--cpu-witness` only). `expect` paths are the window's fields: `loads`, `stores`,
+/// `load_bytes`, `store_bytes`, `io_accesses`.
+pub struct CpuRule {
+    pub case: &'static str,
+    pub when: CpuWhen,
+    /// Device name, or `{client}` / `{provider}`.
+    pub device: &'static str,
+    pub bar: u32,
+    pub expect: &'static [Expect],
+}
+
+const MIB: i64 = 1 << 20;
+
+pub const CPU_RULES: &[CpuRule] = &[
+    // The NVMe→VRAM read and its data check (checksum engine) leave the CPU out of VRAM.
+    CpuRule { case: "p2p-read", when: CpuWhen::ProviderIsGpu, device: "{provider}", bar: 2, expect: &[Expect::Eq("loads", 0), Expect::Eq("stores", 0)] },
+    // The contrast: the CPU copies a 64 MiB pattern into p2pmem and reads it back.
+    CpuRule {
+        case: "cpu-copy",
+        when: CpuWhen::ProviderIsP2plab,
+        device: "{provider}",
+        bar: 2,
+        expect: &[Expect::AtLeast("store_bytes", 64 * MIB), Expect::AtLeast("load_bytes", 64 * MIB)],
+    },
+];
+
+/// Check a case's `cpu.json` (`{"ranges": [{"device", "bar", ...}]}`) against `CPU_RULES`.
+pub fn check_cpu(case: &str, topo: &Topology, cpu: &Value) -> Vec<String> {
+    check_cpu_rules(CPU_RULES, case, topo, cpu)
+}
+
+fn check_cpu_rules(rules: &[CpuRule], case: &str, topo: &Topology, cpu: &Value) -> Vec<String> {
+    let provider = topo.roles.provider.as_deref().and_then(|n| topo.device(n));
+    let mut fails = vec![];
+    for r in rules.iter().filter(|r| r.case == case) {
+        let applies = match r.when {
+            CpuWhen::ProviderIsGpu => provider.is_some_and(|d| d.kind == crate::config::DeviceKind::Gpu),
+            CpuWhen::ProviderIsP2plab => provider.is_some_and(|d| d.kind.is_p2plab()),
+        };
+        if !applies {
+            continue;
+        }
+        let device = r
+            .device
+            .replace("{client}", topo.roles.client.as_deref().unwrap_or("?"))
+            .replace("{provider}", topo.roles.provider.as_deref().unwrap_or("?"));
+        let window = cpu.get("ranges").and_then(Value::as_array).and_then(|rs| {
+            rs.iter().find(|w| w.get("device").and_then(Value::as_str) == Some(&device) && w.get("bar").and_then(Value::as_u64) == Some(u64::from(r.bar)))
+        });
+        for e in r.expect {
+            let (field, want, ok): (&str, String, bool);
+            let seen = |f: &str| window.and_then(|w| w.get(f)).and_then(Value::as_i64);
+            let s = match *e {
+                Expect::Eq(f, v) => {
+                    (field, want) = (f, format!("== {v}"));
+                    let s = seen(f);
+                    ok = s == Some(v);
+                    s
+                }
+                Expect::AtLeast(f, v) => {
+                    (field, want) = (f, format!(">= {v}"));
+                    let s = seen(f);
+                    ok = s.is_some_and(|s| s >= v);
+                    s
+                }
+                Expect::AtMost(f, v) => {
+                    (field, want) = (f, format!("<= {v}"));
+                    let s = seen(f);
+                    ok = s.is_some_and(|s| s <= v);
+                    s
+                }
+            };
+            if !ok {
+                let name = format!("cpu {device} bar {} {field}", r.bar);
+                fails.push(match s {
+                    Some(s) => format!("{name}: expected {want}, seen {s}"),
+                    None => format!("{name}: expected {want}, seen nothing (window not witnessed)"),
+                });
+            }
+        }
+    }
+    fails
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn topo(provider_kind: &str) -> Topology {
+        toml::from_str(&format!(
+            "[roles]\nclient='nvme0'\nprovider='p0'\n[[device]]\nname='nvme0'\nkind='nvme'\n[[device]]\nname='p0'\nkind='{provider_kind}'\n"
+        ))
+        .unwrap()
+    }
+
+    fn cpu(loads: i64, stores: i64, load_bytes: i64, store_bytes: i64) -> Value {
+        json!({"ranges": [
+            {"device": "nvme0", "bar": 2, "start": 1, "len": 1, "loads": 7, "stores": 7, "load_bytes": 56, "store_bytes": 56},
+            {"device": "p0", "bar": 2, "start": 4096, "len": 4096, "loads": loads, "stores": stores,
+             "load_bytes": load_bytes, "store_bytes": store_bytes}]})
+    }
+
+    #[test]
+    fn p2p_read_wants_no_cpu_access_to_gpu_vram() {
+        assert!(check_cpu("p2p-read", &topo("gpu"), &cpu(0, 0, 0, 0)).is_empty());
+        assert_eq!(
+            check_cpu("p2p-read", &topo("gpu"), &cpu(3, 0, 24, 0)),
+            vec!["cpu p0 bar 2 loads: expected == 0, seen 3".to_string()]
+        );
+        // Only when the provider is a GPU (an NVMe CMB provider may be read by the CPU).
+        assert!(check_cpu("p2p-read", &topo("nvme"), &cpu(3, 3, 24, 24)).is_empty());
+        // A window the witness did not record fails, naming it.
+        assert_eq!(
+            check_cpu("p2p-read", &topo("gpu"), &Value::Null),
+            vec![
+                "cpu p0 bar 2 loads: expected == 0, seen nothing (window not witnessed)".to_string(),
+                "cpu p0 bar 2 stores: expected == 0, seen nothing (window not witnessed)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn cpu_copy_wants_the_bytes_both_ways() {
+        let m = 64 * MIB;
+        assert!(check_cpu("cpu-copy", &topo("gpu"), &cpu(m / 8, m / 8, m, m)).is_empty());
+        assert!(check_cpu("cpu-copy", &topo("nvme"), &cpu(m / 8, m / 8, m, m)).is_empty());
+        assert_eq!(
+            check_cpu("cpu-copy", &topo("gpu"), &cpu(1, 1, 8, m)),
+            vec![format!("cpu p0 bar 2 load_bytes: expected >= {m}, seen 8")]
+        );
+        // Not on a provider p2plab does not serve (no window to witness).
+        assert!(check_cpu("cpu-copy", &topo("qemu-nvme"), &Value::Null).is_empty());
+        assert!(check_cpu("other", &topo("gpu"), &Value::Null).is_empty());
+    }
 }
 
 #[cfg(test)]
@@ -88,5 +456,64 @@ mod tests {
         let f = check_rules(R, "p2p-read", &topo(), &d);
         assert_eq!(f, vec!["counter devices[nvme0].dma.peers.gpu0.write_bytes: expected >= 64, seen 3".to_string()]);
         assert!(check_rules(R, "other", &topo(), &d).is_empty());
+    }
+
+    #[test]
+    fn reported_counters_must_lie_between_the_host_snapshots() {
+        let snap = |w: i64| json!({"devices": [{"name": "nvme0", "kind": "nvme", "dma": {"host_memory": {"write_bytes": w}}}]});
+        let rep = |w: i64| snap(w).to_string();
+        assert!(check_reported(&snap(10), &snap(20), &[rep(15)]).is_empty());
+        assert_eq!(
+            check_reported(&snap(10), &snap(20), &[rep(25)]),
+            vec!["reported counter devices[nvme0].dma.host_memory.write_bytes: expected 10..=20 (host at case begin..end), seen 25".to_string()]
+        );
+        assert_eq!(check_reported(&snap(10), &snap(20), &["{".into()]).len(), 1);
+        let other = json!({"devices": [{"name": "nvme9", "dma": {"self": {"read_bytes": 1}}}]}).to_string();
+        assert_eq!(check_reported(&snap(10), &snap(20), &[other]).len(), 1);
+    }
+
+    #[test]
+    fn same_rules_compare_two_counters_with_the_peer_role() {
+        let mut t: Topology = toml::from_str(
+            "[roles]\nclient='nvme0'\nprovider='gpu0'\npeer='nvme1'\n[[device]]\nname='nvme0'\nkind='nvme'\n[[device]]\nname='nvme1'\nkind='nvme'\n[[device]]\nname='gpu0'\nkind='gpu'\n",
+        )
+        .unwrap();
+        t.name = "t".into();
+        let d = |sent: i64, seen: i64| {
+            json!({"devices": [
+                {"name": "nvme0", "dma": {"peers": {"nvme1": {"write_bytes": sent}}}},
+                {"name": "nvme1", "inbound": {"peers": {"nvme0": {"write_bytes": seen}}}}]})
+        };
+        assert!(check_same(SAME_RULES, "nvme-nvme-copy", &t, &d(64, 64)).is_empty());
+        assert_eq!(
+            check_same(SAME_RULES, "nvme-nvme-copy", &t, &d(64, 60)),
+            vec!["counter devices[nvme1].inbound.peers.nvme0.write_bytes: expected == devices[nvme0].dma.peers.nvme1.write_bytes (64), seen 60".to_string()]
+        );
+        assert!(check_same(SAME_RULES, "cmb-read", &t, &d(64, 60)).is_empty());
+    }
+
+    #[test]
+    fn p2p_read_rules_pass_the_bypass_and_fail_a_ram_detour() {
+        let m = 64 * NV_MIB;
+        let dir = |r: i64, w: i64| json!({"read_bytes": r, "write_bytes": w, "ops": 1});
+        let delta = |peer: i64, ram: i64, seen: i64| {
+            json!({"devices": [
+                {"name": "nvme0", "dma": {"host_memory": dir(m, ram), "self": dir(0, 0), "client_relay": dir(0, 0), "peers": {"gpu0": dir(0, peer)}},
+                 "inbound": {"peers": {"gpu0": dir(0, 0)}}},
+                {"name": "gpu0", "dma": {"host_memory": dir(0, 0), "self": dir(0, 0), "client_relay": dir(0, 0), "peers": {"nvme0": dir(0, 0)}},
+                 "inbound": {"peers": {"nvme0": dir(0, seen)}}}]})
+        };
+        assert!(check("p2p-read", &topo(), &delta(m, 1024, m)).is_empty());
+        assert_eq!(
+            check("p2p-read", &topo(), &delta(0, m, 0)),
+            vec![
+                format!("counter devices[nvme0].dma.peers.gpu0.write_bytes: expected >= {m}, seen 0"),
+                format!("counter devices[nvme0].dma.host_memory.write_bytes: expected <= {}, seen {m}", NV_MIB - 1),
+            ]
+        );
+        assert_eq!(
+            check("p2p-read", &topo(), &delta(m, 0, m - 4096)),
+            vec![format!("counter devices[gpu0].inbound.peers.nvme0.write_bytes: expected == devices[nvme0].dma.peers.gpu0.write_bytes ({m}), seen {}", m - 4096)]
+        );
     }
 }

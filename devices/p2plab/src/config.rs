@@ -14,6 +14,7 @@
 //! [roles]
 //! client = "nvme0"       # the NVMe whose namespace p2p cases read/write
 //! provider = "gpu0"      # the device whose p2pmem is the buffer
+//! peer = "nvme1"         # optional second NVMe (nvme-nvme-copy: client ns → peer CMB → peer ns)
 //! [[device]]
 //! name = "nvme0"         # unique; also the counter and socket name
 //! kind = "nvme"          # "nvme" | "gpu" (p2plab devices) | "qemu-nvme" (QEMU built-in)
@@ -210,6 +211,8 @@ impl Default for MachineConfig {
 pub struct Roles {
     pub client: Option<String>,
     pub provider: Option<String>,
+    /// A second NVMe controller (nvme-nvme-copy).
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,7 +275,7 @@ impl Topology {
                 }
             }
         }
-        for (role, name) in [("client", &self.roles.client), ("provider", &self.roles.provider)] {
+        for (role, name) in [("client", &self.roles.client), ("provider", &self.roles.provider), ("peer", &self.roles.peer)] {
             if let Some(n) = name {
                 if !names.contains(n.as_str()) {
                     return Err(format!("roles.{role} names unknown device '{n}'"));

@@ -9,6 +9,7 @@ mod image;
 mod lab;
 mod qemu;
 mod run;
+mod witness;
 mod suite;
 
 use clap::{Parser, Subcommand};

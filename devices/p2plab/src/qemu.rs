@@ -37,6 +37,8 @@ pub struct Launch<'a> {
     /// Interactive: serial muxed with the monitor on the terminal, logged by QEMU.
     pub shell: bool,
     pub extra: &'a [String],
+    /// CPU witness: the TCG plugin and its control socket (TCG only).
+    pub witness: Option<(&'a Path, PathBuf)>,
 }
 
 /// The QEMU arguments (after the binary and its -L options).
@@ -135,6 +137,16 @@ pub fn args(l: &Launch) -> Result<Vec<String>> {
                 }
             }
         }
+    }
+    if let Some((plugin, sock)) = &l.witness {
+        // out=: the whole run's cumulative counts, written by the plugin at QEMU exit.
+        a.push("-plugin".into());
+        a.push(format!(
+            "{},control={},out={}",
+            qemu_escape(&plugin.to_string_lossy()),
+            qemu_escape(&sock.to_string_lossy()),
+            qemu_escape(&l.run_dir.join("cpu.json").to_string_lossy())
+        ));
     }
     a.extend(m.extra_args.iter().cloned());
     a.extend(l.extra.iter().cloned());

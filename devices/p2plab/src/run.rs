@@ -15,6 +15,9 @@
 //! DIR/timing.json               boot and per-case seconds
 //! DIR/cases/<case>/counters.json  counter delta over the case
 //! DIR/cases/<case>/result.json    {case, topology, result, seconds, message, host_failures}
+//! DIR/cases/<case>/cpu.json       --cpu-witness: guest CPU accesses to the lab's memory BARs
+//!                                 over the case (`witness::case_delta`)
+//! DIR/cpu.json                  --cpu-witness: the plugin's cumulative counts at QEMU exit
 //! DIR/initrd.cpio               base image + layers + run.json layer (what was booted)
 //! ```
 //! Exit code 0 iff every selected case is `ok` (guest and host assertions) and the guest
@@ -26,6 +29,7 @@ use crate::counters;
 use crate::image::{self, ModuleTree, Toolroot};
 use crate::lab::Lab;
 use crate::qemu::{self, Accel, Launch};
+use crate::witness::{self, Witness};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -85,6 +89,15 @@ pub struct RunArgs {
     /// the cargo target dir's x86_64-unknown-linux-gnu/release/p2plab-guest).
     #[arg(long)]
     pub runner: Option<PathBuf>,
+    /// CPU witness: load the tcg-witness QEMU plugin (TCG only) and record, per case, the
+    /// guest CPU's loads and stores to the lab's memory BARs (`cases/<case>/cpu.json`),
+    /// checked by the host's CPU assertions. Windows are armed only while a case runs.
+    #[arg(long)]
+    pub cpu_witness: bool,
+    /// The witness plugin (default $P2PLAB_WITNESS_PLUGIN, else the cargo target dir's
+    /// release/libtcg_witness.so).
+    #[arg(long, requires = "cpu_witness")]
+    pub witness_plugin: Option<PathBuf>,
     /// Show the whole console (default: KTAP lines and errors only) and build details.
     #[arg(short, long)]
     pub verbose: bool,
@@ -149,6 +162,9 @@ struct CaseInfo {
     roles: Vec<String>,
     #[serde(default)]
     tools: Vec<String>,
+    /// Further topology conditions (see the runner's `cases::NEEDS`).
+    #[serde(default)]
+    needs: Vec<String>,
 }
 
 fn case_table(runner: &Path) -> Result<Vec<CaseInfo>> {
@@ -165,10 +181,29 @@ fn not_applicable(c: &CaseInfo, t: &Topology) -> Option<String> {
         let set = match r.as_str() {
             "client" => t.roles.client.is_some(),
             "provider" => t.roles.provider.is_some(),
+            "peer" => t.roles.peer.is_some(),
             _ => false,
         };
         if !set {
             return Some(format!("needs roles.{r}"));
+        }
+    }
+    let role_dev = |r: &Option<String>| r.as_deref().and_then(|n| t.device(n));
+    for n in &c.needs {
+        let ok = match n.as_str() {
+            "p2plab-client" => role_dev(&t.roles.client).is_some_and(|d| d.kind == DeviceKind::Nvme),
+            "client-cmb" => role_dev(&t.roles.client).is_some_and(|d| d.kind != DeviceKind::Gpu && d.cmb_size() > 0),
+            "p2plab-peer" => role_dev(&t.roles.peer).is_some_and(|d| d.kind == DeviceKind::Nvme && d.cmb_size() > 0),
+            "root-ports" => match (role_dev(&t.roles.client), role_dev(&t.roles.provider)) {
+                (Some(c), Some(p)) => c.port == crate::config::Port::Root || p.port == crate::config::Port::Root,
+                _ => false,
+            },
+            "p2plab-device" => t.devices.iter().any(|d| d.kind.is_p2plab()),
+            "gpu-provider" => role_dev(&t.roles.provider).is_some_and(|d| d.kind == DeviceKind::Gpu),
+            _ => false,
+        };
+        if !ok {
+            return Some(format!("needs {n}"));
         }
     }
     match (c.when.as_str(), qemu::p2p_allowed(t)) {
@@ -214,6 +249,7 @@ fn guest_run_json(t: &Topology, cases: &[CaseInfo]) -> Value {
                 DeviceKind::Gpu => {
                     v["vendor"] = json!(GPU_PCI_IDS.0);
                     v["device"] = json!(GPU_PCI_IDS.1);
+                    v["vram_size"] = json!(d.vram_size());
                 }
             }
             v
@@ -222,7 +258,7 @@ fn guest_run_json(t: &Topology, cases: &[CaseInfo]) -> Value {
     json!({
         "cases": cases.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         "devices": devices,
-        "roles": {"client": t.roles.client, "provider": t.roles.provider},
+        "roles": {"client": t.roles.client, "provider": t.roles.provider, "peer": t.roles.peer},
     })
 }
 
@@ -341,7 +377,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let run_dir = run_dir.canonicalize()?;
     let _ = std::fs::remove_dir_all(run_dir.join("cases"));
-    for f in ["results.ktap", "counters.json", "console.log", "timing.json", "qemu.log"] {
+    for f in ["results.ktap", "counters.json", "console.log", "timing.json", "qemu.log", "cpu.json", "witness.sock"] {
         let _ = std::fs::remove_file(run_dir.join(f));
     }
     eprintln!("p2plab: topology {} ({}), run directory {}", topo.name, config.display(), run_dir.display());
@@ -371,7 +407,12 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         eprintln!("p2plab: image ready in {image_secs:.2} s: kernel {} ({}), layers {:?}", kernel.path.display(), if kernel.pvh { "PVH" } else { "bzImage" }, layers);
     }
 
-    let accel = qemu::resolve_accel(args.accel, &tr, &home, &kernel.path, args.verbose)?;
+    let plugin = if args.cpu_witness { Some(witness::find_plugin(args.witness_plugin.as_deref(), &repo)?) } else { None };
+    let accel = match (args.cpu_witness, args.accel) {
+        (true, Accel::Kvm) => bail!("--cpu-witness needs TCG (QEMU plugins see no KVM guest accesses); drop --accel kvm"),
+        (true, _) => Accel::Tcg,
+        (false, want) => qemu::resolve_accel(want, &tr, &home, &kernel.path, args.verbose)?,
+    };
     qemu::prepare_qemu_nvme_files(&topo, &run_dir)?;
 
     // --- kernel command line
@@ -418,6 +459,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         run_dir: &run_dir,
         shell: args.shell,
         extra: &args.qemu_args,
+        witness: plugin.as_deref().map(|p| (p, run_dir.join("witness.sock"))),
     })?;
     let mut cmd = tr.qemu();
     cmd.args(&qargs);
@@ -440,6 +482,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         "cmdline": cmdline,
         "qemu": argv,
         "runner": runner,
+        "cpu_witness": plugin,
     });
     std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&resolved)?)?;
     eprintln!(
@@ -504,6 +547,15 @@ struct CaseRun {
     begin: Option<(Instant, Value)>,
     seconds: Option<f64>,
     delta: Option<Value>,
+    /// CPU witness: the windows armed at BEGIN and the snapshot then.
+    cpu_begin: Option<(Vec<crate::lab::BarWindow>, tcg_witness::Snapshot)>,
+    /// CPU witness: the case's `cpu.json`.
+    cpu: Option<Value>,
+    /// Counter snapshots the guest reported during the case (`P2PLAB-VENDOR-LOG <json>`,
+    /// read from the NVMe vendor log page), checked against the host's snapshots.
+    reported: Vec<String>,
+    /// Failures of those checks.
+    reported_fails: Vec<String>,
 }
 
 #[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename these")]
@@ -567,7 +619,12 @@ fn supervise(
     });
 
     let snap = || lab.map_or_else(|| json!({"devices": []}), Lab::snapshot);
+    // The plugin binds its socket at QEMU start; connect lazily at the first case.
+    let mut cpu = args.cpu_witness.then(|| Witness::new(run_dir.join("witness.sock")));
+    let mut cpu_secs = 0.0f64;
     let mut runs: BTreeMap<String, CaseRun> = BTreeMap::new();
+    // The case between its BEGIN and END markers (guest reports are attached to it).
+    let mut open_case: Option<String> = None;
     let mut ktap: Vec<String> = vec![];
     let mut in_ktap = false;
     let mut reached_end = false;
@@ -605,10 +662,25 @@ fn supervise(
         } else if interesting(&l) {
             println!("{l}");
         }
+        if let (Some(i), Some(c)) = (l.find("P2PLAB-VENDOR-LOG "), open_case.as_ref()) {
+            runs.entry(c.clone()).or_default().reported.push(l[i + "P2PLAB-VENDOR-LOG ".len()..].trim().to_string());
+        }
         if let Some(i) = l.find("P2PLAB-CASE-BEGIN ") {
             let name = l[i + "P2PLAB-CASE-BEGIN ".len()..].trim().to_string();
             first_case.get_or_insert(t0.elapsed().as_secs_f64());
-            runs.entry(name.clone()).or_default().begin = Some((Instant::now(), snap()));
+            let r = runs.entry(name.clone()).or_default();
+            if let Some(w) = cpu.as_mut() {
+                // BARs are programmed after boot: take the windows as they are now.
+                let tw = Instant::now();
+                let windows = lab.map(Lab::bar_windows).unwrap_or_default();
+                match w.set_ranges(&windows).and_then(|()| w.snapshot()) {
+                    Ok(s) => r.cpu_begin = Some((windows, s)),
+                    Err(e) => eprintln!("p2plab: warning: CPU witness at {name} begin: {e:#}"),
+                }
+                cpu_secs += tw.elapsed().as_secs_f64();
+            }
+            r.begin = Some((Instant::now(), snap()));
+            open_case = Some(name.clone());
             ack(&mut stdin, &name);
         } else if let Some(i) = l.find("P2PLAB-CASE-END ") {
             let name = l[i + "P2PLAB-CASE-END ".len()..].trim().to_string();
@@ -621,6 +693,28 @@ fn supervise(
                 std::fs::create_dir_all(&dir)?;
                 std::fs::write(dir.join("counters.json"), serde_json::to_string_pretty(&d)?)?;
                 r.delta = Some(d);
+                r.reported_fails = assertions::check_reported(begin, &end, &r.reported);
+            }
+            open_case = None;
+            if let Some(w) = cpu.as_mut() {
+                let tw = Instant::now();
+                let end = w.snapshot();
+                // Disarm: outside cases the plugin runs at its cheaper unarmed cost.
+                if let Err(e) = w.set_ranges(&[]) {
+                    eprintln!("p2plab: warning: CPU witness at {name} end: disarming: {e:#}");
+                }
+                match (end, r.cpu_begin.take()) {
+                    (Ok(end), Some((windows, begin))) => {
+                        let c = witness::case_delta(&windows, &begin, &end);
+                        let dir = run_dir.join("cases").join(&name);
+                        std::fs::create_dir_all(&dir)?;
+                        std::fs::write(dir.join("cpu.json"), serde_json::to_string_pretty(&c)?)?;
+                        r.cpu = Some(c);
+                    }
+                    (Err(e), _) => eprintln!("p2plab: warning: CPU witness at {name} end: {e:#}"),
+                    (Ok(_), None) => {}
+                }
+                cpu_secs += tw.elapsed().as_secs_f64();
             }
             ack(&mut stdin, &name);
         } else if l.contains("P2PLAB-RUN-END") {
@@ -654,10 +748,18 @@ fn supervise(
         }
         match parse_result(l) {
             Some((ok, n, name, msg)) => {
-                let fails = match (ok, runs.get(&name).and_then(|r| r.delta.as_ref())) {
+                let mut fails = match (ok, runs.get(&name).and_then(|r| r.delta.as_ref())) {
                     (true, Some(d)) => assertions::check(&name, topo, d),
                     _ => vec![],
                 };
+                if ok {
+                    fails.extend(runs.get(&name).map(|r| r.reported_fails.clone()).unwrap_or_default());
+                }
+                if ok && args.cpu_witness {
+                    // A case the witness failed to record is checked against nothing.
+                    let c = runs.get(&name).and_then(|r| r.cpu.as_ref()).unwrap_or(&Value::Null);
+                    fails.extend(assertions::check_cpu(&name, topo, c));
+                }
                 if fails.is_empty() {
                     out.push(l.clone());
                 } else {
@@ -690,6 +792,9 @@ fn supervise(
 
     let mut all_ok = reached_end && stop_reason.is_none();
     let mut timing = json!({"image_seconds": image_secs, "boot_to_first_case_seconds": first_case, "total_seconds": total, "cases": {}});
+    if args.cpu_witness {
+        timing["cpu_witness_control_seconds"] = json!(cpu_secs);
+    }
     eprintln!("p2plab: {:<16} {:<8} {:>8}", "case", "result", "seconds");
     for c in cases {
         let (ok, msg) = seen.get(&c.name).map_or((false, why_missing.clone()), |(ok, m, f)| (*ok, if f.is_empty() { m.clone() } else { f.join("; ") }));
@@ -745,7 +850,7 @@ mod tests {
         let sw = topo("[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='qemu-nvme'\n[[device]]\nname='b'\nkind='qemu-nvme'\n");
         let rp = topo("[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='qemu-nvme'\nport='root'\n[[device]]\nname='b'\nkind='qemu-nvme'\nport='root'\n");
         let epyc = topo("[machine]\ncpu='EPYC'\n[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='nvme'\nport='root'\n[[device]]\nname='b'\nkind='gpu'\nport='root'\n");
-        let case = |when: &str| CaseInfo { name: "x".into(), when: when.into(), roles: vec!["client".into(), "provider".into()], tools: vec![] };
+        let case = |when: &str| CaseInfo { name: "x".into(), when: when.into(), roles: vec!["client".into(), "provider".into()], tools: vec![], needs: vec![] };
         assert!(not_applicable(&case("p2p-allowed"), &sw).is_none());
         assert!(not_applicable(&case("p2p-refused"), &sw).is_some());
         assert!(not_applicable(&case("p2p-refused"), &rp).is_none());

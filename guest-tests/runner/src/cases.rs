@@ -3,8 +3,11 @@
 //! where it applies. The host (`p2plab run`) reads this table through `--list-json` to
 //! pick the default cases of a topology, so the row is the only registration.
 
+mod gpu;
 mod nvme;
 mod p2p;
+mod pci;
+mod uring;
 
 use crate::console::Console;
 use crate::devices::Env;
@@ -94,7 +97,120 @@ pub const CASES: &[Case] = &[
         tools: &[],
         run: p2p::refused,
     },
+    Case {
+        name: "cmb-read",
+        description: "O_DIRECT pread 64 MiB from the client namespace into the client's OWN CMB p2pmem, verified",
+        when: When::Any,
+        roles: &["client"],
+        tools: &[],
+        run: nvme::cmb_read,
+    },
+    Case {
+        name: "sqs-in-cmb",
+        description: "the driver put the client's I/O SQs in its CMB (use_cmb_sqes, p2pmem in use); 1000 x 4 KiB O_DIRECT reads verified",
+        when: When::Any,
+        roles: &["client"],
+        tools: &[],
+        run: nvme::sqs_in_cmb,
+    },
+    Case {
+        name: "vendor-log",
+        description: "nvme get-log 0xC0 returns the fabric's counters JSON; the client's host-memory writes grow by a known O_DIRECT read",
+        when: When::Any,
+        roles: &["client"],
+        tools: &[],
+        run: nvme::vendor_log_case,
+    },
+    Case {
+        name: "fio-verify",
+        description: "fio randwrite + crc32c verify over 256 MiB of the client namespace at QD 1 and 32 (libaio, direct), zero errors",
+        when: When::Any,
+        roles: &["client"],
+        tools: &["fio"],
+        run: nvme::fio_verify,
+    },
+    Case {
+        name: "nvme-nvme-copy",
+        description: "client namespace -> peer NVMe CMB p2pmem -> peer namespace (64 MiB, like p2pmem-test), read back and verified",
+        when: When::Any,
+        roles: &["client", "peer"],
+        tools: &[],
+        run: nvme::nvme_nvme_copy,
+    },
+    Case {
+        name: "p2p-host-bridge",
+        description: "client and provider on different root ports of an AMD (EPYC) host bridge: the P2P read works, verified",
+        when: When::P2pAllowed,
+        roles: &["client", "provider"],
+        tools: &[],
+        run: nvme::p2p_host_bridge,
+    },
+    Case {
+        name: "pci-config",
+        description: "the p2plab devices' config space as designed: IDs, class, BAR sizes/flags, PM/MSI-X/PCIe caps, DSN, ReBAR",
+        when: When::Any,
+        roles: &[],
+        tools: &[],
+        run: pci::config,
+    },
+    Case {
+        name: "copy-engine",
+        description: "GPU copy engine: RAM -> VRAM -> client CMB -> VRAM -> RAM (64 MiB), verified in RAM and by the checksum engine",
+        when: When::P2pAllowed,
+        roles: &["client", "provider"],
+        tools: &[],
+        run: gpu::copy_engine,
+    },
+    Case {
+        name: "dmabuf-export",
+        description: "export a VRAM range as a page-less dma-buf; attach+map as the GPU and as the client: DMA address = BAR2 bus address + offset",
+        when: When::P2pAllowed,
+        roles: &["client", "provider"],
+        tools: &[],
+        run: gpu::dmabuf_export,
+    },
+    Case {
+        name: "io-uring-p2p",
+        description: "io_uring READ/WRITE (O_DIRECT, non-fixed) 64 MiB namespace <-> GPU p2pmem, verified by the checksum engine",
+        when: When::P2pAllowed,
+        roles: &["client", "provider"],
+        tools: &[],
+        run: uring::io_uring_p2p,
+    },
+    Case {
+        name: "cpu-copy",
+        description: "the CPU stores 64 MiB into GPU p2pmem (64-bit stores) and loads it back, verified (CPU witness contrast case)",
+        when: When::Any,
+        roles: &["provider"],
+        tools: &[],
+        run: gpu::cpu_copy,
+    },
 ];
+
+/// Further conditions on the topology, by case name (judged by the host, `p2plab run`):
+/// - `p2plab-client`: the client is a p2plab NVMe controller (its counters, vendor log, CMB SQs);
+/// - `client-cmb`: the client is an NVMe controller with a CMB;
+/// - `p2plab-peer`: the peer role is a p2plab NVMe controller with a CMB;
+/// - `root-ports`: client and provider are not both below the switch;
+/// - `p2plab-device`: the topology has at least one p2plab device;
+/// - `gpu-provider`: the provider is a p2plab GPU-like device (p2pgpu driver, checksum engine).
+pub const NEEDS: &[(&str, &[&str])] = &[
+    ("cmb-read", &["client-cmb"]),
+    ("sqs-in-cmb", &["p2plab-client"]),
+    ("vendor-log", &["p2plab-client"]),
+    ("fio-verify", &["p2plab-client"]),
+    ("nvme-nvme-copy", &["p2plab-client", "p2plab-peer"]),
+    ("p2p-host-bridge", &["root-ports"]),
+    ("pci-config", &["p2plab-device"]),
+    ("copy-engine", &["gpu-provider", "client-cmb"]),
+    ("dmabuf-export", &["gpu-provider"]),
+    ("io-uring-p2p", &["gpu-provider"]),
+    ("cpu-copy", &["gpu-provider"]),
+];
+
+fn needs(case: &str) -> &'static [&'static str] {
+    NEEDS.iter().find(|n| n.0 == case).map_or(&[], |n| n.1)
+}
 
 pub fn table_json() -> serde_json::Value {
     serde_json::Value::Array(
@@ -107,6 +223,7 @@ pub fn table_json() -> serde_json::Value {
                     "when": c.when.as_str(),
                     "roles": c.roles,
                     "tools": c.tools,
+                    "needs": needs(c.name),
                 })
             })
             .collect(),

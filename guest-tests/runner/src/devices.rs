@@ -21,6 +21,9 @@ pub struct DevInfo {
     /// CMB bytes the topology configured (0 = none).
     #[serde(default)]
     pub cmb_size: u64,
+    /// GPU BAR2 ("VRAM") bytes the topology configured (0 = not given).
+    #[serde(default)]
+    pub vram_size: u64,
 }
 
 impl DevInfo {
@@ -33,6 +36,9 @@ impl DevInfo {
 pub struct Roles {
     pub client: Option<String>,
     pub provider: Option<String>,
+    /// A second NVMe controller (nvme-nvme-copy: client namespace → peer CMB → peer namespace).
+    #[serde(default)]
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,11 +105,12 @@ impl Env {
         self.devices.iter().find(|d| d.info.name == name)
     }
 
-    /// The device playing `role` ("client" / "provider"), or why there is none.
+    /// The device playing `role` ("client" / "provider" / "peer"), or why there is none.
     pub fn role(&self, role: &str) -> Result<&Found, String> {
         let name = match role {
             "client" => self.roles.client.as_deref(),
             "provider" => self.roles.provider.as_deref(),
+            "peer" => self.roles.peer.as_deref(),
             _ => None,
         }
         .ok_or_else(|| format!("the topology names no {role}"))?;

@@ -82,3 +82,339 @@ pub fn cmb_p2pmem(ctx: &mut Ctx) -> Result<(), String> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Data cases on the client controller: its own CMB, its SQs in the CMB, the vendor log,
+// fio verification, and the NVMe → NVMe-CMB → NVMe copy.
+//
+// Namespace regions (1 GiB namespaces; each case its own so they never read another
+// case's data): p2p cases 0..64M, cmb-read 64M.., nvme-nvme-copy 128M.., sqs-in-cmb
+// 192M.., vendor-log 200M.., fio-verify 256M..512M.
+
+use crate::devices::Found;
+use crate::mem::{direct_io, open_direct, Mapping, MIB};
+use std::time::Instant;
+
+const CMB_READ_LEN: usize = 64 * MIB;
+const CMB_READ_OFF: u64 = 64 << 20;
+const COPY_LEN: usize = 64 * MIB;
+const COPY_OFF: u64 = 128 << 20;
+const SQS_OFF: u64 = 192 << 20;
+const SQS_READS: usize = 1000;
+const VLOG_OFF: u64 = 200 << 20;
+const VLOG_READ: usize = 8 * MIB;
+const FIO_OFF: u64 = 256 << 20;
+const FIO_SIZE: u64 = 256 << 20;
+
+fn rate(len: usize, t: Instant) -> String {
+    let s = t.elapsed().as_secs_f64();
+    format!("{:.2} s, {:.1} MiB/s", s, len as f64 / MIB as f64 / s.max(1e-9))
+}
+
+/// A seed that differs per boot, so data left on a reused namespace file by an earlier
+/// run can never pass a verification.
+fn fresh_seed(tag: u64) -> u64 {
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    tag ^ ns.rotate_left(17)
+}
+
+/// The client as an NVMe controller with a namespace (and its PCI address).
+fn nvme_role<'a>(ctx: &Ctx<'a>, role: &str) -> Result<(&'a Found, String, String), String> {
+    let d = ctx.env.role(role)?;
+    if !d.info.is_nvme() {
+        return Err(format!("{role} {} is a {}, not an NVMe controller", d.info.name, d.info.kind));
+    }
+    let bdf = d.bdf.clone().ok_or_else(|| format!("{role} {} has no PCI address", d.info.name))?;
+    let ns = d.ns.clone().ok_or_else(|| format!("{role} {} has no namespace block device", d.info.name))?;
+    Ok((d, bdf, ns))
+}
+
+/// Write `len` bytes of pattern `seed` at `off` of `ns` from RAM (O_DIRECT, 1 MiB chunks).
+fn stage(ctx: &mut Ctx, ns: &str, off: u64, len: usize, seed: u64) -> Result<(), String> {
+    let ram = Mapping::ram(len)?;
+    ram.fill(seed);
+    let f = open_direct(ns)?;
+    let t = Instant::now();
+    direct_io(&f, &ram, off, MIB, true).map_err(|e| format!("staging pwrite RAM -> {ns}@{off:#x}: {e}"))?;
+    ctx.diag(&format!("staged {} MiB RAM -> {ns}@{}M: {}", len / MIB, off >> 20, rate(len, t)));
+    Ok(())
+}
+
+/// `p2pmem` size and available bytes of a device.
+fn p2pmem_stats(bdf: &str) -> Result<(u64, u64), String> {
+    let get = |f: &str| -> Result<u64, String> {
+        let p = format!("/sys/bus/pci/devices/{bdf}/p2pmem/{f}");
+        sysfs(&p).ok_or_else(|| format!("no {p} (CMB not published as p2pmem)"))?.parse().map_err(|_| format!("{p}: not a number"))
+    };
+    Ok((get("size")?, get("available")?))
+}
+
+/// cmb-read: O_DIRECT 64 MiB from the client's namespace into its OWN CMB (p2pmem).
+pub fn cmb_read(ctx: &mut Ctx) -> Result<(), String> {
+    let (c, bdf, ns) = nvme_role(ctx, "client")?;
+    let (size, avail) = p2pmem_stats(&bdf)?;
+    ctx.diag(&format!("{} ({bdf}) p2pmem: size {} MiB, available {} MiB (the rest holds SQs)", c.info.name, size >> 20, avail >> 20));
+    if avail < CMB_READ_LEN as u64 {
+        return Err(format!("{}: only {avail} bytes of p2pmem available, need {CMB_READ_LEN}", c.info.name));
+    }
+    let seed = fresh_seed(0x636d_6272);
+    stage(ctx, &ns, CMB_READ_OFF, CMB_READ_LEN, seed)?;
+    let cmb = Mapping::p2pmem(&bdf, CMB_READ_LEN)?;
+    cmb.fill(!seed);
+    let f = open_direct(&ns)?;
+    let t = Instant::now();
+    direct_io(&f, &cmb, CMB_READ_OFF, MIB, false).map_err(|e| format!("pread {ns} -> own CMB p2pmem ({bdf}): {e}"))?;
+    ctx.diag(&format!("read {ns} -> {} CMB p2pmem: {}", c.info.name, rate(CMB_READ_LEN, t)));
+    let t = Instant::now();
+    cmb.verify(seed)?;
+    ctx.diag(&format!("verified {} MiB in the CMB: {}", CMB_READ_LEN / MIB, rate(CMB_READ_LEN, t)));
+    Ok(())
+}
+
+/// sqs-in-cmb: the driver put the I/O SQs in the CMB, and an I/O burst works (the host
+/// rule proves the controller fetched the SQEs from its own CMB).
+pub fn sqs_in_cmb(ctx: &mut Ctx) -> Result<(), String> {
+    let (c, bdf, ns) = nvme_role(ctx, "client")?;
+    let param = sysfs("/sys/module/nvme/parameters/use_cmb_sqes").ok_or("no /sys/module/nvme/parameters/use_cmb_sqes")?;
+    if param != "Y" {
+        return Err(format!("nvme.use_cmb_sqes is '{param}': the driver keeps SQs out of the CMB"));
+    }
+    // SQs are allocated from the CMB's p2pmem pool: with nothing else mapped, the
+    // difference between size and available is the SQ memory.
+    let (size, avail) = p2pmem_stats(&bdf)?;
+    let used = size - avail;
+    let ctrl = c.ctrl.as_deref().unwrap_or("?");
+    let qcount = sysfs(&format!("/sys/class/nvme/{ctrl}/queue_count")).unwrap_or_else(|| "?".into());
+    ctx.diag(&format!("{} ({bdf}): use_cmb_sqes=Y, p2pmem in use {used} bytes of {size} (SQ memory), queue_count {qcount}", c.info.name));
+    if used == 0 {
+        return Err(format!("{}: no p2pmem in use: the I/O SQs are not in the CMB", c.info.name));
+    }
+    const BS: usize = 4096;
+    const SPAN: usize = 1024; // distinct 4 KiB blocks (4 MiB)
+    let seed = fresh_seed(0x7371_7363);
+    stage(ctx, &ns, SQS_OFF, SPAN * BS, seed)?;
+    let f = open_direct(&ns)?;
+    let buf = Mapping::ram(BS)?;
+    let words = buf.ptr().cast::<u64>();
+    let t = Instant::now();
+    for i in 0..SQS_READS {
+        let blk = (i * 389) % SPAN; // a permutation stride: scattered, not sequential
+        let off = SQS_OFF + (blk * BS) as u64;
+        // SAFETY: buf is a live 4 KiB mapping.
+        let r = unsafe { libc::pread(std::os::fd::AsRawFd::as_raw_fd(&f), buf.ptr().cast(), BS, off as libc::off_t) };
+        if r != BS as isize {
+            return Err(format!("read {i} ({ns}@{off:#x}): {} (returned {r})", std::io::Error::last_os_error()));
+        }
+        for w in [0usize, 511] {
+            // SAFETY: w < 512 words of the 4 KiB mapping.
+            let got = unsafe { words.add(w).read_volatile() };
+            let want = crate::mem::pattern(seed, (blk * BS / 8 + w) as u64);
+            if got != want {
+                return Err(format!("read {i} ({ns}@{off:#x}) word {w}: got {got:#x}, want {want:#x}"));
+            }
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    ctx.diag(&format!("{SQS_READS} x 4 KiB O_DIRECT reads, verified: {s:.2} s, {:.0} IOPS", SQS_READS as f64 / s.max(1e-9)));
+    Ok(())
+}
+
+/// Run `prog args` and return stdout; a non-zero exit is an error carrying stderr.
+fn run_tool(prog: &str, args: &[&str]) -> Result<Vec<u8>, String> {
+    let o = std::process::Command::new(prog).args(args).output().map_err(|e| format!("cannot run {prog}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "{prog} {} failed ({}): {}{}",
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim(),
+            String::from_utf8_lossy(&o.stdout).chars().take(400).collect::<String>()
+        ));
+    }
+    Ok(o.stdout)
+}
+
+const VLOG_LEN: usize = 64 * 1024;
+
+/// The vendor log page 0xC0 of controller `ctrl` as JSON (nvme-cli's get-log).
+fn vendor_log(ctrl: &str) -> Result<(serde_json::Value, String), String> {
+    let dev = format!("/dev/{ctrl}");
+    let len = VLOG_LEN.to_string();
+    let raw = run_tool("nvme", &["get-log", &dev, "--log-id=0xc0", &format!("--log-len={len}"), "--raw-binary"])?;
+    if raw.len() != VLOG_LEN {
+        return Err(format!("nvme get-log returned {} bytes, asked for {VLOG_LEN}", raw.len()));
+    }
+    let end = raw.iter().position(|&b| b == 0).ok_or_else(|| format!("vendor log fills all {VLOG_LEN} bytes: truncated JSON"))?;
+    if raw[end..].iter().any(|&b| b != 0) {
+        return Err(format!("vendor log: non-zero bytes after the JSON's end at {end}"));
+    }
+    let text = String::from_utf8(raw[..end].to_vec()).map_err(|_| "vendor log is not UTF-8".to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("vendor log is not JSON ({e}): {:.200}", text))?;
+    Ok((v, text))
+}
+
+fn log_counter(v: &serde_json::Value, dev: &str, path: &[&str]) -> Result<u64, String> {
+    let d = v["devices"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["name"] == dev))
+        .ok_or_else(|| format!("vendor log has no device '{dev}'"))?;
+    let mut x = d;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_u64().ok_or_else(|| format!("vendor log: {dev}.{} is not a number", path.join(".")))
+}
+
+/// vendor-log: page 0xC0 carries the fabric's counters; they move as the guest's I/O does.
+pub fn vendor_log_case(ctx: &mut Ctx) -> Result<(), String> {
+    let (c, _bdf, ns) = nvme_role(ctx, "client")?;
+    let name = c.info.name.clone();
+    let ctrl = c.ctrl.clone().ok_or("client has no controller")?;
+    let (v1, _) = vendor_log(&ctrl)?;
+    // Every p2plab device of the run must be in it.
+    for d in ctx.env.devices.iter().filter(|d| d.info.kind == "nvme" || d.info.kind == "gpu") {
+        log_counter(&v1, &d.info.name, &["dma", "host_memory", "write_bytes"])?;
+    }
+    let hw = ["dma", "host_memory", "write_bytes"];
+    let w1 = log_counter(&v1, &name, &hw)?;
+    let ram = Mapping::ram(VLOG_READ)?;
+    let f = open_direct(&ns)?;
+    direct_io(&f, &ram, VLOG_OFF, MIB, false).map_err(|e| format!("pread {ns}: {e}"))?;
+    let (v2, text) = vendor_log(&ctrl)?;
+    let w2 = log_counter(&v2, &name, &hw)?;
+    let d = w2.checked_sub(w1).ok_or_else(|| format!("{name}.dma.host_memory.write_bytes went backwards: {w1} -> {w2}"))?;
+    ctx.diag(&format!("vendor log {ctrl}: {name}.dma.host_memory.write_bytes {w1} -> {w2} (+{d}) around a {VLOG_READ}-byte O_DIRECT read"));
+    // The read itself, plus the first log's data (64 KiB) and completions.
+    let slack = (VLOG_LEN + 64 * 1024) as u64;
+    if d < VLOG_READ as u64 || d > VLOG_READ as u64 + slack {
+        return Err(format!("{name}.dma.host_memory.write_bytes grew by {d}, want {VLOG_READ}..={}", VLOG_READ as u64 + slack));
+    }
+    // Monotonic everywhere.
+    for dev in v2["devices"].as_array().into_iter().flatten() {
+        let n = dev["name"].as_str().unwrap_or("?");
+        for dir in ["host_memory", "self", "client_relay"] {
+            for k in ["read_bytes", "write_bytes"] {
+                let a = log_counter(&v1, n, &["dma", dir, k])?;
+                let b = log_counter(&v2, n, &["dma", dir, k])?;
+                if b < a {
+                    return Err(format!("vendor log: {n}.dma.{dir}.{k} went backwards: {a} -> {b}"));
+                }
+            }
+        }
+    }
+    // For the host: the counters the controller reported, compared with its snapshots.
+    ctx.diag(&format!("P2PLAB-VENDOR-LOG {text}"));
+    Ok(())
+}
+
+/// fio-verify: randwrite + crc32c verify over 256 MiB of the client namespace, QD 1 and 32.
+pub fn fio_verify(ctx: &mut Ctx) -> Result<(), String> {
+    let (_c, _bdf, ns) = nvme_role(ctx, "client")?;
+    if !std::path::Path::new("/usr/bin/fio").exists() {
+        return Err("fio is not in the image (the case must list tools: [\"fio\"])".into());
+    }
+    for (qd, bs) in [(1u32, "64k"), (32, "16k")] {
+        let t = Instant::now();
+        let out = run_tool(
+            "/usr/bin/fio",
+            &[
+                &format!("--name=verify-qd{qd}"),
+                &format!("--filename={ns}"),
+                "--direct=1",
+                "--ioengine=libaio",
+                "--rw=randwrite",
+                &format!("--bs={bs}"),
+                &format!("--iodepth={qd}"),
+                &format!("--offset={FIO_OFF}"),
+                &format!("--size={FIO_SIZE}"),
+                "--verify=crc32c",
+                "--do_verify=1",
+                "--verify_fatal=1",
+                "--verify_backlog=0",
+                "--output-format=json",
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out);
+        let json = text.find('{').map(|i| &text[i..]).ok_or_else(|| format!("fio printed no JSON: {text:.300}"))?;
+        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("fio JSON: {e}"))?;
+        let job = &v["jobs"][0];
+        let err = job["error"].as_i64().ok_or("fio JSON has no jobs[0].error")?;
+        let wb = job["write"]["io_bytes"].as_u64().unwrap_or(0);
+        let rb = job["read"]["io_bytes"].as_u64().unwrap_or(0);
+        let wbw = job["write"]["bw"].as_u64().unwrap_or(0) / 1024;
+        let rbw = job["read"]["bw"].as_u64().unwrap_or(0) / 1024;
+        let wiops = job["write"]["iops"].as_f64().unwrap_or(0.0);
+        ctx.diag(&format!(
+            "fio QD{qd} bs {bs}: wrote {} MiB ({wbw} MiB/s, {wiops:.0} IOPS), verified {} MiB ({rbw} MiB/s), error {err}, {:.1} s",
+            wb >> 20,
+            rb >> 20,
+            t.elapsed().as_secs_f64()
+        ));
+        if err != 0 {
+            return Err(format!("fio QD{qd}: error {err}"));
+        }
+        if wb < FIO_SIZE || rb < FIO_SIZE {
+            return Err(format!("fio QD{qd}: wrote {wb} and verified {rb} bytes, want >= {FIO_SIZE} each"));
+        }
+    }
+    Ok(())
+}
+
+/// nvme-nvme-copy: client namespace → peer's CMB (p2pmem) → peer namespace, verified by
+/// reading the peer namespace back into RAM.
+pub fn nvme_nvme_copy(ctx: &mut Ctx) -> Result<(), String> {
+    let (c, _cbdf, cns) = nvme_role(ctx, "client")?;
+    let (p, pbdf, pns) = nvme_role(ctx, "peer")?;
+    let seed = fresh_seed(0x6e6e_6370);
+    stage(ctx, &cns, COPY_OFF, COPY_LEN, seed)?;
+    let cmb = Mapping::p2pmem(&pbdf, COPY_LEN)?;
+    cmb.fill(!seed);
+    let cf = open_direct(&cns)?;
+    let t = Instant::now();
+    direct_io(&cf, &cmb, COPY_OFF, MIB, false).map_err(|e| format!("pread {cns} -> {} CMB p2pmem: {e}", p.info.name))?;
+    ctx.diag(&format!("{} ({cns}) -> {} CMB: {}", c.info.name, p.info.name, rate(COPY_LEN, t)));
+    cmb.verify(seed).map_err(|e| format!("{} CMB after the P2P read: {e}", p.info.name))?;
+    let pf = open_direct(&pns)?;
+    let t = Instant::now();
+    direct_io(&pf, &cmb, COPY_OFF, MIB, true).map_err(|e| format!("pwrite {} CMB -> {pns}: {e}", p.info.name))?;
+    ctx.diag(&format!("{} CMB -> {} ({pns}): {}", p.info.name, p.info.name, rate(COPY_LEN, t)));
+    drop(cmb);
+    let ram = Mapping::ram(COPY_LEN)?;
+    direct_io(&pf, &ram, COPY_OFF, MIB, false).map_err(|e| format!("read-back {pns} -> RAM: {e}"))?;
+    ram.verify(seed).map_err(|e| format!("{pns} read back: {e}"))?;
+    ctx.diag(&format!("verified {} MiB on {pns}", COPY_LEN / MIB));
+    Ok(())
+}
+
+/// The root port above a PCI function (`0000:00:02.0` for `/sys/devices/pci0000:00/0000:00:02.0/...`).
+fn root_port(bdf: &str) -> Result<String, String> {
+    let p = std::fs::canonicalize(format!("/sys/bus/pci/devices/{bdf}")).map_err(|e| format!("{bdf}: {e}"))?;
+    let parts: Vec<String> = p.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    let i = parts.iter().position(|s| s.starts_with("pci")).ok_or_else(|| format!("{}: no pci root", p.display()))?;
+    if parts.len() < i + 3 {
+        return Err(format!("{bdf} sits on the root bus ({}), not below a root port", p.display()));
+    }
+    Ok(parts[i + 1].clone())
+}
+
+/// p2p-host-bridge: client and provider on different root ports, an AMD (family >= 0x17)
+/// CPU: the host bridge is whitelisted and the P2P read works.
+pub fn p2p_host_bridge(ctx: &mut Ctx) -> Result<(), String> {
+    let c = ctx.env.role("client")?;
+    let p = ctx.env.role("provider")?;
+    let (cb, pb) = (c.bdf.clone().unwrap_or_default(), p.bdf.clone().unwrap_or_default());
+    let (cr, pr) = (root_port(&cb)?, root_port(&pb)?);
+    ctx.diag(&format!("{} {cb} below root port {cr}; {} {pb} below root port {pr}", c.info.name, p.info.name));
+    if cr == pr {
+        return Err(format!("{} and {} share root port {cr}: this is not the host-bridge path", c.info.name, p.info.name));
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| cpuinfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string());
+    let vendor = field("vendor_id").unwrap_or_default();
+    let family: u32 = field("cpu family").and_then(|s| s.parse().ok()).unwrap_or(0);
+    ctx.diag(&format!("CPU {vendor} family {family:#x}"));
+    if vendor != "AuthenticAMD" || family < 0x17 {
+        return Err(format!("CPU {vendor} family {family:#x}: Linux whitelists the host bridge only for AMD family >= 0x17"));
+    }
+    super::p2p::read(ctx)
+}

@@ -1,5 +1,6 @@
 //! P2P data cases: an NVMe namespace (client) and P2P memory (provider's p2pmem).
 
+use super::gpu::{hex, pattern_digest, Gpu};
 use super::Ctx;
 use crate::devices::Found;
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
@@ -30,6 +31,8 @@ pub fn read(ctx: &mut Ctx) -> Result<(), String> {
     let bdf = provider.bdf.as_deref().unwrap_or_default();
     let p2p = Mapping::p2pmem(bdf, LEN)?;
     let f = open_direct(&ns)?;
+    // A GPU provider's VRAM is checked by its checksum engine: no CPU access to it.
+    let gpu = if provider.info.kind == "gpu" { Some(Gpu::open(provider)?) } else { None };
     // Stage the pattern on the namespace from RAM first.
     let ram = Mapping::ram(LEN)?;
     ram.fill(SEED_READ);
@@ -37,14 +40,38 @@ pub fn read(ctx: &mut Ctx) -> Result<(), String> {
     direct_io(&f, &ram, NS_OFF, CHUNK, true).map_err(|e| format!("staging pwrite from RAM to {ns}: {e}"))?;
     ctx.diag(&format!("staged {} MiB RAM -> {ns}: {}", LEN / MIB, mibs(LEN, t)));
     drop(ram);
-    p2p.fill(!SEED_READ); // make stale data visible
+    let gpu_check = match &gpu {
+        Some(g) => {
+            let off = g.vram_offset(&p2p)?;
+            let want = pattern_digest(SEED_READ, LEN);
+            // Stale data must not pass: the range must not hold the pattern yet.
+            let before = g.checksum(off, LEN as u64)?;
+            if before == want {
+                return Err(format!("VRAM {off:#x}+{LEN:#x} already holds the pattern before the read"));
+            }
+            ctx.diag(&format!("p2pmem at VRAM {off:#x}; device SHA-256 before the read {}", &hex(&before)[..16]));
+            Some((g, off, want))
+        }
+        None => {
+            p2p.fill(!SEED_READ); // make stale data visible
+            None
+        }
+    };
     let t = Instant::now();
     direct_io(&f, &p2p, NS_OFF, CHUNK, false)
         .map_err(|e| format!("pread {ns} -> p2pmem of {} ({bdf}): {e}", provider.info.name))?;
     ctx.diag(&format!("p2p read {} ({ns}) -> {} p2pmem: {}", client.info.name, provider.info.name, mibs(LEN, t)));
     let t = Instant::now();
-    p2p.verify(SEED_READ)?;
-    ctx.diag(&format!("verified {} MiB in p2pmem: {}", LEN / MIB, mibs(LEN, t)));
+    match gpu_check {
+        Some((g, off, want)) => {
+            g.expect_digest(off, LEN, &want, "after the P2P read")?;
+            ctx.diag(&format!("device checksum engine: SHA-256 {} matches ({})", &hex(&want)[..16], mibs(LEN, t)));
+        }
+        None => {
+            p2p.verify(SEED_READ)?;
+            ctx.diag(&format!("verified {} MiB in p2pmem: {}", LEN / MIB, mibs(LEN, t)));
+        }
+    }
     Ok(())
 }
 
@@ -61,7 +88,9 @@ pub fn write(ctx: &mut Ctx) -> Result<(), String> {
         .map_err(|e| format!("pwrite p2pmem of {} ({bdf}) -> {ns}: {e}", provider.info.name))?;
     ctx.diag(&format!("p2p write {} p2pmem -> {} ({ns}): {}", provider.info.name, client.info.name, mibs(LEN, t)));
     let ram = Mapping::ram(LEN)?;
+    let t = Instant::now();
     direct_io(&f, &ram, NS_OFF, CHUNK, false).map_err(|e| format!("read-back pread {ns} -> RAM: {e}"))?;
+    ctx.diag(&format!("read back {ns} -> RAM: {}", mibs(LEN, t)));
     ram.verify(SEED_WRITE)
 }
 
