@@ -139,6 +139,8 @@ impl Kick {
 /// How long the worker keeps polling after the last piece of work before it sleeps.
 /// Short: the lab has two cores and a TCG guest keeps both busy (DESIGN.md §5).
 const POLL_AFTER_WORK: Duration = Duration::from_micros(300);
+/// Pause between polls while busy.
+const POLL_INTERVAL: Duration = Duration::from_micros(20);
 /// Sleeping worker still looks at the queues this often (shadow doorbells written
 /// without an MMIO kick are the guest's bug, but must not hang it forever).
 const IDLE_RECHECK: Duration = Duration::from_millis(50);
@@ -198,7 +200,10 @@ impl LabDevice {
                     } else if last_work.elapsed() > POLL_AFTER_WORK {
                         break;
                     } else {
-                        std::thread::yield_now();
+                        // Paced polling: each pass reads the shadow doorbells in guest
+                        // RAM; a hot spin would re-read them ~200k times a second and
+                        // steal the vCPUs' core (two cores, TCG).
+                        std::thread::sleep(POLL_INTERVAL);
                     }
                 }
                 kick.wait(IDLE_RECHECK);
