@@ -213,6 +213,7 @@ impl ClientDma {
                 let len = size.checked_add(delta).ok_or(Errno::EINVAL)?;
                 let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
                 let file = File::from(fd);
+                check_fd_covers(&file, fd_offset, size)?;
                 let region = MmapRegion::new(
                     &file,
                     fd_offset - delta,
@@ -286,6 +287,26 @@ impl ClientDma {
             nap = (nap * 2).min(Duration::from_millis(5));
         }
     }
+}
+
+/// A map must lie inside its file: pages of a shared mapping past the end of a regular
+/// file (a memfd) raise SIGBUS on access, which would kill every device in the process
+/// the first time the device DMAs there. Other fd types (device files) report no
+/// meaningful size and are left to mmap to refuse.
+fn check_fd_covers(file: &File, fd_offset: u64, size: u64) -> Result<(), Errno> {
+    let meta = file.metadata().map_err(Errno::from)?;
+    if !meta.file_type().is_file() {
+        return Ok(());
+    }
+    let end = fd_offset.checked_add(size).ok_or(Errno::EINVAL)?;
+    if end > meta.len() {
+        log::debug!(
+            "DMA map of fd bytes {fd_offset:#x}..{end:#x} beyond its size {:#x}",
+            meta.len()
+        );
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
 }
 
 fn overlaps_in(maps: &BTreeMap<u64, MapEntry>, iova: u64, end: u64) -> bool {

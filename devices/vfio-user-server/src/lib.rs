@@ -20,7 +20,8 @@
 //! while the reader keeps dispatching client requests (QEMU sends DMA_UNMAPs that cross
 //! our requests). Writes to the socket from several threads are serialized by a mutex.
 //! The stream sits behind [`Transport`] ([`SocketTransport`] over SCM_RIGHTS, or
-//! [`MemTransport`] in memory) so [`serve_connection`] runs in unit tests unchanged.
+//! [`MemTransport`] in memory) so [`serve_connection`] runs in unit tests unchanged,
+//! in a randomized soak (`tests/soak.rs`) and under cargo-fuzz (`fuzz/`).
 //!
 //! # The BQL hazard
 //! QEMU executes our DMA_READ/WRITE in its main loop holding the Big QEMU Lock, and a

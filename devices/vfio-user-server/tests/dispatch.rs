@@ -604,6 +604,38 @@ fn bad_dma_maps_fail() {
     );
 }
 
+/// Regression (soak): a map reaching past the end of its memfd was mmapped, and the
+/// first device DMA there killed the whole process with SIGBUS.
+#[test]
+fn dma_map_beyond_the_end_of_its_fd_fails() {
+    let mut s = start();
+    let ram = p2plab_memory::memfd_create("ram", 0x2000).unwrap();
+    let rw = DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE;
+    for (size, offset) in [
+        (0x3000, 0),
+        (0x1000, 0x1001),
+        (0x1000, 0x2000),
+        (1, u64::MAX),
+    ] {
+        assert_eq!(
+            s.c.dma_map(0x10_0000, size, rw, Some((ram.as_fd(), offset)))
+                .errno(),
+            libc::EINVAL,
+            "size {size:#x} at fd offset {offset:#x}"
+        );
+    }
+    assert!(s.dev.client().dma().maps().is_empty());
+    // Exactly up to the end is fine, and the last byte is reachable.
+    s.c.dma_map(0x10_0000, 0x1000, rw, Some((ram.as_fd(), 0x1000)))
+        .ok();
+    let mut b = [0u8; 1];
+    s.dev
+        .client()
+        .dma()
+        .read(BusAddr(0x10_0fff), &mut b)
+        .unwrap();
+}
+
 #[test]
 fn dma_map_count_is_limited() {
     let mut s = start_with(ServerConfig {
