@@ -2,6 +2,7 @@
 //! read the devices' counters.
 
 mod assertions;
+mod bench;
 mod config;
 mod control;
 mod counters;
@@ -44,6 +45,8 @@ enum Cmd {
         #[arg(long = "host-row")]
         host_rows: Vec<String>,
     },
+    /// Benchmark the lab against QEMU's built-in NVMe measured in the same run.
+    Bench(bench::BenchArgs),
     /// Print the bypass proof of a P2P case from a run directory.
     Proof {
         /// The run directory (scripts/run-guest --out).
@@ -67,6 +70,7 @@ fn main() {
         Cmd::Serve { config, dir } => lab::serve_main(&config, dir),
         Cmd::Run(args) => run::run_main(args),
         Cmd::Summary { out, host_rows } => suite::summary_main(&out, &host_rows),
+        Cmd::Bench(args) => bench::bench_main(args),
         Cmd::Proof { run_dir, case } => suite::proof_main(&run_dir, &case),
         Cmd::Stats { target } => control::stats_main(&target),
     };

@@ -200,6 +200,8 @@ fn not_applicable(c: &CaseInfo, t: &Topology) -> Option<String> {
             },
             "p2plab-device" => t.devices.iter().any(|d| d.kind.is_p2plab()),
             "gpu-provider" => role_dev(&t.roles.provider).is_some_and(|d| d.kind == DeviceKind::Gpu),
+            // Benchmarks run only when named (`--cases bench`, `p2plab bench`).
+            "on-request" => false,
             _ => false,
         };
         if !ok {
@@ -226,7 +228,7 @@ fn select_cases(args: &RunArgs, table: &[CaseInfo], t: &Topology) -> Result<Vec<
         let c = table.iter().find(|c| c.name == w).with_context(|| {
             format!("unknown case '{w}' (known: {})", table.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "))
         })?;
-        if let Some(why) = not_applicable(c, t) {
+        if let Some(why) = not_applicable(c, t).filter(|w| w != "needs on-request") {
             eprintln!("p2plab: warning: case {w} may not apply to topology {}: {why}", t.name);
         }
         out.push(c.clone());

@@ -4,6 +4,7 @@
 //! pick the default cases of a topology, so the row is the only registration.
 
 mod gpu;
+mod bench;
 mod nvme;
 mod p2p;
 mod pci;
@@ -185,6 +186,14 @@ pub const CASES: &[Case] = &[
         tools: &[],
         run: gpu::cpu_copy,
     },
+    Case {
+        name: "bench",
+        description: "throughput figures for `p2plab bench` (NVMe<->RAM, P2P read/write, own CMB, CPU on p2pmem); on request only",
+        when: When::Any,
+        roles: &["client", "provider"],
+        tools: &[],
+        run: bench::bench,
+    },
 ];
 
 /// Further conditions on the topology, by case name (judged by the host, `p2plab run`):
@@ -206,6 +215,7 @@ pub const NEEDS: &[(&str, &[&str])] = &[
     ("dmabuf-export", &["gpu-provider"]),
     ("io-uring-p2p", &["gpu-provider"]),
     ("cpu-copy", &["gpu-provider"]),
+    ("bench", &["on-request"]),
 ];
 
 fn needs(case: &str) -> &'static [&'static str] {
