@@ -750,9 +750,11 @@ fn supervise(
         }
         match parse_result(l) {
             Some((ok, n, name, msg)) => {
-                let mut fails = match (ok, runs.get(&name).and_then(|r| r.delta.as_ref())) {
-                    (true, Some(d)) => assertions::check(&name, topo, d),
-                    _ => vec![],
+                // Counter rules are checked even when the guest already failed: a
+                // broken route then shows up by its counters, not only as an I/O error.
+                let mut fails = match runs.get(&name).and_then(|r| r.delta.as_ref()) {
+                    Some(d) => assertions::check(&name, topo, d),
+                    None => vec![],
                 };
                 if ok {
                     fails.extend(runs.get(&name).map(|r| r.reported_fails.clone()).unwrap_or_default());
@@ -768,7 +770,8 @@ fn supervise(
                     for f in &fails {
                         out.push(format!("# host assertion: {f}"));
                     }
-                    out.push(format!("not ok {n} {name} # host assertions: {}", fails.join("; ")));
+                    let guest = if ok { String::new() } else { format!("{msg}; ") };
+                    out.push(format!("not ok {n} {name} # {guest}host assertions: {}", fails.join("; ")));
                 }
                 seen.insert(name, (ok && fails.is_empty(), msg, fails));
             }
