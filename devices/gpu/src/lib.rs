@@ -358,7 +358,7 @@ impl GpuDevice {
                 want: size,
             });
         }
-        let config_space = pci::layout(size, cfg.serial).build()?;
+        let config_space = pci::layout(size, cfg.serial).config_space()?;
         let chunk = copy::CHUNK.max(checksum::CHUNK);
         Ok(Self {
             cfg,

@@ -18,7 +18,7 @@
 //! size, current = VRAM size), Device Serial Number.
 
 use crate::regs;
-use p2plab_pci::{BarDef, BarKind, ConfigError, ConfigSpace, PciIds};
+use p2plab_pci::ResizableBar;
 
 /// Lab-only vendor ID (see the module docs).
 pub const VENDOR_ID: u16 = 0x2b2b;
@@ -46,42 +46,7 @@ pub const MIN_VRAM_SIZE: u64 = 1 << 20;
 /// advertise without the extended size bits (2^47 bytes = 128 TiB).
 pub const MAX_VRAM_SIZE: u64 = 1 << 47;
 
-/// One memory BAR as the config space must advertise it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BarLayout {
-    /// BAR index (a 64-bit BAR also uses `index + 1`).
-    pub index: usize,
-    pub size: u64,
-    pub is_64bit: bool,
-    pub prefetchable: bool,
-    /// Whether the host serves it from a memfd that QEMU mmaps.
-    pub mmappable: bool,
-}
-
-/// The device's whole PCI description (input of the `p2plab-pci` builder).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PciLayout {
-    pub vendor: u16,
-    pub device: u16,
-    pub subsystem_vendor: u16,
-    pub subsystem: u16,
-    pub revision: u8,
-    /// 24-bit class code.
-    pub class: u32,
-    pub bars: [BarLayout; 3],
-    pub msix_vectors: u16,
-    pub msix_bar: usize,
-    pub msix_table_offset: u32,
-    pub msix_pba_offset: u32,
-    /// Resizable BAR index (the VRAM BAR).
-    pub rebar_bar: usize,
-    /// Resizable BAR supported sizes: bit n = 2^(n+20) bytes.
-    pub rebar_sizes: u64,
-    /// Device Serial Number.
-    pub dsn: u64,
-    /// INTx pin (1 = INTA#); only a fallback, MSI-X is what the driver uses.
-    pub interrupt_pin: u8,
-}
+pub use p2plab_pci::{BarLayout, PciLayout};
 
 /// Resizable BAR size mask for a VRAM of `vram_size` bytes: every power of two from
 /// 1 MiB up to `vram_size` (bit n = 2^(n+20) bytes, n <= 27).
@@ -100,7 +65,7 @@ pub fn layout(vram_size: u64, dsn: u64) -> PciLayout {
         subsystem: SUBSYSTEM_ID,
         revision: REVISION_ID,
         class: CLASS_CODE,
-        bars: [
+        bars: vec![
             BarLayout {
                 index: crate::REG_BAR,
                 size: regs::BAR0_SIZE,
@@ -127,52 +92,9 @@ pub fn layout(vram_size: u64, dsn: u64) -> PciLayout {
         msix_bar: crate::MSIX_BAR,
         msix_table_offset: MSIX_TABLE_OFFSET,
         msix_pba_offset: MSIX_PBA_OFFSET,
-        rebar_bar: crate::VRAM_BAR,
-        rebar_sizes: rebar_sizes(vram_size),
         dsn,
         interrupt_pin: 1,
+        rebar: Some(ResizableBar { bar: crate::VRAM_BAR, sizes: rebar_sizes(vram_size) }),
     }
 }
 
-impl PciLayout {
-    /// Build the power-on config space with the `p2plab-pci` builder.
-    pub fn build(&self) -> Result<ConfigSpace, ConfigError> {
-        let ids = PciIds {
-            vendor: self.vendor,
-            device: self.device,
-            subsystem_vendor: self.subsystem_vendor,
-            subsystem: self.subsystem,
-            revision: self.revision,
-            class: self.class,
-        };
-        let mut b = ConfigSpace::builder(ids);
-        for bar in &self.bars {
-            let kind = if bar.is_64bit {
-                BarKind::Mem64
-            } else {
-                BarKind::Mem32
-            };
-            b = b.bar(
-                bar.index,
-                BarDef {
-                    size: bar.size,
-                    kind,
-                    prefetchable: bar.prefetchable,
-                },
-            );
-        }
-        b.msix(
-            self.msix_vectors,
-            self.msix_bar,
-            u64::from(self.msix_table_offset),
-            self.msix_bar,
-            u64::from(self.msix_pba_offset),
-        )
-        .power_management()
-        .pcie_endpoint()
-        .dsn(self.dsn)
-        .resizable_bar(self.rebar_bar, self.rebar_sizes)
-        .interrupt_pin(self.interrupt_pin)
-        .build()
-    }
-}

@@ -37,39 +37,7 @@ pub const MSIX_TABLE_OFFSET: u32 = 0;
 /// Offset of the MSI-X Pending Bit Array in BAR4 (room for 128 table entries before).
 pub const MSIX_PBA_OFFSET: u32 = 0x800;
 
-/// One memory BAR as the config space must advertise it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BarLayout {
-    /// BAR index (a 64-bit BAR also uses `index + 1`).
-    pub index: usize,
-    pub size: u64,
-    pub is_64bit: bool,
-    pub prefetchable: bool,
-    /// Whether the host serves it from a memfd that QEMU mmaps.
-    pub mmappable: bool,
-}
-
-/// The device's whole PCI description (input of the `p2plab-pci` builder).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PciLayout {
-    pub vendor: u16,
-    pub device: u16,
-    pub subsystem_vendor: u16,
-    pub subsystem: u16,
-    pub revision: u8,
-    /// 24-bit class code.
-    pub class: u32,
-    /// BAR0 registers, BAR2 CMB (absent without a CMB), BAR4 MSI-X.
-    pub bars: Vec<BarLayout>,
-    pub msix_vectors: u16,
-    pub msix_bar: usize,
-    pub msix_table_offset: u32,
-    pub msix_pba_offset: u32,
-    /// Device Serial Number (derived from the NVMe serial).
-    pub dsn: u64,
-    /// INTx pin (1 = INTA#).
-    pub interrupt_pin: u8,
-}
+pub use p2plab_pci::{BarLayout, PciLayout};
 
 /// The PCI description of a controller.
 pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
@@ -96,9 +64,7 @@ pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
         prefetchable: false,
         mmappable: false,
     });
-    let dsn = serial.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let dsn = p2plab_pci::dsn_from_str(serial);
     PciLayout {
         vendor: VENDOR_ID,
         device: DEVICE_ID,
@@ -113,46 +79,7 @@ pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
         msix_pba_offset: MSIX_PBA_OFFSET,
         dsn,
         interrupt_pin: 1,
+        rebar: None,
     }
 }
 
-impl PciLayout {
-    /// The power-on config space of this layout (`p2plab-pci`).
-    pub fn config_space(&self) -> Result<p2plab_pci::ConfigSpace, p2plab_pci::ConfigError> {
-        let ids = p2plab_pci::PciIds {
-            vendor: self.vendor,
-            device: self.device,
-            subsystem_vendor: self.subsystem_vendor,
-            subsystem: self.subsystem,
-            revision: self.revision,
-            class: self.class,
-        };
-        let mut b = p2plab_pci::ConfigSpace::builder(ids);
-        for bar in &self.bars {
-            b = b.bar(
-                bar.index,
-                p2plab_pci::BarDef {
-                    size: bar.size,
-                    kind: if bar.is_64bit {
-                        p2plab_pci::BarKind::Mem64
-                    } else {
-                        p2plab_pci::BarKind::Mem32
-                    },
-                    prefetchable: bar.prefetchable,
-                },
-            );
-        }
-        b.msix(
-            self.msix_vectors,
-            self.msix_bar,
-            u64::from(self.msix_table_offset),
-            self.msix_bar,
-            u64::from(self.msix_pba_offset),
-        )
-        .power_management()
-        .pcie_endpoint()
-        .dsn(self.dsn)
-        .interrupt_pin(self.interrupt_pin)
-        .build()
-    }
-}

@@ -509,7 +509,7 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
             let bar = p2plab_gpu::GpuDevice::VRAM_BAR;
             fabric.set_bar_memory(id, bar, region.clone());
             memory_bars[bar] = Some(MemoryBar { file });
-            let cfg = p2plab_gpu::GpuConfig { vram_size: size, serial: dsn_of(&dc.name) };
+            let cfg = p2plab_gpu::GpuConfig { vram_size: size, serial: p2plab_pci::dsn_from_str(&dc.name) };
             let gpu = Arc::new(p2plab_gpu::GpuDevice::new(cfg, port, irqs.clone(), region).with_context(|| format!("{}: GPU device", dc.name))?);
             let cfg = gpu.config_space();
             let vectors = u32::from(cfg.msix().map_or(0, |m| m.vectors));
@@ -546,10 +546,6 @@ pub fn process_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A stable 64-bit Device Serial Number derived from a device name (FNV-1a).
-pub fn dsn_of(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-}
 
 /// Block SIGINT/SIGTERM in this thread (inherited by threads spawned later) and return
 /// a waiter that sleeps until one arrives.

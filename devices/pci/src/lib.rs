@@ -37,12 +37,14 @@
 pub mod bar;
 pub mod config;
 pub mod ext_caps;
+pub mod layout;
 pub mod msix;
 pub mod pcie;
 pub mod pm;
 pub mod regs;
 
 pub use bar::{BarDef, BarInfo, BarKind};
+pub use layout::{dsn_from_str, BarLayout, PciLayout, ResizableBar};
 pub use config::{ConfigError, ConfigEvents, ConfigSpace, ConfigSpaceBuilder, PciIds};
 pub use msix::MsixInfo;
 pub use pcie::{LinkSpeed, PcieLink};
