@@ -19,9 +19,11 @@
 //! Migration, dirty-page tracking, DEVICE_FEATURE and GET_REGION_IO_FDS payloads: they
 //! decode to [`DecodeError::Unsupported`]. Twin-socket mode is not modelled.
 //!
-//! # A QEMU/spec discrepancy
-//! QEMU's `VFIOUserDMARW` puts DMA_READ/DMA_WRITE data at payload offset 12, not 16 as
-//! the spec says; see [`DmaRwLayout`].
+//! # DMA_READ/DMA_WRITE and QEMU 11.1
+//! QEMU 11.1 lays out DMA_READ/DMA_WRITE as the spec does (64-bit count, data at payload
+//! offset 16; older patch-series headers with a 32-bit count and data at 12 are wrong for
+//! it), and cannot send a DMA_READ reply larger than its socket buffer in one piece; see
+//! [`DmaRwLayout`] and [`wire::QEMU_SAFE_DMA_READ`].
 
 #![forbid(unsafe_code)]
 
@@ -35,4 +37,4 @@ pub use caps::{emit_capabilities, parse_capabilities, Capabilities};
 pub use header::*;
 pub use request::{decode_request, errno, DecodeError, Request};
 pub use vfio::*;
-pub use wire::DmaRwLayout;
+pub use wire::{DmaRwLayout, QEMU_SAFE_DMA_READ};

@@ -155,12 +155,14 @@ wire!(
 });
 
 wire!(
-    /// DMA_READ/DMA_WRITE prefix (server → client), as both the spec and QEMU agree on
-    /// for the first 12 bytes: bus address and a count whose low 32 bits QEMU reads.
+    /// DMA_READ/DMA_WRITE prefix (server → client): bus address and a 64-bit count,
+    /// followed by the data in a DMA_WRITE request and a DMA_READ reply (see
+    /// [`DmaRwLayout`]). A DMA_READ request is this prefix alone; QEMU echoes it in
+    /// both replies.
     DmaAccess, 16, {
     /// Bus address.
     address: u64,
-    /// Bytes to transfer (QEMU reads the low 32 bits only).
+    /// Bytes to transfer.
     count: u64,
 });
 
@@ -169,36 +171,69 @@ pub const WRITE_MULTI_DATA: usize = 8;
 /// Most writes one REGION_WRITE_MULTI carries (`VFIO_USER_MULTI_MAX`).
 pub const WRITE_MULTI_MAX: u64 = 200;
 
+/// Largest DMA_READ a server should ask QEMU for in one message (64 KiB).
+///
+/// QEMU 11.1 sends the reply (`count` + 32 bytes) with a single non-blocking
+/// `sendmsg` on its socket and treats a short write as complete (`vfio_user_send_qio`
+/// returns the byte count, `vfio_user_send_queued` then considers the message sent):
+/// the rest of the reply is never written and the stream is out of sync for good —
+/// the server waits for payload bytes that never come, and QEMU's later messages are
+/// swallowed as reply data. An AF_UNIX stream socket takes about `wmem_default`
+/// (208 KiB) of unread data per non-blocking send, so a 1 MiB reply is always cut
+/// short; a reply of 64 KiB fits whole as long as the server keeps reading (the reader
+/// thread does). DMA_WRITE is not limited this way: QEMU reads requests of up to
+/// `max_data_xfer_size` + 32 bytes in as many reads as needed, and its reply is 32 bytes.
+pub const QEMU_SAFE_DMA_READ: usize = 64 * 1024;
+
 /// Where the data of DMA_WRITE requests and DMA_READ replies sits.
 ///
-/// The spec puts a 64-bit count at offset 8 and the data at offset 16. QEMU (all
-/// versions through 11.1, `VFIOUserDMARW { hdr; uint64_t offset; uint32_t count; char
-/// data[]; }`) has a 32-bit count and reads/writes `data` at payload offset **12**
-/// (`offsetof(data)` = 28 in the whole message), while sizing messages with
-/// `sizeof` = 32 (4 trailing padding bytes). Sending the spec layout to QEMU shifts
-/// every relayed byte by 4, so QEMU's layout is the default.
+/// **QEMU 11.1 uses the spec layout** (verified in the 11.1.3 binary, whose
+/// `vfio_user_dma_read`/`vfio_user_dma_write` load `count` as a 64-bit value at message
+/// offset 24 and pass message offset 32 as the data pointer to `pci_dma_read/write`):
+/// `VFIOUserDMARW { hdr; uint64_t offset; uint64_t count; char data[]; }`, sizeof 32,
+/// data at payload offset **16**, message size = `count` + 32. QEMU checks a DMA_WRITE
+/// with `count > hdr.size - 32` → `E2BIG` and a DMA_READ with `count >
+/// max_data_xfer_size` (the server's advertised value) → `E2BIG`; a request larger than
+/// `max_data_xfer_size` + 32 is dropped without reply. The DMA_READ reply is the request's
+/// 32 bytes (type switched to reply) followed by `count` data bytes; the DMA_WRITE reply is
+/// the request's 32 bytes without data. Message ids of server requests are independent of
+/// QEMU's own (QEMU matches only replies, by id).
+///
+/// Older patch-series sources of `hw/vfio/user-protocol.h` show a `uint32_t count` with
+/// `data` at payload offset 12 ([`DmaRwLayout::Count32`]). Sending that layout to QEMU
+/// 11.1 puts data bytes into the high half of its 64-bit count, so every DMA_WRITE fails
+/// with `E2BIG`, and it reads replies 4 bytes off. See also [`QEMU_SAFE_DMA_READ`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DmaRwLayout {
-    /// Data at payload offset 12, message padded by 4 bytes (QEMU's `VFIOUserDMARW`).
+    /// Data at payload offset 16 after a 64-bit count (vfio-user spec, QEMU 11.1,
+    /// libvfio-user).
     #[default]
-    Qemu,
-    /// Data at payload offset 16 (vfio-user spec, libvfio-user).
     Spec,
+    /// Data at payload offset 12 after a 32-bit count, message padded by 4 bytes (old
+    /// QEMU patch series only; not what QEMU 11.1 speaks).
+    Count32,
 }
 
 impl DmaRwLayout {
     /// Payload offset of the data.
     pub fn data_offset(self) -> usize {
         match self {
-            DmaRwLayout::Qemu => 12,
             DmaRwLayout::Spec => 16,
+            DmaRwLayout::Count32 => 12,
         }
     }
 
-    /// Payload length of a message carrying `count` data bytes.
+    /// Payload length of a message carrying `count` data bytes (count + 16 in both:
+    /// `Count32` pads to its 8-aligned sizeof).
     pub fn payload_len(self, count: usize) -> Option<usize> {
-        // QEMU: count + sizeof(VFIOUserDMARW) - sizeof(hdr) = count + 16 as well.
         count.checked_add(16)
+    }
+
+    fn count_matches(self, echoed: u64, count: usize) -> bool {
+        match self {
+            DmaRwLayout::Spec => echoed == count as u64,
+            DmaRwLayout::Count32 => echoed & 0xffff_ffff == count as u64 & 0xffff_ffff,
+        }
     }
 
     /// DMA_WRITE request payload (`address`, `count`, data).
@@ -223,8 +258,7 @@ impl DmaRwLayout {
         let (prefix, _) = DmaAccess::read_from_prefix(payload).map_err(|_| {
             crate::DecodeError::too_short(crate::Command::DMA_READ, DmaAccess::SIZE, payload.len())
         })?;
-        // QEMU echoes only 32 bits of count; compare those.
-        if prefix.count & 0xffff_ffff != count as u64 & 0xffff_ffff {
+        if !self.count_matches(prefix.count, count) {
             return Err(crate::DecodeError::CountMismatch {
                 expected: count as u64,
                 actual: prefix.count,
@@ -244,37 +278,58 @@ impl DmaRwLayout {
 mod tests {
     use super::*;
 
+    /// What QEMU 11.1.3 reads: count as u64 at payload 8, data at payload 16, and
+    /// `count <= hdr.size - 32` (payload length - 16).
     #[test]
-    fn qemu_layout_puts_data_at_offset_12() {
-        let p = DmaRwLayout::Qemu
+    fn spec_layout_is_what_qemu_11_1_reads() {
+        let p = DmaRwLayout::default()
             .encode_write(0x1000, &[0xaa, 0xbb])
             .unwrap();
         assert_eq!(p.len(), 18);
         assert_eq!(&p[0..8], &0x1000u64.to_le_bytes());
+        let count = u64::from_le_bytes(p[8..16].try_into().unwrap());
+        assert_eq!(count, 2);
+        assert!(count <= (p.len() as u64 + 16) - 32);
+        assert_eq!(&p[16..], &[0xaa, 0xbb]);
+    }
+
+    #[test]
+    fn count32_layout_puts_data_at_offset_12() {
+        let p = DmaRwLayout::Count32
+            .encode_write(0x1000, &[0xaa, 0xbb])
+            .unwrap();
+        assert_eq!(p.len(), 18);
         assert_eq!(&p[8..12], &2u32.to_le_bytes());
         assert_eq!(&p[12..14], &[0xaa, 0xbb]);
         assert_eq!(&p[14..], &[0, 0, 0, 0]);
+        // QEMU 11.1 would see a 64-bit count of 0x0000bbaa_00000002 here: E2BIG.
+        assert_ne!(u64::from_le_bytes(p[8..16].try_into().unwrap()), 2);
     }
 
-    #[test]
-    fn spec_layout_puts_data_at_offset_16() {
-        let p = DmaRwLayout::Spec.encode_write(0x1000, &[0xaa]).unwrap();
-        assert_eq!(p.len(), 17);
-        assert_eq!(&p[8..16], &1u64.to_le_bytes());
-        assert_eq!(p[16], 0xaa);
-    }
-
+    /// QEMU 11.1's DMA_READ reply: the 16-byte request prefix echoed, then the data.
     #[test]
     fn read_reply_checks_count_and_length() {
         let mut p = vec![0u8; 16 + 4];
+        p[..8].copy_from_slice(&0x1000u64.to_le_bytes());
+        p[8..16].copy_from_slice(&4u64.to_le_bytes());
+        p[16..20].copy_from_slice(&[1, 2, 3, 4]);
+        let l = DmaRwLayout::Spec;
+        assert_eq!(l.decode_read_reply(&p, 4).unwrap(), &[1, 2, 3, 4]);
+        assert!(l.decode_read_reply(&p, 5).is_err());
+        assert!(l.decode_read_reply(&p[..10], 4).is_err());
+        assert!(l.decode_read_reply(&p[..19], 4).is_err());
+        // A count differing only in the high half is a mismatch for the spec layout.
+        p[12] = 1;
+        assert!(l.decode_read_reply(&p, 4).is_err());
+    }
+
+    #[test]
+    fn count32_read_reply() {
+        let mut p = vec![0u8; 16 + 4];
         p[8..12].copy_from_slice(&4u32.to_le_bytes());
         p[12..16].copy_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(
-            DmaRwLayout::Qemu.decode_read_reply(&p, 4).unwrap(),
-            &[1, 2, 3, 4]
-        );
-        assert!(DmaRwLayout::Qemu.decode_read_reply(&p, 5).is_err());
-        assert!(DmaRwLayout::Qemu.decode_read_reply(&p[..10], 4).is_err());
-        assert!(DmaRwLayout::Spec.decode_read_reply(&p[..19], 4).is_err());
+        let l = DmaRwLayout::Count32;
+        assert_eq!(l.decode_read_reply(&p, 4).unwrap(), &[1, 2, 3, 4]);
+        assert!(l.decode_read_reply(&p, 5).is_err());
     }
 }

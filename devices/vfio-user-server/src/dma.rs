@@ -68,6 +68,8 @@ pub struct ClientDma {
     max_maps: AtomicUsize,
     unmap_wait: Duration,
     layout: DmaRwLayout,
+    /// Most data bytes per DMA_READ (see [`vfio_user_proto::QEMU_SAFE_DMA_READ`]).
+    max_read: usize,
 }
 
 const PAGE: u64 = 4096;
@@ -78,6 +80,7 @@ impl ClientDma {
         max_maps: usize,
         unmap_wait: Duration,
         layout: DmaRwLayout,
+        max_read: usize,
     ) -> Self {
         ClientDma {
             link,
@@ -85,6 +88,7 @@ impl ClientDma {
             max_maps: AtomicUsize::new(max_maps),
             unmap_wait,
             layout,
+            max_read: max_read.max(1),
         }
     }
 
@@ -123,14 +127,22 @@ impl ClientDma {
     }
 
     /// VFIO_USER_DMA_READ: the client reads guest memory at `addr` into `buf`, in
-    /// chunks of the negotiated `max_data_xfer_size`.
+    /// chunks of at most `max_data_xfer_size` and [`ServerConfig::max_dma_read`]
+    /// (QEMU 11.1 truncates a reply bigger than its socket buffer and loses the stream).
+    ///
+    /// [`ServerConfig::max_dma_read`]: crate::ServerConfig::max_dma_read
     ///
     /// Callable from any thread except the connection's reader thread (it would wait
     /// for a reply only it can receive: an error is returned instead). Never holds a
     /// lock while waiting. Must not be called while a client request is being handled
     /// (QEMU runs DMA under the BQL that the vCPU waiting for our reply holds).
     pub fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let chunk = self.link.max_xfer.load(Ordering::Relaxed).max(1);
+        let chunk = self
+            .link
+            .max_xfer
+            .load(Ordering::Relaxed)
+            .min(self.max_read)
+            .max(1);
         let mut done = 0usize;
         while done < buf.len() {
             let n = chunk.min(buf.len() - done);

@@ -59,8 +59,8 @@ pub use socket::SocketTransport;
 pub use transport::{MemTransport, Transport};
 pub use vfio_user_proto as proto;
 pub use vfio_user_proto::{
-    Capabilities, DmaRwLayout, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, REGION_INFO_FLAG_MMAP,
-    REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+    Capabilities, DmaRwLayout, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, QEMU_SAFE_DMA_READ,
+    REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
 
 /// An errno for an error reply (Linux numbering, e.g. `Errno(libc::EINVAL)`).
@@ -167,8 +167,13 @@ pub struct ServerConfig {
     pub relay_timeout: Duration,
     /// How long a DMA_UNMAP waits for in-flight users of an fd-backed map.
     pub unmap_wait: Duration,
-    /// Data layout of DMA_READ/WRITE (QEMU's by default; see [`DmaRwLayout`]).
+    /// Data layout of DMA_READ/WRITE (the spec's, which QEMU 11.1 uses; see
+    /// [`DmaRwLayout`]).
     pub dma_rw_layout: DmaRwLayout,
+    /// Most data bytes asked for by one DMA_READ (also capped by
+    /// `max_data_xfer_size`). QEMU cannot send a reply larger than its socket buffer
+    /// in one piece and then loses the stream; see [`QEMU_SAFE_DMA_READ`].
+    pub max_dma_read: usize,
 }
 
 impl Default for ServerConfig {
@@ -180,7 +185,8 @@ impl Default for ServerConfig {
             max_regions: 64,
             relay_timeout: Duration::from_secs(5),
             unmap_wait: Duration::from_secs(1),
-            dma_rw_layout: DmaRwLayout::Qemu,
+            dma_rw_layout: DmaRwLayout::Spec,
+            max_dma_read: QEMU_SAFE_DMA_READ,
         }
     }
 }

@@ -66,6 +66,7 @@ impl Session {
             config.max_dma_maps as usize,
             config.unmap_wait,
             config.dma_rw_layout,
+            config.max_dma_read,
         ));
         Session {
             device,

@@ -712,16 +712,17 @@ fn unmap_waits_for_in_flight_users() {
     user.join().unwrap();
 }
 
-/// The test acts as QEMU: answers the server's DMA_READ from `mem` (QEMU layout).
+/// The test acts as QEMU 11.1: answers the server's DMA_READ from `mem` (the request's
+/// 16-byte prefix echoed, data at payload offset 16).
 fn answer_dma_read(c: &RawClient, m: &Msg, mem: &[u8], base: u64) {
     assert_eq!(m.hdr.command(), Command::DMA_READ);
+    assert_eq!(m.payload.len(), DmaAccess::SIZE);
     let (a, _) = DmaAccess::read_from_prefix(&m.payload).unwrap();
     let off = (a.address - base) as usize;
     let n = a.count as usize;
     let mut p = vec![0u8; 16 + n];
-    p[..8].copy_from_slice(&a.address.to_le_bytes());
-    p[8..12].copy_from_slice(&(n as u32).to_le_bytes());
-    p[12..12 + n].copy_from_slice(&mem[off..off + n]);
+    p[..16].copy_from_slice(&m.payload);
+    p[16..16 + n].copy_from_slice(&mem[off..off + n]);
     let h = m.hdr.reply(p.len()).unwrap();
     let mut b = h.as_bytes().to_vec();
     b.extend_from_slice(&p);
@@ -759,14 +760,17 @@ fn relay_read_and_write_round_trip_in_chunks() {
         assert_eq!(m.hdr.message_type(), MessageType::Request);
         match m.hdr.command() {
             Command::DMA_WRITE => {
+                // QEMU 11.1: u64 count, `count <= size - 32`, data at offset 16.
                 let (a, _) = DmaAccess::read_from_prefix(&m.payload).unwrap();
-                let n = (a.count & 0xffff_ffff) as usize;
+                let n = a.count as usize;
                 assert!(n <= 4096);
                 assert_eq!(m.payload.len(), 16 + n);
                 let off = (a.address - 0x10000) as usize;
-                mem[off..off + n].copy_from_slice(&m.payload[12..12 + n]);
-                let b = m.hdr.reply(0).unwrap();
-                s.c.send_raw(b.as_bytes(), &[]);
+                mem[off..off + n].copy_from_slice(&m.payload[16..16 + n]);
+                // Its reply echoes the 16-byte prefix without the data.
+                let mut b = m.hdr.reply(16).unwrap().as_bytes().to_vec();
+                b.extend_from_slice(&m.payload[..16]);
+                s.c.send_raw(&b, &[]);
                 writes += 1;
             }
             Command::DMA_READ => {
@@ -777,6 +781,52 @@ fn relay_read_and_write_round_trip_in_chunks() {
         }
     }
     assert_eq!(writes, 2);
+    worker.join().unwrap();
+}
+
+/// QEMU 11.1 cuts a DMA_READ reply bigger than its socket buffer short (and loses the
+/// stream), so reads go in `max_dma_read` chunks while writes use `max_data_xfer_size`.
+#[test]
+fn relay_reads_are_capped_by_max_dma_read_and_writes_are_not() {
+    let mut s = start_with(ServerConfig {
+        max_data_xfer_size: 1 << 20,
+        ..Default::default()
+    });
+    assert_eq!(ServerConfig::default().max_dma_read, 64 * 1024);
+    s.c.handshake();
+    let len = 200 * 1024;
+    s.c.dma_map(
+        0x100000,
+        len as u64,
+        DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
+        None,
+    )
+    .ok();
+    let dma = s.dev.client().dma().clone();
+    let worker = std::thread::spawn(move || {
+        let data: Vec<u8> = (0..len as u32).map(|i| (i * 7) as u8).collect();
+        dma.write(BusAddr(0x100000), &data).unwrap();
+        let mut back = vec![0u8; len];
+        dma.read(BusAddr(0x100000), &mut back).unwrap();
+        assert_eq!(back, data);
+    });
+    let mut mem = vec![0u8; len];
+    let w = s.c.recv().unwrap();
+    assert_eq!(w.hdr.command(), Command::DMA_WRITE);
+    let (a, _) = DmaAccess::read_from_prefix(&w.payload).unwrap();
+    assert_eq!((a.address, a.count as usize), (0x100000, len));
+    mem.copy_from_slice(&w.payload[16..]);
+    let mut b = w.hdr.reply(16).unwrap().as_bytes().to_vec();
+    b.extend_from_slice(&w.payload[..16]);
+    s.c.send_raw(&b, &[]);
+    let mut counts = Vec::new();
+    while counts.iter().sum::<usize>() < len {
+        let m = s.c.recv().unwrap();
+        let (a, _) = DmaAccess::read_from_prefix(&m.payload).unwrap();
+        counts.push(a.count as usize);
+        answer_dma_read(&s.c, &m, &mem, 0x100000);
+    }
+    assert_eq!(counts, [65536, 65536, 65536, 8192]);
     worker.join().unwrap();
 }
 

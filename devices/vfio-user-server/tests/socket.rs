@@ -351,8 +351,9 @@ fn relayed_dma_over_socket_with_an_unmap_crossing_it() {
     let w = c.recv().unwrap();
     assert_eq!(w.hdr.command(), Command::DMA_WRITE);
     let (a, _) = DmaAccess::read_from_prefix(&w.payload).unwrap();
-    assert_eq!((a.address, a.count & 0xffff_ffff), (0x10010, 6));
-    mem[0x10..0x16].copy_from_slice(&w.payload[12..18]);
+    assert_eq!((a.address, a.count), (0x10010, 6));
+    assert_eq!(w.hdr.size as usize, 32 + 6);
+    mem[0x10..0x16].copy_from_slice(&w.payload[16..22]);
     c.send_raw(w.hdr.reply(0).unwrap().as_bytes(), &[]);
     // DMA_READ, with an UNMAP crossing it before the answer.
     let rd = c.recv().unwrap();
@@ -361,9 +362,8 @@ fn relayed_dma_over_socket_with_an_unmap_crossing_it() {
     let (a, _) = DmaAccess::read_from_prefix(&rd.payload).unwrap();
     let n = a.count as usize;
     let mut p = vec![0u8; 16 + n];
-    p[..8].copy_from_slice(&a.address.to_le_bytes());
-    p[8..12].copy_from_slice(&(n as u32).to_le_bytes());
-    p[12..12 + n].copy_from_slice(&mem[0x10..0x10 + n]);
+    p[..16].copy_from_slice(&rd.payload[..16]);
+    p[16..16 + n].copy_from_slice(&mem[0x10..0x10 + n]);
     let mut b = rd.hdr.reply(p.len()).unwrap().as_bytes().to_vec();
     b.extend_from_slice(&p);
     c.send_raw(&b, &[]);

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.max_msg_fds, caps.max_msg_fds);
     }
     let count = usize::from(*sel) * 3;
-    for layout in [DmaRwLayout::Qemu, DmaRwLayout::Spec] {
+    for layout in [DmaRwLayout::Spec, DmaRwLayout::Count32] {
         if let Ok(d) = layout.decode_read_reply(payload, count) {
             assert_eq!(d.len(), count);
         }
