@@ -166,7 +166,15 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     let relay: u64 = [&c, &p].iter().map(|d| u(&d["dma"]["client_relay"]["read_bytes"]) + u(&d["dma"]["client_relay"]["write_bytes"])).sum();
     let cpu: Option<Value> = std::fs::read_to_string(cdir.join("cpu.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
     let console = std::fs::read_to_string(run_dir.join("console.log")).unwrap_or_default();
-    let checksum_line = console.lines().find(|l| l.contains("checksum") && l.contains(case.split('-').next().unwrap_or(case))).map(str::trim);
+    // The guest's own data-check line, from inside this case's markers.
+    let begin = format!("P2PLAB-CASE-BEGIN {case}");
+    let end = format!("P2PLAB-CASE-END {case}");
+    let checksum_line = console
+        .lines()
+        .skip_while(|l| !l.contains(&begin))
+        .take_while(|l| !l.contains(&end))
+        .find(|l| l.contains("checksum") || l.contains("verified"))
+        .map(str::trim);
     let guest_ok = verdict.as_ref().is_some_and(|v| v.0);
 
     println!();
@@ -175,19 +183,23 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     println!("  {:<52} {}", format!("  …as counted by {provider} (inbound)"), fmt_bytes(inbound));
     println!("  {:<52} {}", format!("bytes {client} wrote into guest RAM"), fmt_bytes(ram_data));
     println!("  {:<52} {}", "bytes relayed through QEMU", fmt_bytes(relay));
-    match &cpu {
+    let cpu_accesses = match &cpu {
         Some(cpu) => {
             let r = cpu["ranges"].as_array().and_then(|a| a.iter().find(|r| r["device"] == provider.as_str() && r["bar"] == 2)).cloned().unwrap_or(Value::Null);
             println!("  {:<52} {} loads, {} stores", format!("guest CPU accesses to {provider} BAR2 (TCG witness)"), u(&r["loads"]), u(&r["stores"]));
+            if r.is_null() { None } else { Some(u(&r["loads"]) + u(&r["stores"])) }
         }
-        None => println!("  {:<52} (not measured: run with --cpu-witness)", "guest CPU accesses to the BAR"),
-    }
+        None => {
+            println!("  {:<52} (not measured: run with --cpu-witness)", "guest CPU accesses to the BAR");
+            Some(0)
+        }
+    };
     println!("  {:<52} {}", "data check in the guest", match (guest_ok, checksum_line) {
         (true, Some(l)) => format!("ok — {}", l.trim_start_matches("# ")),
         (true, None) => "ok".to_string(),
         (false, _) => format!("FAILED {}", verdict.map(|v| v.2).unwrap_or_else(|| "(case did not run)".into())),
     });
-    let proven = guest_ok && peer >= 64 << 20 && inbound == peer && ram_data < 1 << 20 && relay == 0;
+    let proven = guest_ok && peer >= 64 << 20 && inbound == peer && ram_data < 1 << 20 && relay == 0 && cpu_accesses == Some(0);
     println!();
     if proven {
         println!("  ✔ bypass proven: the data went {client} → {provider} directly; neither guest RAM nor QEMU carried it.");
