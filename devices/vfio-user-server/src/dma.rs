@@ -336,39 +336,56 @@ fn checked_addr(addr: u64, done: usize, len: usize) -> Result<u64, DmaError> {
     })
 }
 
-impl DmaSpace for ClientDma {
-    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+impl ClientDma {
+    /// Walk `addr..addr+len` map by map: `op(resolved, bus address, offset into the
+    /// transfer, bytes)` moves one piece that stays inside a single map.
+    fn piecewise(
+        &self,
+        addr: BusAddr,
+        len: usize,
+        write: bool,
+        mut op: impl FnMut(Resolved, u64, usize, usize) -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
         let mut done = 0usize;
-        while done < buf.len() {
-            let a = checked_addr(addr.0, done, buf.len())?;
-            let rest = (buf.len() - done) as u64;
-            let (r, n) = self.resolve(a, rest, false)?;
-            let n = n as usize; // n <= rest, which came from a usize
-            let dst = &mut buf[done..done + n];
-            match r {
-                Resolved::Mapped { region, offset } => region.read(offset, dst)?,
-                Resolved::Relay => self.relay_read(a, dst)?,
-            }
+        while done < len {
+            let a = checked_addr(addr.0, done, len)?;
+            let (r, n) = self.resolve(a, (len - done) as u64, write)?;
+            let n = n as usize; // n <= len - done, which came from a usize
+            op(r, a, done, n)?;
             done += n;
         }
         Ok(())
     }
+}
+
+fn file_offset_at(file_offset: u64, done: usize, addr: u64, len: usize) -> Result<u64, DmaError> {
+    file_offset
+        .checked_add(done as u64)
+        .ok_or(DmaError::Overflow {
+            addr,
+            len: len as u64,
+        })
+}
+
+impl DmaSpace for ClientDma {
+    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.piecewise(addr, buf.len(), false, |r, a, at, n| {
+            let dst = &mut buf[at..at + n];
+            match r {
+                Resolved::Mapped { region, offset } => region.read(offset, dst),
+                Resolved::Relay => self.relay_read(a, dst),
+            }
+        })
+    }
 
     fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let a = checked_addr(addr.0, done, data.len())?;
-            let rest = (data.len() - done) as u64;
-            let (r, n) = self.resolve(a, rest, true)?;
-            let n = n as usize;
-            let src = &data[done..done + n];
+        self.piecewise(addr, data.len(), true, |r, a, at, n| {
+            let src = &data[at..at + n];
             match r {
-                Resolved::Mapped { region, offset } => region.write(offset, src)?,
-                Resolved::Relay => self.relay_write(a, src)?,
+                Resolved::Mapped { region, offset } => region.write(offset, src),
+                Resolved::Relay => self.relay_write(a, src),
             }
-            done += n;
-        }
-        Ok(())
+        })
     }
 
     fn write_from_file(
@@ -378,30 +395,17 @@ impl DmaSpace for ClientDma {
         file_offset: u64,
         len: usize,
     ) -> Result<(), DmaError> {
-        let mut done = 0usize;
-        while done < len {
-            let a = checked_addr(addr.0, done, len)?;
-            let (r, n) = self.resolve(a, (len - done) as u64, true)?;
-            let n = n as usize;
-            let foff = file_offset
-                .checked_add(done as u64)
-                .ok_or(DmaError::Overflow {
-                    addr: a,
-                    len: len as u64,
-                })?;
+        self.piecewise(addr, len, true, |r, a, at, n| {
+            let foff = file_offset_at(file_offset, at, a, len)?;
             match r {
-                Resolved::Mapped { region, offset } => {
-                    region.read_from_file(offset, file, foff, n)?
-                }
+                Resolved::Mapped { region, offset } => region.read_from_file(offset, file, foff, n),
                 Resolved::Relay => {
                     let mut b = vec![0u8; n];
                     p2plab_memory::read_exact_at(file, &mut b, foff)?;
-                    self.relay_write(a, &b)?;
+                    self.relay_write(a, &b)
                 }
             }
-            done += n;
-        }
-        Ok(())
+        })
     }
 
     fn read_to_file(
@@ -411,29 +415,16 @@ impl DmaSpace for ClientDma {
         file_offset: u64,
         len: usize,
     ) -> Result<(), DmaError> {
-        let mut done = 0usize;
-        while done < len {
-            let a = checked_addr(addr.0, done, len)?;
-            let (r, n) = self.resolve(a, (len - done) as u64, false)?;
-            let n = n as usize;
-            let foff = file_offset
-                .checked_add(done as u64)
-                .ok_or(DmaError::Overflow {
-                    addr: a,
-                    len: len as u64,
-                })?;
+        self.piecewise(addr, len, false, |r, a, at, n| {
+            let foff = file_offset_at(file_offset, at, a, len)?;
             match r {
-                Resolved::Mapped { region, offset } => {
-                    region.write_to_file(offset, file, foff, n)?
-                }
+                Resolved::Mapped { region, offset } => region.write_to_file(offset, file, foff, n),
                 Resolved::Relay => {
                     let mut b = vec![0u8; n];
                     self.relay_read(a, &mut b)?;
-                    p2plab_memory::write_all_at(file, &b, foff)?;
+                    p2plab_memory::write_all_at(file, &b, foff)
                 }
             }
-            done += n;
-        }
-        Ok(())
+        })
     }
 }
