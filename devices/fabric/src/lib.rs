@@ -40,7 +40,10 @@ use std::sync::{Arc, RwLock};
 /// Implemented over the vfio-user server's DMA map table.
 pub enum HostRoute {
     /// fd-backed map: direct access at `offset` in `region`.
-    Mapped { region: Arc<MmapRegion>, offset: u64 },
+    Mapped {
+        region: Arc<MmapRegion>,
+        offset: u64,
+    },
     /// fd-less map: must be relayed with DMA_READ/WRITE messages.
     Relay,
 }
@@ -75,7 +78,11 @@ impl Dir {
         self.ops.fetch_add(1, Relaxed);
     }
     fn snap(&self) -> DirSnapshot {
-        DirSnapshot { read_bytes: self.read_bytes.load(Relaxed), write_bytes: self.write_bytes.load(Relaxed), ops: self.ops.load(Relaxed) }
+        DirSnapshot {
+            read_bytes: self.read_bytes.load(Relaxed),
+            write_bytes: self.write_bytes.load(Relaxed),
+            ops: self.ops.load(Relaxed),
+        }
     }
 }
 
@@ -184,12 +191,17 @@ impl Default for Fabric {
 
 impl Fabric {
     pub fn new() -> Self {
-        let fault = std::env::var("P2PLAB_FAULT").is_ok_and(|v| v.split(',').any(|f| f == "peer-via-relay"));
+        let fault = std::env::var("P2PLAB_FAULT")
+            .is_ok_and(|v| v.split(',').any(|f| f == "peer-via-relay"));
         if fault {
             log::warn!("fault injection: peer BAR routing disabled (P2PLAB_FAULT=peer-via-relay)");
         }
         Self {
-            inner: Arc::new(Inner { devices: RwLock::new(Vec::new()), routes: RwLock::new(Vec::new()), fault_peer_via_relay: fault }),
+            inner: Arc::new(Inner {
+                devices: RwLock::new(Vec::new()),
+                routes: RwLock::new(Vec::new()),
+                fault_peer_via_relay: fault,
+            }),
         }
     }
 
@@ -272,7 +284,10 @@ impl Fabric {
 
     /// The DMA view of device `id` (hand it to the device model).
     pub fn port(&self, id: DeviceId) -> Arc<dyn DmaSpace> {
-        Arc::new(Port { fabric: self.clone(), id })
+        Arc::new(Port {
+            fabric: self.clone(),
+            id,
+        })
     }
 
     fn rebuild_routes(&self) {
@@ -282,7 +297,15 @@ impl Fabric {
             let mem = read(&d.memory);
             for (bar, w) in read(&d.windows).iter().enumerate() {
                 if let Some((start, len)) = *w {
-                    routes.push((DeviceId(i), bar as u32, Window { start, len, memory: mem[bar].clone() }));
+                    routes.push((
+                        DeviceId(i),
+                        bar as u32,
+                        Window {
+                            start,
+                            len,
+                            memory: mem[bar].clone(),
+                        },
+                    ));
                 }
             }
         }
@@ -298,8 +321,16 @@ impl Fabric {
             .map(|(i, d)| {
                 let peers = read(&d.peers);
                 let inbound = read(&d.inbound);
-                let mut dma = DmaSnapshot { host_memory: d.host_memory.snap(), self_: d.self_.snap(), client_relay: d.client_relay.snap(), peers: BTreeMap::new() };
-                let mut inb = InboundSnapshot { peers: BTreeMap::new(), cpu_mmio: bytes(&d.cpu_mmio) };
+                let mut dma = DmaSnapshot {
+                    host_memory: d.host_memory.snap(),
+                    self_: d.self_.snap(),
+                    client_relay: d.client_relay.snap(),
+                    peers: BTreeMap::new(),
+                };
+                let mut inb = InboundSnapshot {
+                    peers: BTreeMap::new(),
+                    cpu_mmio: bytes(&d.cpu_mmio),
+                };
                 for (j, name) in names.iter().enumerate() {
                     if j != i {
                         dma.peers.insert(name.to_string(), peers[j].snap());
@@ -310,18 +341,44 @@ impl Fabric {
                 let bars = read(&d.windows)
                     .iter()
                     .enumerate()
-                    .filter_map(|(bar, w)| w.map(|(start, len)| WindowSnapshot { bar: bar as u32, start, len, memory: mem[bar].is_some() }))
+                    .filter_map(|(bar, w)| {
+                        w.map(|(start, len)| WindowSnapshot {
+                            bar: bar as u32,
+                            start,
+                            len,
+                            memory: mem[bar].is_some(),
+                        })
+                    })
                     .collect();
-                let extra = read(&d.extra).iter().map(|(k, v)| (k.clone(), v.load(Relaxed))).collect();
-                DeviceSnapshot { name: d.name.clone(), kind: d.kind.clone(), dma, inbound: inb, bars, bus_master: d.bus_master.load(Relaxed), extra }
+                let extra = read(&d.extra)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.load(Relaxed)))
+                    .collect();
+                DeviceSnapshot {
+                    name: d.name.clone(),
+                    kind: d.kind.clone(),
+                    dma,
+                    inbound: inb,
+                    bars,
+                    bus_master: d.bus_master.load(Relaxed),
+                    extra,
+                }
             })
             .collect();
         Counters { devices }
     }
 
     /// Find the route for the start of `addr..addr+len` as seen by `id`.
-    fn route(&self, id: DeviceId, addr: u64, len: u64, write: bool) -> Result<(Route, u64), DmaError> {
-        let end = addr.checked_add(len).ok_or(DmaError::Overflow { addr, len })?;
+    fn route(
+        &self,
+        id: DeviceId,
+        addr: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(Route, u64), DmaError> {
+        let end = addr
+            .checked_add(len)
+            .ok_or(DmaError::Overflow { addr, len })?;
         let routes = read(&self.inner.routes);
         let mut next_window = u64::MAX;
         for (dev, bar, w) in routes.iter() {
@@ -347,7 +404,9 @@ impl Fabric {
         }
         drop(routes);
         let dev = self.dev(id);
-        let client = read(&dev.client).clone().ok_or(DmaError::Unmapped { addr, len })?;
+        let client = read(&dev.client)
+            .clone()
+            .ok_or(DmaError::Unmapped { addr, len })?;
         // A host range never overlaps a BAR window the guest uses, but clip anyway so a
         // transfer that runs into one is routed piecewise.
         let clip = next_window.min(end) - addr;
@@ -356,7 +415,13 @@ impl Fabric {
         if avail == 0 {
             return Err(DmaError::Unmapped { addr, len });
         }
-        Ok((match r { HostRoute::Mapped { region, offset } => Route::Host(region, offset), HostRoute::Relay => Route::Relay(client) }, avail))
+        Ok((
+            match r {
+                HostRoute::Mapped { region, offset } => Route::Host(region, offset),
+                HostRoute::Relay => Route::Relay(client),
+            },
+            avail,
+        ))
     }
 
     /// Route and count one transfer piecewise; `op` does the data movement per piece.
@@ -371,7 +436,10 @@ impl Fabric {
         let dev = self.dev(id);
         let mut done = 0usize;
         while done < len {
-            let a = addr.0.checked_add(done as u64).ok_or(DmaError::Overflow { addr: addr.0, len: len as u64 })?;
+            let a = addr.0.checked_add(done as u64).ok_or(DmaError::Overflow {
+                addr: addr.0,
+                len: len as u64,
+            })?;
             let (route, avail) = self.route(id, a, (len - done) as u64, write)?;
             if !matches!(route, Route::Own(..)) && !dev.bus_master.load(Relaxed) {
                 return Err(DmaError::BusMasterDisabled);
@@ -406,7 +474,10 @@ impl Fabric {
 }
 
 fn bytes(d: &Dir) -> BytesSnapshot {
-    BytesSnapshot { read_bytes: d.read_bytes.load(Relaxed), write_bytes: d.write_bytes.load(Relaxed) }
+    BytesSnapshot {
+        read_bytes: d.read_bytes.load(Relaxed),
+        write_bytes: d.write_bytes.load(Relaxed),
+    }
 }
 
 fn read<T: ?Sized>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -439,57 +510,77 @@ struct Port {
 
 impl DmaSpace for Port {
     fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
-        self.fabric.transfer(self.id, addr, buf.len(), false, |route, at, n| {
-            let piece = &mut buf[at..at + n];
-            match route.mapping() {
-                Some((m, off)) => m.read(off, piece),
-                None => match route {
-                    Route::Relay(c) => c.relay_read(addr.0 + at as u64, piece),
-                    _ => unreachable!("mapping() covers every other route"),
-                },
-            }
-        })
+        self.fabric
+            .transfer(self.id, addr, buf.len(), false, |route, at, n| {
+                let piece = &mut buf[at..at + n];
+                match route.mapping() {
+                    Some((m, off)) => m.read(off, piece),
+                    None => match route {
+                        Route::Relay(c) => c.relay_read(addr.0 + at as u64, piece),
+                        _ => unreachable!("mapping() covers every other route"),
+                    },
+                }
+            })
     }
 
     fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
-        self.fabric.transfer(self.id, addr, data.len(), true, |route, at, n| {
-            let piece = &data[at..at + n];
-            match route.mapping() {
-                Some((m, off)) => m.write(off, piece),
-                None => match route {
-                    Route::Relay(c) => c.relay_write(addr.0 + at as u64, piece),
-                    _ => unreachable!("mapping() covers every other route"),
-                },
-            }
-        })
+        self.fabric
+            .transfer(self.id, addr, data.len(), true, |route, at, n| {
+                let piece = &data[at..at + n];
+                match route.mapping() {
+                    Some((m, off)) => m.write(off, piece),
+                    None => match route {
+                        Route::Relay(c) => c.relay_write(addr.0 + at as u64, piece),
+                        _ => unreachable!("mapping() covers every other route"),
+                    },
+                }
+            })
     }
 
-    fn write_from_file(&self, addr: BusAddr, file: &File, file_offset: u64, len: usize) -> Result<(), DmaError> {
-        self.fabric.transfer(self.id, addr, len, true, |route, at, n| match route.mapping() {
-            Some((m, off)) => m.read_from_file(off, file, file_offset + at as u64, n),
-            None => {
-                let mut buf = vec![0u8; n];
-                p2plab_memory::read_exact_at(file, &mut buf, file_offset + at as u64)?;
-                match route {
-                    Route::Relay(c) => c.relay_write(addr.0 + at as u64, &buf),
-                    _ => unreachable!("mapping() covers every other route"),
+    fn write_from_file(
+        &self,
+        addr: BusAddr,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        self.fabric
+            .transfer(self.id, addr, len, true, |route, at, n| {
+                match route.mapping() {
+                    Some((m, off)) => m.read_from_file(off, file, file_offset + at as u64, n),
+                    None => {
+                        let mut buf = vec![0u8; n];
+                        p2plab_memory::read_exact_at(file, &mut buf, file_offset + at as u64)?;
+                        match route {
+                            Route::Relay(c) => c.relay_write(addr.0 + at as u64, &buf),
+                            _ => unreachable!("mapping() covers every other route"),
+                        }
+                    }
                 }
-            }
-        })
+            })
     }
 
-    fn read_to_file(&self, addr: BusAddr, file: &File, file_offset: u64, len: usize) -> Result<(), DmaError> {
-        self.fabric.transfer(self.id, addr, len, false, |route, at, n| match route.mapping() {
-            Some((m, off)) => m.write_to_file(off, file, file_offset + at as u64, n),
-            None => {
-                let mut buf = vec![0u8; n];
-                match route {
-                    Route::Relay(c) => c.relay_read(addr.0 + at as u64, &mut buf)?,
-                    _ => unreachable!("mapping() covers every other route"),
+    fn read_to_file(
+        &self,
+        addr: BusAddr,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        self.fabric
+            .transfer(self.id, addr, len, false, |route, at, n| {
+                match route.mapping() {
+                    Some((m, off)) => m.write_to_file(off, file, file_offset + at as u64, n),
+                    None => {
+                        let mut buf = vec![0u8; n];
+                        match route {
+                            Route::Relay(c) => c.relay_read(addr.0 + at as u64, &mut buf)?,
+                            _ => unreachable!("mapping() covers every other route"),
+                        }
+                        p2plab_memory::write_all_at(file, &buf, file_offset + at as u64)
+                    }
                 }
-                p2plab_memory::write_all_at(file, &buf, file_offset + at as u64)
-            }
-        })
+            })
     }
 }
 

@@ -30,7 +30,13 @@ impl FakeClient {
 impl HostMemory for FakeClient {
     fn resolve(&self, addr: u64, len: u64, _write: bool) -> Result<(HostRoute, u64), DmaError> {
         if addr < RAM_BASE + RAM_LEN {
-            Ok((HostRoute::Mapped { region: self.ram.clone(), offset: addr }, len.min(RAM_LEN - addr)))
+            Ok((
+                HostRoute::Mapped {
+                    region: self.ram.clone(),
+                    offset: addr,
+                },
+                len.min(RAM_LEN - addr),
+            ))
         } else if (RELAY_BASE..RELAY_BASE + 0x40000).contains(&addr) {
             Ok((HostRoute::Relay, len.min(RELAY_BASE + 0x40000 - addr)))
         } else {
@@ -81,7 +87,14 @@ fn lab() -> Lab {
     fabric.set_client(gpu, Some(client.clone()));
     fabric.set_bus_master(nvme, true);
     fabric.set_bus_master(gpu, true);
-    Lab { fabric, nvme, gpu, cmb, vram, client }
+    Lab {
+        fabric,
+        nvme,
+        gpu,
+        cmb,
+        vram,
+        client,
+    }
 }
 
 fn dev<'a>(c: &'a Counters, name: &str) -> &'a DeviceSnapshot {
@@ -113,8 +126,18 @@ fn own_bar_is_self_and_needs_no_bus_master() {
     port.read(BusAddr(CMB_BAR), &mut b).unwrap();
     assert_eq!(&b, b"sqe!");
     let c = l.fabric.snapshot();
-    assert_eq!(dev(&c, "nvme0").dma.self_, DirSnapshot { read_bytes: 4, write_bytes: 4, ops: 2 });
-    assert_eq!(port.write(BusAddr(0x1000), b"x"), Err(DmaError::BusMasterDisabled));
+    assert_eq!(
+        dev(&c, "nvme0").dma.self_,
+        DirSnapshot {
+            read_bytes: 4,
+            write_bytes: 4,
+            ops: 2
+        }
+    );
+    assert_eq!(
+        port.write(BusAddr(0x1000), b"x"),
+        Err(DmaError::BusMasterDisabled)
+    );
 }
 
 #[test]
@@ -129,7 +152,14 @@ fn guest_ram_is_host_memory_and_relay_is_client_relay() {
     let c = l.fabric.snapshot();
     let g = dev(&c, "gpu0");
     assert_eq!(g.dma.host_memory.write_bytes, 100);
-    assert_eq!(g.dma.client_relay, DirSnapshot { read_bytes: 10, write_bytes: 10, ops: 2 });
+    assert_eq!(
+        g.dma.client_relay,
+        DirSnapshot {
+            read_bytes: 10,
+            write_bytes: 10,
+            ops: 2
+        }
+    );
     assert_eq!(l.client.relayed.lock().unwrap().len(), 2);
 }
 
@@ -137,9 +167,18 @@ fn guest_ram_is_host_memory_and_relay_is_client_relay() {
 fn trapped_bars_and_holes_are_errors() {
     let l = lab();
     let port = l.fabric.port(l.gpu);
-    assert!(matches!(port.write(BusAddr(0x9000_0000), &[1]), Err(DmaError::Unmapped { .. })));
-    assert!(matches!(port.write(BusAddr(0x7000_0000_0000), &[1]), Err(DmaError::Unmapped { .. })));
-    assert!(matches!(port.write(BusAddr(u64::MAX), &[1, 2]), Err(DmaError::Overflow { .. })));
+    assert!(matches!(
+        port.write(BusAddr(0x9000_0000), &[1]),
+        Err(DmaError::Unmapped { .. })
+    ));
+    assert!(matches!(
+        port.write(BusAddr(0x7000_0000_0000), &[1]),
+        Err(DmaError::Unmapped { .. })
+    ));
+    assert!(matches!(
+        port.write(BusAddr(u64::MAX), &[1, 2]),
+        Err(DmaError::Overflow { .. })
+    ));
     let mut b = [0u8; 16];
     // Runs off the end of the VRAM window into nothing.
     assert!(port.read(BusAddr(GPU_BAR + 8 * MIB - 8), &mut b).is_err());
@@ -167,13 +206,15 @@ fn file_transfers_are_zero_copy_into_peer_and_split_at_windows() {
     let f = memfd_create("ns", 16 * MIB).unwrap();
     p2plab_memory::write_all_at(&f, &vec![0x5a; 2 * MIB as usize], 0).unwrap();
     let port = l.fabric.port(l.nvme);
-    port.write_from_file(BusAddr(GPU_BAR), &f, 0, 2 * MIB as usize).unwrap();
+    port.write_from_file(BusAddr(GPU_BAR), &f, 0, 2 * MIB as usize)
+        .unwrap();
     let mut b = vec![0u8; 2 * MIB as usize];
     l.vram.read(0, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 0x5a));
     // From the CMB back to the file: self reads.
     l.cmb.fill(0, 4096, 0x11).unwrap();
-    port.read_to_file(BusAddr(CMB_BAR), &f, 8 * MIB, 4096).unwrap();
+    port.read_to_file(BusAddr(CMB_BAR), &f, 8 * MIB, 4096)
+        .unwrap();
     let mut b = [0u8; 4096];
     p2plab_memory::read_exact_at(&f, &mut b, 8 * MIB).unwrap();
     assert!(b.iter().all(|&x| x == 0x11));
@@ -204,7 +245,8 @@ fn concurrent_traffic_counts_exactly() {
             let port = l.fabric.port(l.nvme);
             std::thread::spawn(move || {
                 for j in 0..100u64 {
-                    port.write(BusAddr(GPU_BAR + (i * 100 + j) * 64), &[1; 64]).unwrap();
+                    port.write(BusAddr(GPU_BAR + (i * 100 + j) * 64), &[1; 64])
+                        .unwrap();
                 }
             })
         })
@@ -213,5 +255,12 @@ fn concurrent_traffic_counts_exactly() {
         t.join().unwrap();
     }
     let c = l.fabric.snapshot();
-    assert_eq!(dev(&c, "nvme0").dma.peers["gpu0"], DirSnapshot { read_bytes: 0, write_bytes: 400 * 64, ops: 400 });
+    assert_eq!(
+        dev(&c, "nvme0").dma.peers["gpu0"],
+        DirSnapshot {
+            read_bytes: 0,
+            write_bytes: 400 * 64,
+            ops: 400
+        }
+    );
 }

@@ -94,7 +94,9 @@ pub fn layout(vram_size: u64, dsn: u64) -> PciLayout {
         msix_pba_offset: MSIX_PBA_OFFSET,
         dsn,
         interrupt_pin: 1,
-        rebar: Some(ResizableBar { bar: crate::VRAM_BAR, sizes: rebar_sizes(vram_size) }),
+        rebar: Some(ResizableBar {
+            bar: crate::VRAM_BAR,
+            sizes: rebar_sizes(vram_size),
+        }),
     }
 }
-

@@ -246,7 +246,10 @@ fn vram_of_128_gib_is_described() {
     assert!(vram_bar.is_64bit && vram_bar.prefetchable && vram_bar.mmappable);
     assert_eq!(vram_bar.size, size);
     // 1 MiB (bit 0) .. 128 GiB (bit 17).
-    assert_eq!(layout.rebar.map(|r| (r.bar, r.sizes)), Some((VRAM_BAR, (1 << 18) - 1)));
+    assert_eq!(
+        layout.rebar.map(|r| (r.bar, r.sizes)),
+        Some((VRAM_BAR, (1 << 18) - 1))
+    );
 }
 
 #[test]

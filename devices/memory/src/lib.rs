@@ -136,13 +136,15 @@ pub trait InterruptSink: Send + Sync {
 /// `pread` until `buf` is full; a short file reads as an error (never silently zero).
 pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), DmaError> {
     use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, offset).map_err(|e| DmaError::Io(e.to_string()))
+    file.read_exact_at(buf, offset)
+        .map_err(|e| DmaError::Io(e.to_string()))
 }
 
 /// `pwrite` all of `buf`.
 pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> Result<(), DmaError> {
     use std::os::unix::fs::FileExt;
-    file.write_all_at(buf, offset).map_err(|e| DmaError::Io(e.to_string()))
+    file.write_all_at(buf, offset)
+        .map_err(|e| DmaError::Io(e.to_string()))
 }
 
 /// A flat, in-memory DMA space for unit tests of device models: `size` bytes at bus
@@ -154,10 +156,16 @@ pub struct TestDmaSpace {
 
 impl TestDmaSpace {
     pub fn new(base: u64, size: usize) -> Self {
-        Self { base, mem: std::sync::Mutex::new(vec![0; size]) }
+        Self {
+            base,
+            mem: std::sync::Mutex::new(vec![0; size]),
+        }
     }
     fn range(&self, addr: BusAddr, len: usize) -> Result<std::ops::Range<usize>, DmaError> {
-        let bad = DmaError::Unmapped { addr: addr.0, len: len as u64 };
+        let bad = DmaError::Unmapped {
+            addr: addr.0,
+            len: len as u64,
+        };
         let start = addr.0.checked_sub(self.base).ok_or(bad.clone())?;
         let start = usize::try_from(start).map_err(|_| bad.clone())?;
         let end = start.checked_add(len).ok_or(bad.clone())?;
@@ -169,12 +177,14 @@ impl TestDmaSpace {
     }
     /// Test helper: copy bytes into the space.
     pub fn poke(&self, addr: u64, data: &[u8]) {
-        self.write(BusAddr(addr), data).expect("poke outside TestDmaSpace");
+        self.write(BusAddr(addr), data)
+            .expect("poke outside TestDmaSpace");
     }
     /// Test helper: copy bytes out of the space.
     pub fn peek(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0; len];
-        self.read(BusAddr(addr), &mut v).expect("peek outside TestDmaSpace");
+        self.read(BusAddr(addr), &mut v)
+            .expect("peek outside TestDmaSpace");
         v
     }
 }
@@ -206,7 +216,10 @@ impl RecordingInterrupts {
 
 impl InterruptSink for RecordingInterrupts {
     fn signal(&self, vector: u16) {
-        self.signalled.lock().unwrap_or_else(|p| p.into_inner()).push(vector);
+        self.signalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(vector);
     }
 }
 

@@ -37,17 +37,37 @@ pub fn memfd_create(name: &str, size: u64) -> std::io::Result<File> {
 
 impl MmapRegion {
     /// Map `len` bytes of `fd` at `fd_offset`, shared; read-only unless `writable`.
-    pub fn new(fd: &impl AsRawFd, fd_offset: u64, len: usize, writable: bool) -> std::io::Result<Self> {
+    pub fn new(
+        fd: &impl AsRawFd,
+        fd_offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> std::io::Result<Self> {
         if len == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "zero-length mapping"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "zero-length mapping",
+            ));
         }
-        let off = libc::off_t::try_from(fd_offset)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"))?;
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let off = libc::off_t::try_from(fd_offset).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large")
+        })?;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: a fresh mapping at a kernel-chosen address; fd validity is checked by
         // the kernel; we never alias existing Rust memory.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), off)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                off,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
@@ -74,7 +94,10 @@ impl MmapRegion {
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<usize, DmaError> {
-        let bad = DmaError::Unmapped { addr: offset, len: len as u64 };
+        let bad = DmaError::Unmapped {
+            addr: offset,
+            len: len as u64,
+        };
         let off = usize::try_from(offset).map_err(|_| bad.clone())?;
         let end = off.checked_add(len).ok_or(bad.clone())?;
         if end > self.len {
@@ -95,7 +118,9 @@ impl MmapRegion {
         let off = self.check(offset, buf.len())?;
         // SAFETY: off..off+len is inside the mapping (checked); buf is a distinct Rust
         // allocation, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
+        };
         Ok(())
     }
 
@@ -103,7 +128,9 @@ impl MmapRegion {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
         let off = self.check_write(offset, data.len())?;
         // SAFETY: bounds checked and mapping writable; data is a distinct allocation.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
+        };
         Ok(())
     }
 
@@ -116,7 +143,13 @@ impl MmapRegion {
     }
 
     /// Copy between two mappings (or within one; overlap allowed).
-    pub fn copy_to(&self, src_off: u64, dst: &MmapRegion, dst_off: u64, len: usize) -> Result<(), DmaError> {
+    pub fn copy_to(
+        &self,
+        src_off: u64,
+        dst: &MmapRegion,
+        dst_off: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
         let s = self.check(src_off, len)?;
         let d = dst.check_write(dst_off, len)?;
         // SAFETY: both ranges are inside their mappings (checked); `copy` tolerates overlap.
@@ -125,7 +158,13 @@ impl MmapRegion {
     }
 
     /// `pread` from `file` at `file_offset` straight into the mapping (zero copy).
-    pub fn read_from_file(&self, offset: u64, file: &File, file_offset: u64, len: usize) -> Result<(), DmaError> {
+    pub fn read_from_file(
+        &self,
+        offset: u64,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
         let off = self.check_write(offset, len)?;
         let mut done = 0usize;
         while done < len {
@@ -134,7 +173,12 @@ impl MmapRegion {
             // SAFETY: the destination range off+done..off+len is inside the writable
             // mapping (checked above).
             let n = unsafe {
-                libc::pread(file.as_raw_fd(), self.ptr.as_ptr().add(off + done).cast(), len - done, foff)
+                libc::pread(
+                    file.as_raw_fd(),
+                    self.ptr.as_ptr().add(off + done).cast(),
+                    len - done,
+                    foff,
+                )
             };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
@@ -144,7 +188,10 @@ impl MmapRegion {
                 return Err(DmaError::Io(e.to_string()));
             }
             if n == 0 {
-                return Err(DmaError::Partial { expected: len, completed: done });
+                return Err(DmaError::Partial {
+                    expected: len,
+                    completed: done,
+                });
             }
             done += n as usize;
         }
@@ -152,7 +199,13 @@ impl MmapRegion {
     }
 
     /// `pwrite` to `file` at `file_offset` straight from the mapping (zero copy).
-    pub fn write_to_file(&self, offset: u64, file: &File, file_offset: u64, len: usize) -> Result<(), DmaError> {
+    pub fn write_to_file(
+        &self,
+        offset: u64,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), DmaError> {
         let off = self.check(offset, len)?;
         let mut done = 0usize;
         while done < len {
@@ -160,7 +213,12 @@ impl MmapRegion {
                 .map_err(|_| DmaError::Io("file offset too large".into()))?;
             // SAFETY: the source range is inside the mapping (checked above).
             let n = unsafe {
-                libc::pwrite(file.as_raw_fd(), self.ptr.as_ptr().add(off + done).cast(), len - done, foff)
+                libc::pwrite(
+                    file.as_raw_fd(),
+                    self.ptr.as_ptr().add(off + done).cast(),
+                    len - done,
+                    foff,
+                )
             };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
@@ -170,7 +228,10 @@ impl MmapRegion {
                 return Err(DmaError::Io(e.to_string()));
             }
             if n == 0 {
-                return Err(DmaError::Partial { expected: len, completed: done });
+                return Err(DmaError::Partial {
+                    expected: len,
+                    completed: done,
+                });
             }
             done += n as usize;
         }
@@ -231,7 +292,10 @@ mod tests {
         let mut b = [0u8; 5];
         m.read(10, &mut b).unwrap();
         assert_eq!(&b, b"hello");
-        assert!(matches!(m.read_from_file(0, &src, 4094, 5), Err(DmaError::Partial { .. })));
+        assert!(matches!(
+            m.read_from_file(0, &src, 4094, 5),
+            Err(DmaError::Partial { .. })
+        ));
     }
 
     #[test]

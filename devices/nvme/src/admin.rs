@@ -324,7 +324,10 @@ fn get_log_page(sh: &Shared, st: &mut State, cmd: &Command) -> Result<(), NvmeEr
                     // The page has a fixed size (NUL padded, grown in 4 KiB steps only if
                     // the JSON is larger), so a host may fetch it in chunks at any offset
                     // inside it without knowing the JSON's length.
-                    page.resize(page.len().next_multiple_of(4096).max(VENDOR_LOG_MIN_SIZE), 0);
+                    page.resize(
+                        page.len().next_multiple_of(4096).max(VENDOR_LOG_MIN_SIZE),
+                        0,
+                    );
                     st.vendor_log_snapshot = Some(page.clone());
                     page
                 }

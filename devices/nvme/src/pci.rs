@@ -82,4 +82,3 @@ pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
         rebar: None,
     }
 }
-

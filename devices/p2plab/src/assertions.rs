@@ -49,14 +49,24 @@ pub const RULES: &[Rule] = &[
             Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 1000 * 4096),
         ],
     },
-    Rule { case: "vendor-log", needs_p2plab_roles: true, expect: &[Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 8 * NV_MIB)] },
+    Rule {
+        case: "vendor-log",
+        needs_p2plab_roles: true,
+        expect: &[Expect::AtLeast(
+            "devices[{client}].dma.host_memory.write_bytes",
+            8 * NV_MIB,
+        )],
+    },
     Rule {
         case: "fio-verify",
         needs_p2plab_roles: true,
         expect: &[
             // Two 256 MiB write passes from RAM and two verify passes back into RAM.
             Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 512 * NV_MIB),
-            Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 512 * NV_MIB),
+            Expect::AtLeast(
+                "devices[{client}].dma.host_memory.write_bytes",
+                512 * NV_MIB,
+            ),
             Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
             Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
         ],
@@ -65,19 +75,35 @@ pub const RULES: &[Rule] = &[
         case: "nvme-nvme-copy",
         needs_p2plab_roles: true,
         expect: &[
-            Expect::AtLeast("devices[{client}].dma.peers.{peer}.write_bytes", 64 * NV_MIB),
+            Expect::AtLeast(
+                "devices[{client}].dma.peers.{peer}.write_bytes",
+                64 * NV_MIB,
+            ),
             Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB),
             Expect::AtLeast("devices[{peer}].dma.self.read_bytes", 64 * NV_MIB),
             Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
         ],
     },
-    Rule { case: "p2p-refused", needs_p2plab_roles: true, expect: &[Expect::Eq("devices[{client}].dma.peers.{provider}.write_bytes", 0)] },
+    Rule {
+        case: "p2p-refused",
+        needs_p2plab_roles: true,
+        expect: &[Expect::Eq(
+            "devices[{client}].dma.peers.{provider}.write_bytes",
+            0,
+        )],
+    },
     Rule {
         case: "p2p-host-bridge",
         needs_p2plab_roles: true,
         expect: &[
-            Expect::AtLeast("devices[{client}].dma.peers.{provider}.write_bytes", 64 * NV_MIB),
-            Expect::AtLeast("devices[{provider}].inbound.peers.{client}.write_bytes", 64 * NV_MIB),
+            Expect::AtLeast(
+                "devices[{client}].dma.peers.{provider}.write_bytes",
+                64 * NV_MIB,
+            ),
+            Expect::AtLeast(
+                "devices[{provider}].inbound.peers.{client}.write_bytes",
+                64 * NV_MIB,
+            ),
             Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB),
             Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
         ],
@@ -88,7 +114,10 @@ pub const RULES: &[Rule] = &[
         case: "p2p-read",
         needs_p2plab_roles: true,
         expect: &[
-            Expect::AtLeast("devices[{client}].dma.peers.{provider}.write_bytes", 64 * NV_MIB),
+            Expect::AtLeast(
+                "devices[{client}].dma.peers.{provider}.write_bytes",
+                64 * NV_MIB,
+            ),
             Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB - 1),
             Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
             Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
@@ -100,11 +129,17 @@ pub const RULES: &[Rule] = &[
         case: "p2p-write",
         needs_p2plab_roles: true,
         expect: &[
-            Expect::AtLeast("devices[{client}].dma.peers.{provider}.read_bytes", 64 * NV_MIB),
+            Expect::AtLeast(
+                "devices[{client}].dma.peers.{provider}.read_bytes",
+                64 * NV_MIB,
+            ),
             Expect::Eq("devices[{client}].dma.peers.{provider}.write_bytes", 0),
             Expect::AtMost("devices[{client}].dma.host_memory.read_bytes", NV_MIB - 1),
             Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 64 * NV_MIB),
-            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", 65 * NV_MIB - 1),
+            Expect::AtMost(
+                "devices[{client}].dma.host_memory.write_bytes",
+                65 * NV_MIB - 1,
+            ),
             Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
             Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
         ],
@@ -114,10 +149,22 @@ pub const RULES: &[Rule] = &[
         case: "copy-engine",
         needs_p2plab_roles: true,
         expect: &[
-            Expect::AtLeast("devices[{provider}].dma.host_memory.read_bytes", 64 * NV_MIB),
-            Expect::AtLeast("devices[{provider}].dma.host_memory.write_bytes", 64 * NV_MIB),
-            Expect::AtLeast("devices[{provider}].dma.peers.{client}.write_bytes", 64 * NV_MIB),
-            Expect::AtLeast("devices[{provider}].dma.peers.{client}.read_bytes", 64 * NV_MIB),
+            Expect::AtLeast(
+                "devices[{provider}].dma.host_memory.read_bytes",
+                64 * NV_MIB,
+            ),
+            Expect::AtLeast(
+                "devices[{provider}].dma.host_memory.write_bytes",
+                64 * NV_MIB,
+            ),
+            Expect::AtLeast(
+                "devices[{provider}].dma.peers.{client}.write_bytes",
+                64 * NV_MIB,
+            ),
+            Expect::AtLeast(
+                "devices[{provider}].dma.peers.{client}.read_bytes",
+                64 * NV_MIB,
+            ),
             Expect::AtLeast("devices[{provider}].dma.self.read_bytes", 128 * NV_MIB),
             Expect::AtLeast("devices[{provider}].dma.self.write_bytes", 128 * NV_MIB),
             Expect::Eq("devices[{provider}].dma.client_relay.read_bytes", 0),
@@ -130,10 +177,19 @@ pub const RULES: &[Rule] = &[
         case: "io-uring-p2p",
         needs_p2plab_roles: true,
         expect: &[
-            Expect::AtLeast("devices[{client}].dma.peers.{provider}.write_bytes", 128 * NV_MIB),
-            Expect::AtLeast("devices[{client}].dma.peers.{provider}.read_bytes", 64 * NV_MIB),
+            Expect::AtLeast(
+                "devices[{client}].dma.peers.{provider}.write_bytes",
+                128 * NV_MIB,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].dma.peers.{provider}.read_bytes",
+                64 * NV_MIB,
+            ),
             Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB - 1),
-            Expect::AtMost("devices[{client}].dma.host_memory.read_bytes", 65 * NV_MIB - 1),
+            Expect::AtMost(
+                "devices[{client}].dma.host_memory.read_bytes",
+                65 * NV_MIB - 1,
+            ),
             Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
             Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
         ],
@@ -165,12 +221,36 @@ pub const SAME_RULES: &[SameRule] = &[
         b: "devices[{client}].dma.peers.{peer}.write_bytes",
     },
     // What the initiator sent to a peer is what the peer saw arrive.
-    SameRule { case: "p2p-read", a: "devices[{provider}].inbound.peers.{client}.write_bytes", b: "devices[{client}].dma.peers.{provider}.write_bytes" },
-    SameRule { case: "p2p-write", a: "devices[{provider}].inbound.peers.{client}.read_bytes", b: "devices[{client}].dma.peers.{provider}.read_bytes" },
-    SameRule { case: "copy-engine", a: "devices[{client}].inbound.peers.{provider}.write_bytes", b: "devices[{provider}].dma.peers.{client}.write_bytes" },
-    SameRule { case: "copy-engine", a: "devices[{client}].inbound.peers.{provider}.read_bytes", b: "devices[{provider}].dma.peers.{client}.read_bytes" },
-    SameRule { case: "io-uring-p2p", a: "devices[{provider}].inbound.peers.{client}.write_bytes", b: "devices[{client}].dma.peers.{provider}.write_bytes" },
-    SameRule { case: "io-uring-p2p", a: "devices[{provider}].inbound.peers.{client}.read_bytes", b: "devices[{client}].dma.peers.{provider}.read_bytes" },
+    SameRule {
+        case: "p2p-read",
+        a: "devices[{provider}].inbound.peers.{client}.write_bytes",
+        b: "devices[{client}].dma.peers.{provider}.write_bytes",
+    },
+    SameRule {
+        case: "p2p-write",
+        a: "devices[{provider}].inbound.peers.{client}.read_bytes",
+        b: "devices[{client}].dma.peers.{provider}.read_bytes",
+    },
+    SameRule {
+        case: "copy-engine",
+        a: "devices[{client}].inbound.peers.{provider}.write_bytes",
+        b: "devices[{provider}].dma.peers.{client}.write_bytes",
+    },
+    SameRule {
+        case: "copy-engine",
+        a: "devices[{client}].inbound.peers.{provider}.read_bytes",
+        b: "devices[{provider}].dma.peers.{client}.read_bytes",
+    },
+    SameRule {
+        case: "io-uring-p2p",
+        a: "devices[{provider}].inbound.peers.{client}.write_bytes",
+        b: "devices[{client}].dma.peers.{provider}.write_bytes",
+    },
+    SameRule {
+        case: "io-uring-p2p",
+        a: "devices[{provider}].inbound.peers.{client}.read_bytes",
+        b: "devices[{client}].dma.peers.{provider}.read_bytes",
+    },
 ];
 
 pub fn check(case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
@@ -186,7 +266,11 @@ fn subst_roles(topo: &Topology, p: &str) -> String {
 }
 
 fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
-    let p2plab = |r: &Option<String>| r.as_deref().and_then(|n| topo.device(n)).is_none_or(|d| d.kind.is_p2plab());
+    let p2plab = |r: &Option<String>| {
+        r.as_deref()
+            .and_then(|n| topo.device(n))
+            .is_none_or(|d| d.kind.is_p2plab())
+    };
     if !(p2plab(&topo.roles.client) && p2plab(&topo.roles.provider) && p2plab(&topo.roles.peer)) {
         return vec![];
     }
@@ -195,7 +279,11 @@ fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Value) ->
         let (a, b) = (subst_roles(topo, r.a), subst_roles(topo, r.b));
         match (leaf(delta, &a), leaf(delta, &b)) {
             (Some(x), Some(y)) if x == y => {}
-            (x, y) => fails.push(format!("counter {a}: expected == {b} ({}), seen {}", fmt_opt(y), fmt_opt(x))),
+            (x, y) => fails.push(format!(
+                "counter {a}: expected == {b} ({}), seen {}",
+                fmt_opt(y),
+                fmt_opt(x)
+            )),
         }
     }
     fails
@@ -215,7 +303,11 @@ pub fn check_reported(begin: &Value, end: &Value, reports: &[String]) -> Vec<Str
                 continue;
             }
         };
-        let devs = v.get("devices").and_then(Value::as_array).cloned().unwrap_or_default();
+        let devs = v
+            .get("devices")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if devs.is_empty() {
             fails.push(format!("reported counters #{k}: no devices"));
         }
@@ -257,11 +349,17 @@ fn fmt_opt(v: Option<i64>) -> String {
 }
 
 fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
-    let role_is_p2plab = |r: &Option<String>| r.as_deref().and_then(|n| topo.device(n)).is_some_and(|d| d.kind.is_p2plab());
+    let role_is_p2plab = |r: &Option<String>| {
+        r.as_deref()
+            .and_then(|n| topo.device(n))
+            .is_some_and(|d| d.kind.is_p2plab())
+    };
     let subst = |p: &str| subst_roles(topo, p);
     let mut fails = vec![];
     for r in rules.iter().filter(|r| r.case == case) {
-        if r.needs_p2plab_roles && !(role_is_p2plab(&topo.roles.client) && role_is_p2plab(&topo.roles.provider)) {
+        if r.needs_p2plab_roles
+            && !(role_is_p2plab(&topo.roles.client) && role_is_p2plab(&topo.roles.provider))
+        {
             continue;
         }
         for e in r.expect {
@@ -277,7 +375,9 @@ fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Value) -> Ve
             match leaf(delta, &path) {
                 Some(seen) if ok(seen, v) => {}
                 Some(seen) => fails.push(format!("counter {path}: expected {want}, seen {seen}")),
-                None => fails.push(format!("counter {path}: expected {want}, seen nothing (no such counter)")),
+                None => fails.push(format!(
+                    "counter {path}: expected {want}, seen nothing (no such counter)"
+                )),
             }
         }
     }
@@ -309,14 +409,23 @@ const MIB: i64 = 1 << 20;
 
 pub const CPU_RULES: &[CpuRule] = &[
     // The NVMe→VRAM read and its data check (checksum engine) leave the CPU out of VRAM.
-    CpuRule { case: "p2p-read", when: CpuWhen::ProviderIsGpu, device: "{provider}", bar: 2, expect: &[Expect::Eq("loads", 0), Expect::Eq("stores", 0)] },
+    CpuRule {
+        case: "p2p-read",
+        when: CpuWhen::ProviderIsGpu,
+        device: "{provider}",
+        bar: 2,
+        expect: &[Expect::Eq("loads", 0), Expect::Eq("stores", 0)],
+    },
     // The contrast: the CPU copies a 64 MiB pattern into p2pmem and reads it back.
     CpuRule {
         case: "cpu-copy",
         when: CpuWhen::ProviderIsP2plab,
         device: "{provider}",
         bar: 2,
-        expect: &[Expect::AtLeast("store_bytes", 64 * MIB), Expect::AtLeast("load_bytes", 64 * MIB)],
+        expect: &[
+            Expect::AtLeast("store_bytes", 64 * MIB),
+            Expect::AtLeast("load_bytes", 64 * MIB),
+        ],
     },
 ];
 
@@ -330,7 +439,9 @@ fn check_cpu_rules(rules: &[CpuRule], case: &str, topo: &Topology, cpu: &Value) 
     let mut fails = vec![];
     for r in rules.iter().filter(|r| r.case == case) {
         let applies = match r.when {
-            CpuWhen::ProviderIsGpu => provider.is_some_and(|d| d.kind == crate::config::DeviceKind::Gpu),
+            CpuWhen::ProviderIsGpu => {
+                provider.is_some_and(|d| d.kind == crate::config::DeviceKind::Gpu)
+            }
             CpuWhen::ProviderIsP2plab => provider.is_some_and(|d| d.kind.is_p2plab()),
         };
         if !applies {
@@ -341,7 +452,10 @@ fn check_cpu_rules(rules: &[CpuRule], case: &str, topo: &Topology, cpu: &Value) 
             .replace("{client}", topo.roles.client.as_deref().unwrap_or("?"))
             .replace("{provider}", topo.roles.provider.as_deref().unwrap_or("?"));
         let window = cpu.get("ranges").and_then(Value::as_array).and_then(|rs| {
-            rs.iter().find(|w| w.get("device").and_then(Value::as_str) == Some(&device) && w.get("bar").and_then(Value::as_u64) == Some(u64::from(r.bar)))
+            rs.iter().find(|w| {
+                w.get("device").and_then(Value::as_str) == Some(&device)
+                    && w.get("bar").and_then(Value::as_u64) == Some(u64::from(r.bar))
+            })
         });
         for e in r.expect {
             let (field, want, ok): (&str, String, bool);
@@ -410,8 +524,10 @@ mod cpu_tests {
         assert_eq!(
             check_cpu("p2p-read", &topo("gpu"), &Value::Null),
             vec![
-                "cpu p0 bar 2 loads: expected == 0, seen nothing (window not witnessed)".to_string(),
-                "cpu p0 bar 2 stores: expected == 0, seen nothing (window not witnessed)".to_string(),
+                "cpu p0 bar 2 loads: expected == 0, seen nothing (window not witnessed)"
+                    .to_string(),
+                "cpu p0 bar 2 stores: expected == 0, seen nothing (window not witnessed)"
+                    .to_string(),
             ]
         );
     }
@@ -450,11 +566,21 @@ mod tests {
         const R: &[Rule] = &[Rule {
             case: "p2p-read",
             needs_p2plab_roles: true,
-            expect: &[Expect::AtLeast("devices[{client}].dma.peers.{provider}.write_bytes", 64)],
+            expect: &[Expect::AtLeast(
+                "devices[{client}].dma.peers.{provider}.write_bytes",
+                64,
+            )],
         }];
-        let d = json!({"devices": [{"name": "nvme0", "dma": {"peers": {"gpu0": {"write_bytes": 3}}}}]});
+        let d =
+            json!({"devices": [{"name": "nvme0", "dma": {"peers": {"gpu0": {"write_bytes": 3}}}}]});
         let f = check_rules(R, "p2p-read", &topo(), &d);
-        assert_eq!(f, vec!["counter devices[nvme0].dma.peers.gpu0.write_bytes: expected >= 64, seen 3".to_string()]);
+        assert_eq!(
+            f,
+            vec![
+                "counter devices[nvme0].dma.peers.gpu0.write_bytes: expected >= 64, seen 3"
+                    .to_string()
+            ]
+        );
         assert!(check_rules(R, "other", &topo(), &d).is_empty());
     }
 
@@ -468,7 +594,8 @@ mod tests {
             vec!["reported counter devices[nvme0].dma.host_memory.write_bytes: expected 10..=20 (host at case begin..end), seen 25".to_string()]
         );
         assert_eq!(check_reported(&snap(10), &snap(20), &["{".into()]).len(), 1);
-        let other = json!({"devices": [{"name": "nvme9", "dma": {"self": {"read_bytes": 1}}}]}).to_string();
+        let other =
+            json!({"devices": [{"name": "nvme9", "dma": {"self": {"read_bytes": 1}}}]}).to_string();
         assert_eq!(check_reported(&snap(10), &snap(20), &[other]).len(), 1);
     }
 
@@ -507,8 +634,13 @@ mod tests {
         assert_eq!(
             check("p2p-read", &topo(), &delta(0, m, 0)),
             vec![
-                format!("counter devices[nvme0].dma.peers.gpu0.write_bytes: expected >= {m}, seen 0"),
-                format!("counter devices[nvme0].dma.host_memory.write_bytes: expected <= {}, seen {m}", NV_MIB - 1),
+                format!(
+                    "counter devices[nvme0].dma.peers.gpu0.write_bytes: expected >= {m}, seen 0"
+                ),
+                format!(
+                    "counter devices[nvme0].dma.host_memory.write_bytes: expected <= {}, seen {m}",
+                    NV_MIB - 1
+                ),
             ]
         );
         assert_eq!(

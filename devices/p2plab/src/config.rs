@@ -36,9 +36,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read topology {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("topology {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("topology {path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
 }
@@ -57,7 +63,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::S(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -65,7 +73,10 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// Parse "64M", "1G", "4096", "2MiB".
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, shift) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 10),
         Some('M' | 'm') => (&t[..t.len() - 1], 20),
@@ -74,7 +85,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => (t, 0),
     };
     let n: u64 = num.trim().parse().map_err(|_| format!("bad size '{s}'"))?;
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("size '{s}' overflows"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size '{s}' overflows"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -144,7 +156,9 @@ pub const DEFAULT_VRAM: u64 = 1 << 30;
 
 impl DeviceConfig {
     pub fn serial(&self) -> String {
-        self.serial.clone().unwrap_or_else(|| format!("P2PLAB-{}", self.name.to_uppercase()))
+        self.serial
+            .clone()
+            .unwrap_or_else(|| format!("P2PLAB-{}", self.name.to_uppercase()))
     }
     pub fn cmb_size(&self) -> u64 {
         self.cmb_size.map_or(DEFAULT_CMB, |s| s.0)
@@ -153,12 +167,17 @@ impl DeviceConfig {
         self.vram_size.map_or(DEFAULT_VRAM, |s| s.0)
     }
     pub fn p2pmem_size(&self) -> u64 {
-        self.p2pmem_size.map_or(self.vram_size().min(1 << 30), |s| s.0)
+        self.p2pmem_size
+            .map_or(self.vram_size().min(1 << 30), |s| s.0)
     }
     /// Namespaces, with the default (one 1 GiB namespace, 512 B LBAs) when none is given.
     pub fn namespaces(&self) -> Vec<NamespaceConfig> {
         if self.namespaces.is_empty() {
-            vec![NamespaceConfig { size: ByteSize(DEFAULT_NS), lba_size: 512, file: None }]
+            vec![NamespaceConfig {
+                size: ByteSize(DEFAULT_NS),
+                lba_size: 512,
+                file: None,
+            }]
         } else {
             self.namespaces.clone()
         }
@@ -202,7 +221,14 @@ fn default_mem() -> ByteSize {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        Self { cpu: default_cpu(), smp: default_smp(), memory: default_mem(), phys_bits: None, extra_args: vec![], cmdline: String::new() }
+        Self {
+            cpu: default_cpu(),
+            smp: default_smp(),
+            memory: default_mem(),
+            phys_bits: None,
+            extra_args: vec![],
+            cmdline: String::new(),
+        }
     }
 }
 
@@ -233,18 +259,38 @@ pub struct Topology {
 
 impl Topology {
     pub fn load(path: &Path) -> Result<Topology, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut t: Topology = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
-        t.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        t.validate().map_err(|msg| ConfigError::Invalid { path: path.into(), msg })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut t: Topology = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        t.name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        t.validate().map_err(|msg| ConfigError::Invalid {
+            path: path.into(),
+            msg,
+        })?;
         Ok(t)
     }
 
     pub fn validate(&self) -> Result<(), String> {
         let mut names = std::collections::HashSet::new();
         for d in &self.devices {
-            if d.name.is_empty() || !d.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(format!("device name '{}' must be non-empty [A-Za-z0-9_-]", d.name));
+            if d.name.is_empty()
+                || !d
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!(
+                    "device name '{}' must be non-empty [A-Za-z0-9_-]",
+                    d.name
+                ));
             }
             if !names.insert(d.name.as_str()) {
                 return Err(format!("device name '{}' is used twice", d.name));
@@ -260,14 +306,20 @@ impl Topology {
                             return Err(format!("{}: lba_size must be 512 or 4096", d.name));
                         }
                         if ns.size.0 == 0 || ns.size.0 % u64::from(ns.lba_size) != 0 {
-                            return Err(format!("{}: namespace size must be a non-zero multiple of lba_size", d.name));
+                            return Err(format!(
+                                "{}: namespace size must be a non-zero multiple of lba_size",
+                                d.name
+                            ));
                         }
                     }
                 }
                 DeviceKind::Gpu => {
                     let v = d.vram_size();
                     if !v.is_power_of_two() || v < (1 << 20) {
-                        return Err(format!("{}: vram_size must be a power of two >= 1M", d.name));
+                        return Err(format!(
+                            "{}: vram_size must be a power of two >= 1M",
+                            d.name
+                        ));
                     }
                     if d.p2pmem_size() > v {
                         return Err(format!("{}: p2pmem_size exceeds vram_size", d.name));
@@ -275,7 +327,11 @@ impl Topology {
                 }
             }
         }
-        for (role, name) in [("client", &self.roles.client), ("provider", &self.roles.provider), ("peer", &self.roles.peer)] {
+        for (role, name) in [
+            ("client", &self.roles.client),
+            ("provider", &self.roles.provider),
+            ("peer", &self.roles.peer),
+        ] {
             if let Some(n) = name {
                 if !names.contains(n.as_str()) {
                     return Err(format!("roles.{role} names unknown device '{n}'"));
@@ -320,10 +376,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_cmb_and_roles() {
-        let t: Topology = toml::from_str(
-            "[[device]]\nname='a'\nkind='nvme'\ncmb_size='3M'\n",
-        )
-        .unwrap();
+        let t: Topology =
+            toml::from_str("[[device]]\nname='a'\nkind='nvme'\ncmb_size='3M'\n").unwrap();
         assert!(t.validate().unwrap_err().contains("cmb_size"));
         let t: Topology = toml::from_str("[roles]\nclient='x'\n").unwrap();
         assert!(t.validate().unwrap_err().contains("unknown device"));

@@ -15,14 +15,19 @@ pub type Handler = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// Serve `handler` on `path` from a background thread (one short-lived thread per client).
 pub fn spawn(path: &Path, handler: Handler) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
-    std::thread::Builder::new().name("control".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let h = handler.clone();
-            let _ = std::thread::Builder::new().name("control-client".into()).spawn(move || serve_client(conn, h));
-        }
-    })?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let h = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-client".into())
+                    .spawn(move || serve_client(conn, h));
+            }
+        })?;
     Ok(())
 }
 
@@ -36,7 +41,9 @@ fn serve_client(conn: UnixStream, handler: Handler) {
             "ping" => Some("\"pong\"".to_string()),
             _ => handler(cmd),
         }
-        .unwrap_or_else(|| serde_json::json!({"error": format!("unknown command '{cmd}'")}).to_string());
+        .unwrap_or_else(|| {
+            serde_json::json!({"error": format!("unknown command '{cmd}'")}).to_string()
+        });
         if writeln!(w, "{reply}").and_then(|_| w.flush()).is_err() {
             return;
         }
@@ -45,7 +52,8 @@ fn serve_client(conn: UnixStream, handler: Handler) {
 
 /// Send one command and read the one-line reply.
 pub fn request(sock: &Path, cmd: &str) -> anyhow::Result<String> {
-    let mut s = UnixStream::connect(sock).with_context(|| format!("connecting to {} (is the lab running?)", sock.display()))?;
+    let mut s = UnixStream::connect(sock)
+        .with_context(|| format!("connecting to {} (is the lab running?)", sock.display()))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     writeln!(s, "{cmd}")?;
     let mut line = String::new();
@@ -65,7 +73,8 @@ fn socket_of(target: &Path) -> PathBuf {
 /// `p2plab stats [RUN_DIR | SOCKET]`: print the live counters, pretty JSON.
 pub fn stats_main(target: &Path) -> anyhow::Result<i32> {
     let reply = request(&socket_of(target), "stats")?;
-    let v: serde_json::Value = serde_json::from_str(&reply).context("control socket sent invalid JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&reply).context("control socket sent invalid JSON")?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
 }
@@ -79,7 +88,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("p2plab-ctl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("control.sock");
-        spawn(&sock, Arc::new(|c: &str| (c == "stats").then(|| "{\"devices\":[]}".to_string()))).unwrap();
+        spawn(
+            &sock,
+            Arc::new(|c: &str| (c == "stats").then(|| "{\"devices\":[]}".to_string())),
+        )
+        .unwrap();
         assert_eq!(request(&sock, "stats").unwrap(), "{\"devices\":[]}");
         assert_eq!(request(&sock, "ping").unwrap(), "\"pong\"");
         assert!(request(&sock, "bogus").unwrap().contains("unknown command"));

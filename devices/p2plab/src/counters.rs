@@ -39,17 +39,24 @@ pub fn delta(begin: &Value, end: &Value) -> Value {
 }
 
 fn num_delta(begin: Option<&serde_json::Number>, end: &serde_json::Number) -> Value {
-    let int = |n: &serde_json::Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+    let int = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
     let b = match begin {
         None => Some(0),
         Some(b) => int(b),
     };
     if let (Some(b), Some(e)) = (b, int(end)) {
         let d = e - b;
-        return i64::try_from(d).map(Value::from).unwrap_or_else(|_| Value::from(d as f64));
+        return i64::try_from(d)
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::from(d as f64));
     }
     let bf = begin.and_then(serde_json::Number::as_f64).unwrap_or(0.0);
-    serde_json::Number::from_f64(end.as_f64().unwrap_or(0.0) - bf).map_or(Value::Null, Value::Number)
+    serde_json::Number::from_f64(end.as_f64().unwrap_or(0.0) - bf)
+        .map_or(Value::Null, Value::Number)
 }
 
 /// The numeric leaf at a dotted path (`devices[nvme0].dma.peers.gpu0.write_bytes`):
@@ -65,7 +72,10 @@ pub fn leaf(v: &Value, path: &str) -> Option<i64> {
             cur = cur.get(key)?;
         }
         if let Some(name) = sel {
-            cur = cur.as_array()?.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name))?;
+            cur = cur
+                .as_array()?
+                .iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(name))?;
         }
     }
     cur.as_i64()
@@ -87,7 +97,10 @@ mod tests {
     fn missing_begin_counts_from_zero() {
         let b = json!({"peers": {}});
         let e = json!({"peers": {"gpu0": {"write_bytes": 4096}}});
-        assert_eq!(delta(&b, &e), json!({"peers": {"gpu0": {"write_bytes": 4096}}}));
+        assert_eq!(
+            delta(&b, &e),
+            json!({"peers": {"gpu0": {"write_bytes": 4096}}})
+        );
     }
 
     #[test]
@@ -103,7 +116,10 @@ mod tests {
     #[test]
     fn unnamed_arrays_match_by_index_and_floats_work() {
         assert_eq!(delta(&json!([1, 2]), &json!([4, 2, 3])), json!([3, 0, 3]));
-        assert_eq!(delta(&json!({"s": 1.5}), &json!({"s": 4.0})), json!({"s": 2.5}));
+        assert_eq!(
+            delta(&json!({"s": 1.5}), &json!({"s": 4.0})),
+            json!({"s": 2.5})
+        );
     }
 
     #[test]
@@ -116,7 +132,10 @@ mod tests {
     #[test]
     fn leaf_paths() {
         let v = json!({"devices": [{"name": "nvme0", "dma": {"peers": {"gpu0": {"write_bytes": 64}}}}]});
-        assert_eq!(leaf(&v, "devices[nvme0].dma.peers.gpu0.write_bytes"), Some(64));
+        assert_eq!(
+            leaf(&v, "devices[nvme0].dma.peers.gpu0.write_bytes"),
+            Some(64)
+        );
         assert_eq!(leaf(&v, "devices[gpu0].dma"), None);
     }
 }

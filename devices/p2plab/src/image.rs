@@ -21,7 +21,9 @@ pub fn p2plab_home() -> PathBuf {
     if let Some(h) = std::env::var_os("P2PLAB_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache/p2plab")
 }
 
@@ -74,7 +76,10 @@ impl Toolroot {
     pub fn locate(home: &Path) -> Result<Toolroot> {
         let root = home.join("toolroot");
         if !root.join(".p2plab-toolroot").is_file() {
-            bail!("no lab toolroot at {} (run scripts/setup first)", root.display());
+            bail!(
+                "no lab toolroot at {} (run scripts/setup first)",
+                root.display()
+            );
         }
         let mut kvers: Vec<String> = std::fs::read_dir(root.join("usr/lib/modules"))
             .with_context(|| format!("{}: no kernel modules", root.display()))?
@@ -83,7 +88,9 @@ impl Toolroot {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         kvers.sort();
-        let kver = kvers.pop().context("the toolroot has no kernel with modules.dep")?;
+        let kver = kvers
+            .pop()
+            .context("the toolroot has no kernel with modules.dep")?;
         Ok(Toolroot { root, kver })
     }
 
@@ -93,10 +100,16 @@ impl Toolroot {
 
     /// Library directories of the root (ld.so.conf plus their subdirectories, e.g. ceph/).
     pub fn lib_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = vec![self.root.join("usr/lib/x86_64-linux-gnu"), self.root.join("usr/lib")];
+        let mut dirs: Vec<PathBuf> = vec![
+            self.root.join("usr/lib/x86_64-linux-gnu"),
+            self.root.join("usr/lib"),
+        ];
         if let Ok(rd) = std::fs::read_dir(self.root.join("etc/ld.so.conf.d")) {
             for e in rd.flatten() {
-                for l in std::fs::read_to_string(e.path()).unwrap_or_default().lines() {
+                for l in std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                {
                     let l = l.trim();
                     if l.starts_with('/') {
                         dirs.push(self.root.join(l.trim_start_matches('/')));
@@ -112,10 +125,18 @@ impl Toolroot {
             }
             // Subdirectories holding shared objects (e.g. ceph/, which fio's libs need).
             let has_so = |d: &Path| {
-                std::fs::read_dir(d).is_ok_and(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().contains(".so")))
+                std::fs::read_dir(d).is_ok_and(|rd| {
+                    rd.flatten()
+                        .any(|e| e.file_name().to_string_lossy().contains(".so"))
+                })
             };
             let subs: Vec<PathBuf> = std::fs::read_dir(&c)
-                .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir() && has_so(p)).collect())
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir() && has_so(p))
+                        .collect()
+                })
                 .unwrap_or_default();
             out.push(c);
             for s in subs {
@@ -130,27 +151,38 @@ impl Toolroot {
     }
 
     pub fn library_path(&self) -> String {
-        self.lib_dirs().iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
+        self.lib_dirs()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// A command running the root's `bin` (path inside the root) through its own loader.
     pub fn command(&self, bin: &str) -> Command {
         let mut c = Command::new(self.loader());
-        c.arg("--library-path").arg(self.library_path()).arg(self.root.join(bin.trim_start_matches('/')));
+        c.arg("--library-path")
+            .arg(self.library_path())
+            .arg(self.root.join(bin.trim_start_matches('/')));
         c
     }
 
     pub fn qemu(&self) -> Command {
         let mut c = self.command("usr/bin/qemu-system-x86_64");
-        c.arg("-L").arg(self.root.join("usr/share/qemu")).arg("-L").arg(self.root.join("usr/share/seabios"));
-        c.env("QEMU_MODULE_DIR", self.root.join("usr/lib/x86_64-linux-gnu/qemu"));
+        c.arg("-L")
+            .arg(self.root.join("usr/share/qemu"))
+            .arg("-L")
+            .arg(self.root.join("usr/share/seabios"));
+        c.env(
+            "QEMU_MODULE_DIR",
+            self.root.join("usr/lib/x86_64-linux-gnu/qemu"),
+        );
         c
     }
 
     pub fn vmlinuz(&self) -> PathBuf {
         self.root.join(format!("boot/vmlinuz-{}", self.kver))
     }
-
 
     /// Shared libraries `bin` (a path on the host, inside the root) needs:
     /// guest path (inside the root) → host file holding it.
@@ -164,17 +196,27 @@ impl Toolroot {
             .with_context(|| format!("running the toolroot loader on {}", bin.display()))?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() || text.contains("not found") {
-            bail!("cannot resolve the libraries of {}: {}{}", bin.display(), text, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "cannot resolve the libraries of {}: {}{}",
+                bin.display(),
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let mut libs = vec![];
         for l in text.lines() {
             // "libz.so.1 => /ROOT/usr/lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux... => /ROOT/..."
-            let Some((_, rhs)) = l.split_once("=>") else { continue };
+            let Some((_, rhs)) = l.split_once("=>") else {
+                continue;
+            };
             let host = PathBuf::from(rhs.trim().split(" (").next().unwrap_or("").trim());
             if !host.is_absolute() {
                 continue;
             }
-            let dir = host.parent().and_then(|d| d.canonicalize().ok()).context("library dir")?;
+            let dir = host
+                .parent()
+                .and_then(|d| d.canonicalize().ok())
+                .context("library dir")?;
             let name = host.file_name().context("library name")?;
             let guest = self.guest_path(&dir.join(name))?;
             libs.push((guest, host.canonicalize()?));
@@ -185,7 +227,9 @@ impl Toolroot {
     /// `/usr/lib/...` for a host path inside the root.
     pub fn guest_path(&self, host: &Path) -> Result<String> {
         let root = self.root.canonicalize()?;
-        let rel = host.strip_prefix(&root).with_context(|| format!("{} is outside the toolroot", host.display()))?;
+        let rel = host
+            .strip_prefix(&root)
+            .with_context(|| format!("{} is outside the toolroot", host.display()))?;
         Ok(format!("/{}", rel.to_string_lossy()))
     }
 }
@@ -202,10 +246,20 @@ pub struct Cpio<W: Write> {
 
 impl<W: Write> Cpio<W> {
     pub fn new(w: W) -> Self {
-        Cpio { w, ino: 1, written: 0 }
+        Cpio {
+            w,
+            ino: 1,
+            written: 0,
+        }
     }
 
-    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) -> std::io::Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        rdev: (u32, u32),
+        data: &[u8],
+    ) -> std::io::Result<()> {
         let name = name.trim_start_matches('/');
         let name = if name.is_empty() { "." } else { name };
         let namesize = name.len() + 1;
@@ -254,7 +308,13 @@ impl<W: Write> Cpio<W> {
     pub fn symlink(&mut self, name: &str, target: &str) -> std::io::Result<()> {
         self.entry(name, 0o120777, (0, 0), target.as_bytes())
     }
-    pub fn char_dev(&mut self, name: &str, mode: u32, major: u32, minor: u32) -> std::io::Result<()> {
+    pub fn char_dev(
+        &mut self,
+        name: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> std::io::Result<()> {
         self.entry(name, 0o020000 | (mode & 0o7777), (major, minor), &[])
     }
     /// Write the trailer and return the writer.
@@ -301,8 +361,17 @@ impl Tree {
         self.entries.contains_key(path)
     }
     pub fn host_file(&mut self, path: &str, host: &Path) -> Result<()> {
-        let mode = std::fs::metadata(host).with_context(|| format!("{}", host.display()))?.mode() & 0o7777;
-        self.add(path, Node::File { mode, src: Src::Host(host.to_path_buf()) });
+        let mode = std::fs::metadata(host)
+            .with_context(|| format!("{}", host.display()))?
+            .mode()
+            & 0o7777;
+        self.add(
+            path,
+            Node::File {
+                mode,
+                src: Src::Host(host.to_path_buf()),
+            },
+        );
         Ok(())
     }
 
@@ -317,7 +386,9 @@ impl Tree {
                 Node::File { mode, src } => {
                     let data = match src {
                         Src::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
-                        Src::Host(p) => std::borrow::Cow::Owned(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                        Src::Host(p) => std::borrow::Cow::Owned(
+                            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                        ),
                     };
                     c.file(path, *mode, &data)?;
                 }
@@ -339,7 +410,10 @@ pub struct Kernel {
 
 fn is_elf(p: &Path) -> bool {
     let mut b = [0u8; 4];
-    std::fs::File::open(p).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_ok() && b == *b"\x7fELF"
+    std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok()
+        && b == *b"\x7fELF"
 }
 
 /// The kernel to boot: `--kernel` as given (ELF → PVH, else bzImage), or the toolroot's
@@ -349,7 +423,10 @@ pub fn kernel(tr: &Toolroot, home: &Path, user: Option<&Path>) -> Result<Kernel>
         if !p.is_file() {
             bail!("--kernel {}: no such file", p.display());
         }
-        return Ok(Kernel { path: p.to_path_buf(), pvh: is_elf(p) });
+        return Ok(Kernel {
+            path: p.to_path_buf(),
+            pvh: is_elf(p),
+        });
     }
     let vmlinuz = tr.vmlinuz();
     let key = KeyHasher::default().file_meta(&vmlinuz).hex();
@@ -357,7 +434,10 @@ pub fn kernel(tr: &Toolroot, home: &Path, user: Option<&Path>) -> Result<Kernel>
     if !out.is_file() {
         extract_vmlinux(tr, &vmlinuz, &out)?;
     }
-    Ok(Kernel { path: out, pvh: true })
+    Ok(Kernel {
+        path: out,
+        pvh: true,
+    })
 }
 
 /// Find the compressed payload inside a bzImage by its magic and decompress it with the
@@ -433,18 +513,31 @@ impl ModuleTree {
         if !d.join("modules.dep").is_file() {
             let lm = dir.join("lib/modules");
             let found: Vec<PathBuf> = std::fs::read_dir(&lm)
-                .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.join("modules.dep").is_file()).collect())
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.join("modules.dep").is_file())
+                        .collect()
+                })
                 .unwrap_or_default();
             match found.as_slice() {
                 [one] => d = one.clone(),
-                [] => bail!("{}: no modules.dep (give /lib/modules/<release> or an INSTALL_MOD_PATH)", dir.display()),
-                _ => bail!("{}: several kernel releases under lib/modules; name one", dir.display()),
+                [] => bail!(
+                    "{}: no modules.dep (give /lib/modules/<release> or an INSTALL_MOD_PATH)",
+                    dir.display()
+                ),
+                _ => bail!(
+                    "{}: several kernel releases under lib/modules; name one",
+                    dir.display()
+                ),
             }
         }
         let text = std::fs::read_to_string(d.join("modules.dep"))?;
         let mut deps = BTreeMap::new();
         for l in text.lines() {
-            let Some((m, ds)) = l.split_once(':') else { continue };
+            let Some((m, ds)) = l.split_once(':') else {
+                continue;
+            };
             let ds: Vec<String> = ds.split_whitespace().map(module_name).collect();
             deps.insert(module_name(m), (m.to_string(), ds));
         }
@@ -454,11 +547,18 @@ impl ModuleTree {
     /// `names` and their dependencies, dependencies first; names not in the tree
     /// (built in) are skipped.
     pub fn resolve(&self, names: &[&str]) -> Vec<(String, PathBuf)> {
-        fn visit(t: &ModuleTree, n: &str, seen: &mut BTreeSet<String>, out: &mut Vec<(String, PathBuf)>) {
+        fn visit(
+            t: &ModuleTree,
+            n: &str,
+            seen: &mut BTreeSet<String>,
+            out: &mut Vec<(String, PathBuf)>,
+        ) {
             if !seen.insert(n.to_string()) {
                 return;
             }
-            let Some((rel, ds)) = t.deps.get(n) else { return };
+            let Some((rel, ds)) = t.deps.get(n) else {
+                return;
+            };
             for d in ds {
                 visit(t, d, seen, out);
             }
@@ -485,7 +585,12 @@ fn module_bytes(tr: &Toolroot, p: &Path) -> Result<Vec<u8>> {
     } else {
         return Ok(std::fs::read(p)?);
     };
-    let o = tr.command(tool).arg("-dc").arg(p).stderr(Stdio::inherit()).output()?;
+    let o = tr
+        .command(tool)
+        .arg("-dc")
+        .arg(p)
+        .stderr(Stdio::inherit())
+        .output()?;
     if !o.status.success() {
         bail!("decompressing {} failed", p.display());
     }
@@ -499,21 +604,42 @@ fn module_bytes(tr: &Toolroot, p: &Path) -> Result<Vec<u8>> {
 /// script exists (KDIR: a developer's kernel build dir; default the toolroot's headers).
 /// Cached by the hash of the module sources and KDIR. `None` (with a warning) when the
 /// script is absent or fails: the image is built without the module.
-pub fn build_kmod(repo: &Path, tr: &Toolroot, kdir: Option<&Path>, home: &Path, verbose: bool) -> Option<PathBuf> {
+pub fn build_kmod(
+    repo: &Path,
+    tr: &Toolroot,
+    kdir: Option<&Path>,
+    home: &Path,
+    verbose: bool,
+) -> Option<PathBuf> {
     let src = repo.join("guest-tests/kmod");
     let script = src.join("build.sh");
     if !script.is_file() {
         if verbose {
-            eprintln!("p2plab: {} absent; the image has no p2pgpu.ko", script.display());
+            eprintln!(
+                "p2plab: {} absent; the image has no p2pgpu.ko",
+                script.display()
+            );
         }
         return None;
     }
     let mut key = KeyHasher::default();
-    key.str(&tr.kver).str(&kdir.map(|k| k.to_string_lossy().into_owned()).unwrap_or_default());
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&src).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect()).unwrap_or_default();
+    key.str(&tr.kver).str(
+        &kdir
+            .map(|k| k.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
     files.sort();
     for f in &files {
-        key.str(&f.to_string_lossy()).bytes(&std::fs::read(f).unwrap_or_default());
+        key.str(&f.to_string_lossy())
+            .bytes(&std::fs::read(f).unwrap_or_default());
     }
     let out = home.join("kmod").join(key.hex());
     let ko = out.join("p2pgpu.ko");
@@ -543,7 +669,10 @@ pub fn build_kmod(repo: &Path, tr: &Toolroot, kdir: Option<&Path>, home: &Path, 
             None
         }
         Err(e) => {
-            eprintln!("p2plab: warning: cannot run {}: {e}; continuing without p2pgpu.ko", script.display());
+            eprintln!(
+                "p2plab: warning: cannot run {}: {e}; continuing without p2pgpu.ko",
+                script.display()
+            );
             None
         }
     }
@@ -608,7 +737,12 @@ pub struct BaseInputs<'a> {
 pub const GUEST_MODULES: &[&str] = &["nvme"];
 
 fn merged_usr(t: &mut Tree) {
-    for (l, d) in [("/bin", "usr/bin"), ("/sbin", "usr/sbin"), ("/lib", "usr/lib"), ("/lib64", "usr/lib64")] {
+    for (l, d) in [
+        ("/bin", "usr/bin"),
+        ("/sbin", "usr/sbin"),
+        ("/lib", "usr/lib"),
+        ("/lib64", "usr/lib64"),
+    ] {
         t.add(&format!("/{d}"), Node::Dir);
         t.add(l, Node::Symlink(d.into()));
     }
@@ -630,8 +764,13 @@ pub fn base_image(inp: &BaseInputs, home: &Path) -> Result<PathBuf> {
     let tr = inp.toolroot;
     let mods = inp.modules.resolve(GUEST_MODULES);
     let mut key = KeyHasher::default();
-    key.str(&format!("format {IMAGE_FORMAT}")).str(INIT).str(SHRC);
-    key.bytes(&std::fs::read(inp.runner).with_context(|| format!("guest runner {}", inp.runner.display()))?);
+    key.str(&format!("format {IMAGE_FORMAT}"))
+        .str(INIT)
+        .str(SHRC);
+    key.bytes(
+        &std::fs::read(inp.runner)
+            .with_context(|| format!("guest runner {}", inp.runner.display()))?,
+    );
     if let Some(k) = inp.kmod {
         key.bytes(&std::fs::read(k)?);
     }
@@ -648,23 +787,61 @@ pub fn base_image(inp: &BaseInputs, home: &Path) -> Result<PathBuf> {
 
     let mut t = Tree::default();
     merged_usr(&mut t);
-    for d in ["/dev", "/proc", "/sys", "/tmp", "/run", "/root", "/etc/p2plab", "/mnt"] {
+    for d in [
+        "/dev",
+        "/proc",
+        "/sys",
+        "/tmp",
+        "/run",
+        "/root",
+        "/etc/p2plab",
+        "/mnt",
+    ] {
         t.add(d, Node::Dir);
     }
     t.add("/dev/console", Node::CharDev { major: 5, minor: 1 });
-    t.add("/dev/ttyS0", Node::CharDev { major: 4, minor: 64 });
+    t.add(
+        "/dev/ttyS0",
+        Node::CharDev {
+            major: 4,
+            minor: 64,
+        },
+    );
     t.add("/dev/null", Node::CharDev { major: 1, minor: 3 });
-    t.add("/init", Node::File { mode: 0o755, src: Src::Bytes(INIT.as_bytes().to_vec()) });
-    t.add("/etc/passwd", Node::File { mode: 0o644, src: Src::Bytes(b"root:x:0:0:root:/root:/bin/sh\n".to_vec()) });
-    t.add("/etc/group", Node::File { mode: 0o644, src: Src::Bytes(b"root:x:0:\n".to_vec()) });
+    t.add(
+        "/init",
+        Node::File {
+            mode: 0o755,
+            src: Src::Bytes(INIT.as_bytes().to_vec()),
+        },
+    );
+    t.add(
+        "/etc/passwd",
+        Node::File {
+            mode: 0o644,
+            src: Src::Bytes(b"root:x:0:0:root:/root:/bin/sh\n".to_vec()),
+        },
+    );
+    t.add(
+        "/etc/group",
+        Node::File {
+            mode: 0o644,
+            src: Src::Bytes(b"root:x:0:\n".to_vec()),
+        },
+    );
 
     // busybox and its applets
     let bb = tr.root.join("usr/bin/busybox");
     t.host_file("/usr/bin/busybox", &bb)?;
-    let list = Command::new(&bb).arg("--list-full").output().context("busybox --list-full")?;
+    let list = Command::new(&bb)
+        .arg("--list-full")
+        .output()
+        .context("busybox --list-full")?;
     for a in String::from_utf8_lossy(&list.stdout).lines() {
         let a = a.trim();
-        let g = if let Some(r) = a.strip_prefix("usr/") { format!("/usr/{r}") } else if let Some(r) = a.strip_prefix("sbin/") {
+        let g = if let Some(r) = a.strip_prefix("usr/") {
+            format!("/usr/{r}")
+        } else if let Some(r) = a.strip_prefix("sbin/") {
             format!("/usr/sbin/{r}")
         } else if let Some(r) = a.strip_prefix("bin/") {
             format!("/usr/bin/{r}")
@@ -677,7 +854,13 @@ pub fn base_image(inp: &BaseInputs, home: &Path) -> Result<PathBuf> {
     }
     // busybox poweroff/reboot/halt signal PID 1, a plain shell script here, and ash runs
     // applets before PATH: shell functions (via $ENV) make them act directly.
-    t.add("/etc/p2plab/shrc", Node::File { mode: 0o644, src: Src::Bytes(SHRC.as_bytes().to_vec()) });
+    t.add(
+        "/etc/p2plab/shrc",
+        Node::File {
+            mode: 0o644,
+            src: Src::Bytes(SHRC.as_bytes().to_vec()),
+        },
+    );
     add_binary(tr, &mut t, "/usr/sbin/nvme")?;
     t.host_file("/usr/bin/p2plab-guest", inp.runner)?;
 
@@ -685,15 +868,33 @@ pub fn base_image(inp: &BaseInputs, home: &Path) -> Result<PathBuf> {
     let mut order = String::new();
     for (n, p) in &mods {
         let ko = format!("{n}.ko");
-        t.add(&format!("/usr/lib/modules/p2plab/{ko}"), Node::File { mode: 0o644, src: Src::Bytes(module_bytes(tr, p)?) });
+        t.add(
+            &format!("/usr/lib/modules/p2plab/{ko}"),
+            Node::File {
+                mode: 0o644,
+                src: Src::Bytes(module_bytes(tr, p)?),
+            },
+        );
         order.push_str(&ko);
         order.push('\n');
     }
     if let Some(k) = inp.kmod {
-        t.add("/usr/lib/modules/p2plab/p2pgpu.ko", Node::File { mode: 0o644, src: Src::Host(k.to_path_buf()) });
+        t.add(
+            "/usr/lib/modules/p2plab/p2pgpu.ko",
+            Node::File {
+                mode: 0o644,
+                src: Src::Host(k.to_path_buf()),
+            },
+        );
         order.push_str("p2pgpu.ko\n");
     }
-    t.add("/etc/p2plab/modules", Node::File { mode: 0o644, src: Src::Bytes(order.into_bytes()) });
+    t.add(
+        "/etc/p2plab/modules",
+        Node::File {
+            mode: 0o644,
+            src: Src::Bytes(order.into_bytes()),
+        },
+    );
 
     write_atomic(&out, |w| t.write(w).map(|_| ()))?;
     Ok(out)
@@ -702,7 +903,10 @@ pub fn base_image(inp: &BaseInputs, home: &Path) -> Result<PathBuf> {
 /// The cached fio layer (fio and its shared libraries, ~57 MB: only when a case needs it).
 pub fn fio_layer(tr: &Toolroot, home: &Path) -> Result<PathBuf> {
     let fio = tr.root.join("usr/bin/fio");
-    let key = KeyHasher::default().str(&format!("fio {IMAGE_FORMAT}")).file_meta(&fio).hex();
+    let key = KeyHasher::default()
+        .str(&format!("fio {IMAGE_FORMAT}"))
+        .file_meta(&fio)
+        .hex();
     let out = home.join(format!("images/fio-{key}.cpio"));
     if out.is_file() {
         return Ok(out);
@@ -717,11 +921,20 @@ pub fn fio_layer(tr: &Toolroot, home: &Path) -> Result<PathBuf> {
 /// The per-run layer: `/etc/p2plab/run.json`.
 pub fn run_layer(run_json: &[u8]) -> Result<Vec<u8>> {
     let mut t = Tree::default();
-    t.add("/etc/p2plab/run.json", Node::File { mode: 0o644, src: Src::Bytes(run_json.to_vec()) });
+    t.add(
+        "/etc/p2plab/run.json",
+        Node::File {
+            mode: 0o644,
+            src: Src::Bytes(run_json.to_vec()),
+        },
+    );
     t.write(Vec::new())
 }
 
-fn write_atomic(out: &Path, f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>) -> Result<()> {
+fn write_atomic(
+    out: &Path,
+    f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
     std::fs::create_dir_all(out.parent().context("no parent")?)?;
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
@@ -778,7 +991,10 @@ mod tests {
 
     #[test]
     fn module_names_normalise() {
-        assert_eq!(module_name("kernel/drivers/nvme/host/nvme-core.ko.xz"), "nvme_core");
+        assert_eq!(
+            module_name("kernel/drivers/nvme/host/nvme-core.ko.xz"),
+            "nvme_core"
+        );
         assert_eq!(module_name("nvme.ko"), "nvme");
     }
 

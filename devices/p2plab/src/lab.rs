@@ -130,7 +130,11 @@ impl Kick {
     fn wait(&self, timeout: Duration) {
         let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if !*p {
-            p = self.cv.wait_timeout(p, timeout).unwrap_or_else(|p| p.into_inner()).0;
+            p = self
+                .cv
+                .wait_timeout(p, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         *p = false;
     }
@@ -165,8 +169,9 @@ struct LabDevice {
 }
 
 use vfu::proto::{
-    PCI_CONFIG_REGION_INDEX as VFIO_PCI_CONFIG_REGION_INDEX, PCI_INTX_IRQ_INDEX as VFIO_PCI_INTX_IRQ_INDEX,
-    PCI_MSIX_IRQ_INDEX as VFIO_PCI_MSIX_IRQ_INDEX, PCI_NUM_IRQS as VFIO_PCI_NUM_IRQS, PCI_NUM_REGIONS as VFIO_PCI_NUM_REGIONS,
+    PCI_CONFIG_REGION_INDEX as VFIO_PCI_CONFIG_REGION_INDEX,
+    PCI_INTX_IRQ_INDEX as VFIO_PCI_INTX_IRQ_INDEX, PCI_MSIX_IRQ_INDEX as VFIO_PCI_MSIX_IRQ_INDEX,
+    PCI_NUM_IRQS as VFIO_PCI_NUM_IRQS, PCI_NUM_REGIONS as VFIO_PCI_NUM_REGIONS,
 };
 
 impl LabDevice {
@@ -179,7 +184,8 @@ impl LabDevice {
                 continue;
             }
             let addr = if mse { cfg.bar_address(bar) } else { None };
-            self.fabric.set_bar_window(self.id, bar, addr.map(|a| (a, size)));
+            self.fabric
+                .set_bar_window(self.id, bar, addr.map(|a| (a, size)));
             self.model.bar_moved(bar, cfg.bar_address(bar));
         }
         let bme = cfg.bus_master();
@@ -191,24 +197,26 @@ impl LabDevice {
         let model = self.model.clone();
         let kick = self.kick.clone();
         let stop = self.stop.clone();
-        Ok(std::thread::Builder::new().name(format!("{}-worker", self.name)).spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let mut last_work = Instant::now();
-                loop {
-                    if model.process() {
-                        last_work = Instant::now();
-                    } else if last_work.elapsed() > POLL_AFTER_WORK {
-                        break;
-                    } else {
-                        // Paced polling: each pass reads the shadow doorbells in guest
-                        // RAM; a hot spin would re-read them ~200k times a second and
-                        // steal the vCPUs' core (two cores, TCG).
-                        std::thread::sleep(POLL_INTERVAL);
+        Ok(std::thread::Builder::new()
+            .name(format!("{}-worker", self.name))
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut last_work = Instant::now();
+                    loop {
+                        if model.process() {
+                            last_work = Instant::now();
+                        } else if last_work.elapsed() > POLL_AFTER_WORK {
+                            break;
+                        } else {
+                            // Paced polling: each pass reads the shadow doorbells in guest
+                            // RAM; a hot spin would re-read them ~200k times a second and
+                            // steal the vCPUs' core (two cores, TCG).
+                            std::thread::sleep(POLL_INTERVAL);
+                        }
                     }
+                    kick.wait(IDLE_RECHECK);
                 }
-                kick.wait(IDLE_RECHECK);
-            }
-        })?)
+            })?)
     }
 }
 
@@ -222,12 +230,24 @@ impl vfu::Device for LabDevice {
     }
 
     fn region_info(&self, index: u32) -> Option<vfu::RegionInfo> {
-        use vfu::proto::{REGION_INFO_FLAG_MMAP as MMAP, REGION_INFO_FLAG_READ as R, REGION_INFO_FLAG_WRITE as W};
-        let empty = vfu::RegionInfo { size: 0, flags: 0, mmap_areas: vec![], fd: None, fd_offset: 0 };
+        use vfu::proto::{
+            REGION_INFO_FLAG_MMAP as MMAP, REGION_INFO_FLAG_READ as R, REGION_INFO_FLAG_WRITE as W,
+        };
+        let empty = vfu::RegionInfo {
+            size: 0,
+            flags: 0,
+            mmap_areas: vec![],
+            fd: None,
+            fd_offset: 0,
+        };
         match index {
             0..=5 => {
                 let bar = index as usize;
-                let size = self.cfg.lock().unwrap_or_else(|p| p.into_inner()).bar_size(bar);
+                let size = self
+                    .cfg
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .bar_size(bar);
                 if size == 0 {
                     return Some(empty);
                 }
@@ -239,24 +259,51 @@ impl vfu::Device for LabDevice {
                         fd: Some(m.file.clone()),
                         fd_offset: 0,
                     },
-                    None => vfu::RegionInfo { size, flags: R | W, mmap_areas: vec![], fd: None, fd_offset: 0 },
+                    None => vfu::RegionInfo {
+                        size,
+                        flags: R | W,
+                        mmap_areas: vec![],
+                        fd: None,
+                        fd_offset: 0,
+                    },
                 })
             }
-            VFIO_PCI_CONFIG_REGION_INDEX => Some(vfu::RegionInfo { size: 4096, flags: R | W, mmap_areas: vec![], fd: None, fd_offset: 0 }),
+            VFIO_PCI_CONFIG_REGION_INDEX => Some(vfu::RegionInfo {
+                size: 4096,
+                flags: R | W,
+                mmap_areas: vec![],
+                fd: None,
+                fd_offset: 0,
+            }),
             6 | 8 => Some(empty),
             _ => None,
         }
     }
 
     fn irq_info(&self, index: u32) -> Option<vfu::IrqInfo> {
-        use vfu::proto::{IRQ_INFO_EVENTFD as EVENTFD, IRQ_INFO_MASKABLE as MASKABLE, IRQ_INFO_NORESIZE as NORESIZE};
+        use vfu::proto::{
+            IRQ_INFO_EVENTFD as EVENTFD, IRQ_INFO_MASKABLE as MASKABLE,
+            IRQ_INFO_NORESIZE as NORESIZE,
+        };
         match index {
-            VFIO_PCI_INTX_IRQ_INDEX => Some(vfu::IrqInfo { count: 1, flags: EVENTFD | MASKABLE }),
-            VFIO_PCI_MSIX_IRQ_INDEX => Some(vfu::IrqInfo { count: self.msix_vectors, flags: EVENTFD | NORESIZE }),
+            VFIO_PCI_INTX_IRQ_INDEX => Some(vfu::IrqInfo {
+                count: 1,
+                flags: EVENTFD | MASKABLE,
+            }),
+            VFIO_PCI_MSIX_IRQ_INDEX => Some(vfu::IrqInfo {
+                count: self.msix_vectors,
+                flags: EVENTFD | NORESIZE,
+            }),
             // MSI: not offered (MSI-X only). ERR/REQ: one eventfd each, so QEMU can
             // register its error and request notifiers (nothing raises them yet).
-            1 => Some(vfu::IrqInfo { count: 0, flags: EVENTFD }),
-            3 | 4 => Some(vfu::IrqInfo { count: 1, flags: EVENTFD }),
+            1 => Some(vfu::IrqInfo {
+                count: 0,
+                flags: EVENTFD,
+            }),
+            3 | 4 => Some(vfu::IrqInfo {
+                count: 1,
+                flags: EVENTFD,
+            }),
             _ => None,
         }
     }
@@ -269,10 +316,16 @@ impl vfu::Device for LabDevice {
                 Ok(())
             }
             VFIO_PCI_CONFIG_REGION_INDEX => {
-                if offset.checked_add(buf.len() as u64).is_none_or(|e| e > 4096) {
+                if offset
+                    .checked_add(buf.len() as u64)
+                    .is_none_or(|e| e > 4096)
+                {
                     return Err(vfu::Errno(libc::EINVAL));
                 }
-                self.cfg.lock().unwrap_or_else(|p| p.into_inner()).read(offset, buf);
+                self.cfg
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(offset, buf);
                 Ok(())
             }
             _ => Err(vfu::Errno(libc::EINVAL)),
@@ -288,7 +341,10 @@ impl vfu::Device for LabDevice {
                 Ok(())
             }
             VFIO_PCI_CONFIG_REGION_INDEX => {
-                if offset.checked_add(data.len() as u64).is_none_or(|e| e > 4096) {
+                if offset
+                    .checked_add(data.len() as u64)
+                    .is_none_or(|e| e > 4096)
+                {
                     return Err(vfu::Errno(libc::EINVAL));
                 }
                 let mut cfg = self.cfg.lock().unwrap_or_else(|p| p.into_inner());
@@ -313,7 +369,8 @@ impl vfu::Device for LabDevice {
 
     fn connected(&self, client: Arc<vfu::Client>) {
         log::info!("{}: client connected", self.name);
-        self.fabric.set_client(self.id, Some(Arc::new(ClientMemory(client.dma().clone()))));
+        self.fabric
+            .set_client(self.id, Some(Arc::new(ClientMemory(client.dma().clone()))));
         *self.irqs.0.write().unwrap_or_else(|p| p.into_inner()) = Some(client.irqs().clone());
     }
 
@@ -354,13 +411,15 @@ fn open_namespace(path: &Path, size: u64) -> anyhow::Result<File> {
         .with_context(|| format!("opening namespace file {}", path.display()))?;
     let len = f.metadata()?.len();
     if len < size {
-        f.set_len(size).with_context(|| format!("sizing {}", path.display()))?;
+        f.set_len(size)
+            .with_context(|| format!("sizing {}", path.display()))?;
     }
     Ok(f)
 }
 
 fn memory_bar(name: &str, size: u64) -> anyhow::Result<(Arc<File>, Arc<MmapRegion>)> {
-    let file = memfd_create(name, size).with_context(|| format!("memfd for {name} ({size} bytes)"))?;
+    let file =
+        memfd_create(name, size).with_context(|| format!("memfd for {name} ({size} bytes)"))?;
     let len = usize::try_from(size).context("BAR larger than the address space")?;
     let region = MmapRegion::new(&file, 0, len, true).with_context(|| format!("mapping {name}"))?;
     Ok((Arc::new(file), Arc::new(region)))
@@ -377,7 +436,14 @@ impl p2plab_nvme::Deallocate for PunchHole {
             return Err(std::io::ErrorKind::InvalidInput.into());
         };
         // SAFETY: fallocate on a valid open fd with plain integer arguments.
-        let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len) };
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+        };
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -389,13 +455,18 @@ impl Lab {
     /// Start servers for every p2plab device of `topo`; sockets at `run_dir/<name>.sock`,
     /// the control socket at `run_dir/control.sock`.
     pub fn start(topo: &Topology, run_dir: &Path) -> anyhow::Result<Lab> {
-        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         let fabric = Fabric::new();
         let mut devices = Vec::new();
         for dc in topo.devices.iter().filter(|d| d.kind.is_p2plab()) {
             devices.push(start_device(&fabric, dc, run_dir)?);
         }
-        let lab = Lab { fabric, devices, dir: run_dir.to_path_buf() };
+        let lab = Lab {
+            fabric,
+            devices,
+            dir: run_dir.to_path_buf(),
+        };
         let f = lab.fabric.clone();
         crate::control::spawn(
             &run_dir.join("control.sock"),
@@ -410,7 +481,10 @@ impl Lab {
 
     /// vfio-user socket of device `name`.
     pub fn socket_path(&self, name: &str) -> Option<PathBuf> {
-        self.devices.iter().find(|d| d.name == name).map(|d| d.socket.clone())
+        self.devices
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.socket.clone())
     }
 
     /// All counters, in the counter contract's JSON shape.
@@ -420,7 +494,10 @@ impl Lab {
     /// touched), and `process.rss_bytes` is this process's resident set.
     pub fn snapshot(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self.fabric.snapshot()).unwrap_or_default();
-        if let Some(devs) = v.get_mut("devices").and_then(serde_json::Value::as_array_mut) {
+        if let Some(devs) = v
+            .get_mut("devices")
+            .and_then(serde_json::Value::as_array_mut)
+        {
             for (d, (_, resident)) in devs.iter_mut().zip(self.resident_bytes()) {
                 d["bar_resident_bytes"] = resident.into();
             }
@@ -439,7 +516,15 @@ impl Lab {
         use std::os::unix::fs::MetadataExt;
         // st_blocks of a memfd counts the shmem pages allocated: cheap even for 128 GiB.
         let allocated = |f: &MemoryBar| f.file.metadata().map_or(0, |m| m.blocks() * 512);
-        self.devices.iter().map(|d| (d.name.clone(), d.device.memory_bars.iter().flatten().map(allocated).sum())).collect()
+        self.devices
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.device.memory_bars.iter().flatten().map(allocated).sum(),
+                )
+            })
+            .collect()
     }
 
     pub fn shutdown(mut self) {
@@ -468,7 +553,15 @@ impl Drop for Lab {
 }
 
 fn windows_of(f: &Fabric) -> Vec<BarWindow> {
-    f.memory_windows().into_iter().map(|(device, bar, start, len)| BarWindow { device, bar, start, len }).collect()
+    f.memory_windows()
+        .into_iter()
+        .map(|(device, bar, start, len)| BarWindow {
+            device,
+            bar,
+            start,
+            len,
+        })
+        .collect()
 }
 
 fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::Result<Running> {
@@ -481,7 +574,11 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
             let mut namespaces = Vec::new();
             for (i, ns) in dc.namespaces().iter().enumerate() {
                 let path = dc.namespace_file(i, run_dir);
-                namespaces.push(p2plab_nvme::NamespaceConfig { file: open_namespace(&path, ns.size.0)?, size: ns.size.0, lba_size: ns.lba_size });
+                namespaces.push(p2plab_nvme::NamespaceConfig {
+                    file: open_namespace(&path, ns.size.0)?,
+                    size: ns.size.0,
+                    lba_size: ns.lba_size,
+                });
             }
             let cmb = dc.cmb_size();
             let mut cfg = p2plab_nvme::NvmeConfig::new(dc.serial(), namespaces);
@@ -490,16 +587,23 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
             if let Some(q) = dc.io_queues {
                 cfg.max_io_queues = q;
             }
-            let ctrl = Arc::new(p2plab_nvme::NvmeController::new(cfg, port, irqs.clone()).with_context(|| format!("{}: NVMe controller", dc.name))?);
+            let ctrl = Arc::new(
+                p2plab_nvme::NvmeController::new(cfg, port, irqs.clone())
+                    .with_context(|| format!("{}: NVMe controller", dc.name))?,
+            );
             let f = fabric.clone();
-            ctrl.set_vendor_log_source(Box::new(move || serde_json::to_vec(&f.snapshot()).unwrap_or_default()));
+            ctrl.set_vendor_log_source(Box::new(move || {
+                serde_json::to_vec(&f.snapshot()).unwrap_or_default()
+            }));
             if cmb > 0 {
                 let (file, region) = memory_bar(&format!("{}-cmb", dc.name), cmb)?;
                 let bar = p2plab_nvme::NvmeController::CMB_BAR;
                 fabric.set_bar_memory(id, bar, region.clone());
                 memory_bars[bar] = Some(MemoryBar { file });
             }
-            let cfg = ctrl.config_space().with_context(|| format!("{}: config space", dc.name))?;
+            let cfg = ctrl
+                .config_space()
+                .with_context(|| format!("{}: config space", dc.name))?;
             let vectors = u32::from(ctrl.msix_vectors());
             (ctrl, cfg, vectors)
         }
@@ -509,8 +613,14 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
             let bar = p2plab_gpu::GpuDevice::VRAM_BAR;
             fabric.set_bar_memory(id, bar, region.clone());
             memory_bars[bar] = Some(MemoryBar { file });
-            let cfg = p2plab_gpu::GpuConfig { vram_size: size, serial: p2plab_pci::dsn_from_str(&dc.name) };
-            let gpu = Arc::new(p2plab_gpu::GpuDevice::new(cfg, port, irqs.clone(), region).with_context(|| format!("{}: GPU device", dc.name))?);
+            let cfg = p2plab_gpu::GpuConfig {
+                vram_size: size,
+                serial: p2plab_pci::dsn_from_str(&dc.name),
+            };
+            let gpu = Arc::new(
+                p2plab_gpu::GpuDevice::new(cfg, port, irqs.clone(), region)
+                    .with_context(|| format!("{}: GPU device", dc.name))?,
+            );
             let cfg = gpu.config_space();
             let vectors = u32::from(cfg.msix().map_or(0, |m| m.vectors));
             (gpu, cfg, vectors)
@@ -532,20 +642,34 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
     });
     let worker = Some(device.spawn_worker()?);
     let socket = run_dir.join(format!("{}.sock", dc.name));
-    let server = vfu::Server::bind(&socket, device.clone()).with_context(|| format!("{}: binding {}", dc.name, socket.display()))?;
-    server.spawn().with_context(|| format!("{}: starting its server", dc.name))?;
-    Ok(Running { name: dc.name.clone(), kind: dc.kind, socket, server, device, worker })
+    let server = vfu::Server::bind(&socket, device.clone())
+        .with_context(|| format!("{}: binding {}", dc.name, socket.display()))?;
+    server
+        .spawn()
+        .with_context(|| format!("{}: starting its server", dc.name))?;
+    Ok(Running {
+        name: dc.name.clone(),
+        kind: dc.kind,
+        socket,
+        server,
+        device,
+        worker,
+    })
 }
 
 /// This process's resident set size (VmRSS), 0 if unknown.
 pub fn process_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
         .flatten()
         .map_or(0, |kb| kb * 1024)
 }
-
 
 /// Block SIGINT/SIGTERM in this thread (inherited by threads spawned later) and return
 /// a waiter that sleeps until one arrives.
@@ -577,20 +701,44 @@ pub fn serve_main(config: &Path, dir: Option<PathBuf>) -> anyhow::Result<i32> {
         None => std::env::temp_dir().join(format!("p2plab-serve-{}", std::process::id())),
     };
     let lab = Lab::start(&topo, &dir)?;
-    println!("p2plab: serving topology '{}' in {}", topo.name, dir.display());
+    println!(
+        "p2plab: serving topology '{}' in {}",
+        topo.name,
+        dir.display()
+    );
     for d in &lab.devices {
-        println!("  {:<8} {:<4} {}", d.name, d.kind.as_str(), d.socket.display());
+        println!(
+            "  {:<8} {:<4} {}",
+            d.name,
+            d.kind.as_str(),
+            d.socket.display()
+        );
     }
-    println!("  control  {}  (p2plab stats {})", dir.join("control.sock").display(), dir.display());
-    let skipped: Vec<_> = topo.devices.iter().filter(|d| !d.kind.is_p2plab()).map(|d| d.name.as_str()).collect();
+    println!(
+        "  control  {}  (p2plab stats {})",
+        dir.join("control.sock").display(),
+        dir.display()
+    );
+    let skipped: Vec<_> = topo
+        .devices
+        .iter()
+        .filter(|d| !d.kind.is_p2plab())
+        .map(|d| d.name.as_str())
+        .collect();
     if !skipped.is_empty() {
-        println!("  (QEMU's own devices, not served here: {})", skipped.join(", "));
+        println!(
+            "  (QEMU's own devices, not served here: {})",
+            skipped.join(", ")
+        );
     }
     let sig = wait();
     log::info!("signal {sig}: shutting down");
     let counters = serde_json::to_string_pretty(&lab.snapshot())?;
     std::fs::write(dir.join("counters.json"), counters + "\n")?;
     lab.shutdown();
-    println!("p2plab: stopped; counters in {}", dir.join("counters.json").display());
+    println!(
+        "p2plab: stopped; counters in {}",
+        dir.join("counters.json").display()
+    );
     Ok(0)
 }

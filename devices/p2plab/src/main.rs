@@ -10,14 +10,18 @@ mod image;
 mod lab;
 mod qemu;
 mod run;
-mod witness;
 mod suite;
+mod witness;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "p2plab", version, about = "Emulated PCIe P2P DMA lab: vfio-user devices for QEMU, with counters that prove the bypass")]
+#[command(
+    name = "p2plab",
+    version,
+    about = "Emulated PCIe P2P DMA lab: vfio-user devices for QEMU, with counters that prove the bypass"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

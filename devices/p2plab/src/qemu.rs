@@ -60,21 +60,49 @@ pub fn args(l: &Launch) -> Result<Vec<String>> {
     }
     push(&["-cpu", &cpu, "-smp", &m.smp.to_string()]);
     push(&["-m", &format!("{}M", mem >> 20)]);
-    push(&["-object", &format!("memory-backend-memfd,id=ram,size={}M,share=on", mem >> 20)]);
-    push(&["-kernel", &l.kernel.to_string_lossy(), "-initrd", &l.initrd.to_string_lossy(), "-append", &l.cmdline]);
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=ram,size={}M,share=on", mem >> 20),
+    ]);
+    push(&[
+        "-kernel",
+        &l.kernel.to_string_lossy(),
+        "-initrd",
+        &l.initrd.to_string_lossy(),
+        "-append",
+        &l.cmdline,
+    ]);
     if l.shell {
         let log = l.run_dir.join("console.log");
-        push(&["-chardev", &format!("stdio,id=con,mux=on,signal=off,logfile={}", log.display())]);
-        push(&["-serial", "chardev:con", "-mon", "chardev=con,mode=readline"]);
+        push(&[
+            "-chardev",
+            &format!("stdio,id=con,mux=on,signal=off,logfile={}", log.display()),
+        ]);
+        push(&[
+            "-serial",
+            "chardev:con",
+            "-mon",
+            "chardev=con,mode=readline",
+        ]);
     } else {
-        push(&["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con", "-monitor", "none"]);
+        push(&[
+            "-chardev",
+            "stdio,id=con,signal=off",
+            "-serial",
+            "chardev:con",
+            "-monitor",
+            "none",
+        ]);
     }
 
     // PCIe hierarchy
     let on_switch = t.devices.iter().filter(|d| d.port == Port::Switch).count();
     let mut slot = 1;
     if on_switch > 0 {
-        push(&["-device", &format!("pcie-root-port,id=rp-switch,bus=pcie.0,chassis=1,slot={slot}")]);
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id=rp-switch,bus=pcie.0,chassis=1,slot={slot}"),
+        ]);
         slot += 1;
         push(&["-device", "x3130-upstream,id=switch-up,bus=rp-switch"]);
     }
@@ -83,13 +111,19 @@ pub fn args(l: &Launch) -> Result<Vec<String>> {
         let bus = match d.port {
             Port::Switch => {
                 let id = format!("switch-dn{down}");
-                push(&["-device", &format!("xio3130-downstream,id={id},bus=switch-up,chassis=2,slot={down}")]);
+                push(&[
+                    "-device",
+                    &format!("xio3130-downstream,id={id},bus=switch-up,chassis=2,slot={down}"),
+                ]);
                 down += 1;
                 id
             }
             Port::Root => {
                 let id = format!("rp-{}", d.name);
-                push(&["-device", &format!("pcie-root-port,id={id},bus=pcie.0,chassis=1,slot={slot}")]);
+                push(&[
+                    "-device",
+                    &format!("pcie-root-port,id={id},bus=pcie.0,chassis=1,slot={slot}"),
+                ]);
                 slot += 1;
                 id
             }
@@ -116,7 +150,13 @@ pub fn args(l: &Launch) -> Result<Vec<String>> {
                 for (i, _ns) in d.namespaces().iter().enumerate() {
                     let f = d.namespace_file(i, l.run_dir);
                     let drv = format!("drv-{}-{}", d.name, i + 1);
-                    push(&["-drive", &format!("file={},if=none,id={drv},format=raw", qemu_escape(&f.to_string_lossy()))]);
+                    push(&[
+                        "-drive",
+                        &format!(
+                            "file={},if=none,id={drv},format=raw",
+                            qemu_escape(&f.to_string_lossy())
+                        ),
+                    ]);
                     nsdevs.push(drv);
                 }
                 let mut dev = format!("nvme,id={},serial={},bus={bus}", d.name, d.serial());
@@ -133,7 +173,10 @@ pub fn args(l: &Launch) -> Result<Vec<String>> {
                 }
                 push(&["-device", &dev]);
                 for (i, drv) in nsdevs.iter().enumerate().skip(1) {
-                    push(&["-device", &format!("nvme-ns,drive={drv},bus={},nsid={}", d.name, i + 1)]);
+                    push(&[
+                        "-device",
+                        &format!("nvme-ns,drive={drv},bus={},nsid={}", d.name, i + 1),
+                    ]);
                 }
             }
         }
@@ -166,7 +209,12 @@ pub fn prepare_qemu_nvme_files(t: &Topology, run_dir: &Path) -> Result<()> {
             if let Some(p) = f.parent() {
                 std::fs::create_dir_all(p)?;
             }
-            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&f).with_context(|| format!("{}", f.display()))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&f)
+                .with_context(|| format!("{}", f.display()))?;
             if file.metadata()?.len() < ns.size.0 {
                 file.set_len(ns.size.0)?;
             }
@@ -178,24 +226,47 @@ pub fn prepare_qemu_nvme_files(t: &Topology, run_dir: &Path) -> Result<()> {
 /// Resolve `auto`: KVM only if /dev/kvm opens and a probe boot of `kernel` gets through
 /// early boot (these machines' /dev/kvm is PVM, which cannot run a stock kernel). The
 /// verdict is cached in `$P2PLAB_HOME/kvm-verdict` per kernel and QEMU.
-pub fn resolve_accel(want: Accel, tr: &Toolroot, home: &Path, kernel: &Path, verbose: bool) -> Result<Accel> {
+pub fn resolve_accel(
+    want: Accel,
+    tr: &Toolroot,
+    home: &Path,
+    kernel: &Path,
+    verbose: bool,
+) -> Result<Accel> {
     match want {
         Accel::Tcg => return Ok(Accel::Tcg),
         Accel::Kvm => {
-            std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").context("--accel kvm: cannot open /dev/kvm")?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .context("--accel kvm: cannot open /dev/kvm")?;
             return Ok(Accel::Kvm);
         }
         Accel::Auto => {}
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return Ok(Accel::Tcg);
     }
     // KVM usability is a property of the host and QEMU, not of the guest kernel.
     let mut uts: libc::utsname = unsafe_zeroed_utsname();
     // SAFETY: uname fills the struct it is given.
     unsafe { libc::uname(&mut uts) };
-    let release: String = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect();
-    let key = KeyHasher::default().str(&release).file_meta(&tr.root.join("usr/bin/qemu-system-x86_64")).hex();
+    let release: String = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    let key = KeyHasher::default()
+        .str(&release)
+        .file_meta(&tr.root.join("usr/bin/qemu-system-x86_64"))
+        .hex();
     let cache = home.join("kvm-verdict");
     if let Ok(s) = std::fs::read_to_string(&cache) {
         if let Some((k, v)) = s.trim().split_once(' ') {
@@ -207,10 +278,20 @@ pub fn resolve_accel(want: Accel, tr: &Toolroot, home: &Path, kernel: &Path, ver
     eprintln!("p2plab: /dev/kvm opens; probing whether it boots a stock kernel (once; verdict cached in {})", cache.display());
     let ok = probe_kvm(tr, kernel).unwrap_or(false);
     if verbose || ok {
-        eprintln!("p2plab: KVM probe: {}", if ok { "usable" } else { "not usable, using TCG" });
+        eprintln!(
+            "p2plab: KVM probe: {}",
+            if ok {
+                "usable"
+            } else {
+                "not usable, using TCG"
+            }
+        );
     }
     let _ = std::fs::create_dir_all(home);
-    let _ = std::fs::write(&cache, format!("{key} {}\n", if ok { "kvm" } else { "tcg" }));
+    let _ = std::fs::write(
+        &cache,
+        format!("{key} {}\n", if ok { "kvm" } else { "tcg" }),
+    );
     Ok(if ok { Accel::Kvm } else { Accel::Tcg })
 }
 
@@ -223,9 +304,27 @@ fn unsafe_zeroed_utsname() -> libc::utsname {
 /// (no root fs) and QEMU exits (-no-reboot, panic=-1); a broken one stalls or errors.
 fn probe_kvm(tr: &Toolroot, kernel: &Path) -> Result<bool> {
     let mut c = tr.qemu();
-    c.args(["-nodefaults", "-nographic", "-no-reboot", "-accel", "kvm", "-cpu", "host", "-m", "256M", "-serial", "stdio", "-monitor", "none"]);
-    c.arg("-kernel").arg(kernel).args(["-append", "console=ttyS0 panic=-1 root=/dev/p2plab-none"]);
-    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    c.args([
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "256M",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+    ]);
+    c.arg("-kernel")
+        .arg(kernel)
+        .args(["-append", "console=ttyS0 panic=-1 root=/dev/p2plab-none"]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut child = c.spawn()?;
     let mut out = child.stdout.take().context("stdout")?;
     let reader = std::thread::spawn(move || {

@@ -111,23 +111,36 @@ fn repo_root() -> PathBuf {
         return built.canonicalize().unwrap_or_else(|_| built.to_path_buf());
     }
     let cwd = std::env::current_dir().unwrap_or_default();
-    cwd.ancestors().find(|a| a.join("qemu-configs").is_dir()).map(Path::to_path_buf).unwrap_or(cwd)
+    cwd.ancestors()
+        .find(|a| a.join("qemu-configs").is_dir())
+        .map(Path::to_path_buf)
+        .unwrap_or(cwd)
 }
 
 fn resolve_config(p: &Path, repo: &Path) -> Result<PathBuf> {
     if p.is_file() {
         return Ok(p.to_path_buf());
     }
-    for c in [repo.join(p), repo.join("qemu-configs").join(p), repo.join("qemu-configs").join(p).with_extension("toml")] {
+    for c in [
+        repo.join(p),
+        repo.join("qemu-configs").join(p),
+        repo.join("qemu-configs").join(p).with_extension("toml"),
+    ] {
         if c.is_file() {
             return Ok(c);
         }
     }
-    bail!("topology {} not found (also looked in {}/qemu-configs)", p.display(), repo.display())
+    bail!(
+        "topology {} not found (also looked in {}/qemu-configs)",
+        p.display(),
+        repo.display()
+    )
 }
 
 fn find_runner(args: &RunArgs, repo: &Path) -> Result<PathBuf> {
-    let env = std::env::var_os("P2PLAB_GUEST_RUNNER").filter(|s| !s.is_empty()).map(PathBuf::from);
+    let env = std::env::var_os("P2PLAB_GUEST_RUNNER")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
     if let Some(r) = args.runner.as_ref().or(env.as_ref()) {
         if r.is_file() {
             return Ok(r.clone());
@@ -168,7 +181,10 @@ struct CaseInfo {
 }
 
 fn case_table(runner: &Path) -> Result<Vec<CaseInfo>> {
-    let o = Command::new(runner).arg("--list-json").output().with_context(|| format!("running {}", runner.display()))?;
+    let o = Command::new(runner)
+        .arg("--list-json")
+        .output()
+        .with_context(|| format!("running {}", runner.display()))?;
     if !o.status.success() {
         bail!("{} --list-json failed", runner.display());
     }
@@ -191,15 +207,23 @@ fn not_applicable(c: &CaseInfo, t: &Topology) -> Option<String> {
     let role_dev = |r: &Option<String>| r.as_deref().and_then(|n| t.device(n));
     for n in &c.needs {
         let ok = match n.as_str() {
-            "p2plab-client" => role_dev(&t.roles.client).is_some_and(|d| d.kind == DeviceKind::Nvme),
-            "client-cmb" => role_dev(&t.roles.client).is_some_and(|d| d.kind != DeviceKind::Gpu && d.cmb_size() > 0),
-            "p2plab-peer" => role_dev(&t.roles.peer).is_some_and(|d| d.kind == DeviceKind::Nvme && d.cmb_size() > 0),
+            "p2plab-client" => {
+                role_dev(&t.roles.client).is_some_and(|d| d.kind == DeviceKind::Nvme)
+            }
+            "client-cmb" => role_dev(&t.roles.client)
+                .is_some_and(|d| d.kind != DeviceKind::Gpu && d.cmb_size() > 0),
+            "p2plab-peer" => role_dev(&t.roles.peer)
+                .is_some_and(|d| d.kind == DeviceKind::Nvme && d.cmb_size() > 0),
             "root-ports" => match (role_dev(&t.roles.client), role_dev(&t.roles.provider)) {
-                (Some(c), Some(p)) => c.port == crate::config::Port::Root || p.port == crate::config::Port::Root,
+                (Some(c), Some(p)) => {
+                    c.port == crate::config::Port::Root || p.port == crate::config::Port::Root
+                }
                 _ => false,
             },
             "p2plab-device" => t.devices.iter().any(|d| d.kind.is_p2plab()),
-            "gpu-provider" => role_dev(&t.roles.provider).is_some_and(|d| d.kind == DeviceKind::Gpu),
+            "gpu-provider" => {
+                role_dev(&t.roles.provider).is_some_and(|d| d.kind == DeviceKind::Gpu)
+            }
             // Benchmarks run only when named (`--cases bench`, `p2plab bench`).
             "on-request" => false,
             _ => false,
@@ -216,20 +240,39 @@ fn not_applicable(c: &CaseInfo, t: &Topology) -> Option<String> {
 }
 
 fn select_cases(args: &RunArgs, table: &[CaseInfo], t: &Topology) -> Result<Vec<CaseInfo>> {
-    let want: Vec<&str> = args.cases.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+    let want: Vec<&str> = args
+        .cases
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
     if want == ["none"] {
         return Ok(vec![]);
     }
     if want.is_empty() {
-        return Ok(table.iter().filter(|c| not_applicable(c, t).is_none()).cloned().collect());
+        return Ok(table
+            .iter()
+            .filter(|c| not_applicable(c, t).is_none())
+            .cloned()
+            .collect());
     }
     let mut out = vec![];
     for w in want {
         let c = table.iter().find(|c| c.name == w).with_context(|| {
-            format!("unknown case '{w}' (known: {})", table.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "))
+            format!(
+                "unknown case '{w}' (known: {})",
+                table
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         })?;
         if let Some(why) = not_applicable(c, t).filter(|w| w != "needs on-request") {
-            eprintln!("p2plab: warning: case {w} may not apply to topology {}: {why}", t.name);
+            eprintln!(
+                "p2plab: warning: case {w} may not apply to topology {}: {why}",
+                t.name
+            );
         }
         out.push(c.clone());
     }
@@ -265,7 +308,9 @@ fn guest_run_json(t: &Topology, cases: &[CaseInfo]) -> Value {
 }
 
 fn timestamp() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let t = libc::time_t::try_from(now).unwrap_or(0);
     // SAFETY: tm is plain data filled by localtime_r from a valid time_t.
     let tm = unsafe {
@@ -273,7 +318,15 @@ fn timestamp() -> String {
         libc::localtime_r(&t, &mut tm);
         tm
     };
-    format!("{:04}{:02}{:02}-{:02}{:02}{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
+    format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 static STOP: AtomicI32 = AtomicI32::new(0);
@@ -336,20 +389,38 @@ fn interesting(l: &str) -> bool {
         || t.starts_with("ok ")
         || t.starts_with("not ok ")
         || t.starts_with("# ")
-        || ["Kernel panic", "BUG:", "Oops", "Call Trace", "error", "Error", "failed", "WARNING:", "p2plab-init"]
-            .iter()
-            .any(|k| l.contains(k))
+        || [
+            "Kernel panic",
+            "BUG:",
+            "Oops",
+            "Call Trace",
+            "error",
+            "Error",
+            "failed",
+            "WARNING:",
+            "p2plab-init",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
 }
 
 fn ktap_line(l: &str) -> bool {
     let t = l.trim_start();
-    t.starts_with("KTAP version") || t.starts_with("1..") || t.starts_with("ok ") || t.starts_with("not ok ") || t.starts_with("# ")
+    t.starts_with("KTAP version")
+        || t.starts_with("1..")
+        || t.starts_with("ok ")
+        || t.starts_with("not ok ")
+        || t.starts_with("# ")
 }
 
 /// Parse `ok 3 name # msg` / `not ok 3 name # msg` → (ok, number, name, msg).
 fn parse_result(l: &str) -> Option<(bool, usize, String, String)> {
     let t = l.trim_start();
-    let (ok, rest) = if let Some(r) = t.strip_prefix("ok ") { (true, r) } else { (false, t.strip_prefix("not ok ")?) };
+    let (ok, rest) = if let Some(r) = t.strip_prefix("ok ") {
+        (true, r)
+    } else {
+        (false, t.strip_prefix("not ok ")?)
+    };
     let (head, msg) = match rest.split_once(" # ") {
         Some((h, m)) => (h, m.to_string()),
         None => (rest, String::new()),
@@ -362,40 +433,81 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     let repo = repo_root();
     let runner = find_runner(&args, &repo)?;
     if args.list {
-        let o = Command::new(&runner).arg("--list").output().with_context(|| format!("running {}", runner.display()))?;
+        let o = Command::new(&runner)
+            .arg("--list")
+            .output()
+            .with_context(|| format!("running {}", runner.display()))?;
         std::io::stdout().write_all(&o.stdout)?;
         return Ok(0);
     }
     let config = resolve_config(&args.config, &repo)?;
     let topo = Topology::load(&config)?;
     let table = case_table(&runner)?;
-    let cases = if args.shell && args.cases.is_empty() { vec![] } else { select_cases(&args, &table, &topo)? };
+    let cases = if args.shell && args.cases.is_empty() {
+        vec![]
+    } else {
+        select_cases(&args, &table, &topo)?
+    };
     let home = image::p2plab_home();
 
     let run_dir = match &args.out {
         Some(d) => d.clone(),
-        None => home.join("runs").join(format!("{}-{}-{}", topo.name, timestamp(), std::process::id())),
+        None => home.join("runs").join(format!(
+            "{}-{}-{}",
+            topo.name,
+            timestamp(),
+            std::process::id()
+        )),
     };
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let run_dir = run_dir.canonicalize()?;
     let _ = std::fs::remove_dir_all(run_dir.join("cases"));
-    for f in ["results.ktap", "counters.json", "console.log", "timing.json", "qemu.log", "cpu.json", "witness.sock"] {
+    for f in [
+        "results.ktap",
+        "counters.json",
+        "console.log",
+        "timing.json",
+        "qemu.log",
+        "cpu.json",
+        "witness.sock",
+    ] {
         let _ = std::fs::remove_file(run_dir.join(f));
     }
-    eprintln!("p2plab: topology {} ({}), run directory {}", topo.name, config.display(), run_dir.display());
+    eprintln!(
+        "p2plab: topology {} ({}), run directory {}",
+        topo.name,
+        config.display(),
+        run_dir.display()
+    );
 
     // --- image
     let t_image = Instant::now();
     let tr = Toolroot::locate(&home)?;
     let kernel = image::kernel(&tr, &home, args.kernel.as_deref())?;
-    let mods = ModuleTree::open(args.modules.as_deref().unwrap_or(&tr.root.join("usr/lib/modules").join(&tr.kver)))?;
+    let mods = ModuleTree::open(
+        args.modules
+            .as_deref()
+            .unwrap_or(&tr.root.join("usr/lib/modules").join(&tr.kver)),
+    )?;
     if args.kernel.is_some() && args.modules.is_none() {
         eprintln!("p2plab: note: --kernel without --modules: using the toolroot's {} modules (they load only into that release)", tr.kver);
     }
     // A developer's module tree brings its own build dir; else the toolroot's headers.
-    let kdir = args.modules.as_ref().map(|_| mods.dir.join("build")).filter(|b| b.join("Makefile").is_file());
+    let kdir = args
+        .modules
+        .as_ref()
+        .map(|_| mods.dir.join("build"))
+        .filter(|b| b.join("Makefile").is_file());
     let kmod = image::build_kmod(&repo, &tr, kdir.as_deref(), &home, args.verbose);
-    let base = image::base_image(&image::BaseInputs { toolroot: &tr, runner: &runner, modules: &mods, kmod: kmod.as_deref() }, &home)?;
+    let base = image::base_image(
+        &image::BaseInputs {
+            toolroot: &tr,
+            runner: &runner,
+            modules: &mods,
+            kmod: kmod.as_deref(),
+        },
+        &home,
+    )?;
     let mut layers = vec![base.clone()];
     if args.shell || cases.iter().any(|c| c.tools.iter().any(|t| t == "fio")) {
         layers.push(image::fio_layer(&tr, &home)?);
@@ -403,15 +515,30 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     let guest_json = guest_run_json(&topo, &cases);
     let run_layer = image::run_layer(serde_json::to_string_pretty(&guest_json)?.as_bytes())?;
     let initrd = run_dir.join("initrd.cpio");
-    image::concat(&layers.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &run_layer, &initrd)?;
+    image::concat(
+        &layers.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        &run_layer,
+        &initrd,
+    )?;
     let image_secs = t_image.elapsed().as_secs_f64();
     if args.verbose {
-        eprintln!("p2plab: image ready in {image_secs:.2} s: kernel {} ({}), layers {:?}", kernel.path.display(), if kernel.pvh { "PVH" } else { "bzImage" }, layers);
+        eprintln!(
+            "p2plab: image ready in {image_secs:.2} s: kernel {} ({}), layers {:?}",
+            kernel.path.display(),
+            if kernel.pvh { "PVH" } else { "bzImage" },
+            layers
+        );
     }
 
-    let plugin = if args.cpu_witness { Some(witness::find_plugin(args.witness_plugin.as_deref(), &repo)?) } else { None };
+    let plugin = if args.cpu_witness {
+        Some(witness::find_plugin(args.witness_plugin.as_deref(), &repo)?)
+    } else {
+        None
+    };
     let accel = match (args.cpu_witness, args.accel) {
-        (true, Accel::Kvm) => bail!("--cpu-witness needs TCG (QEMU plugins see no KVM guest accesses); drop --accel kvm"),
+        (true, Accel::Kvm) => bail!(
+            "--cpu-witness needs TCG (QEMU plugins see no KVM guest accesses); drop --accel kvm"
+        ),
         (true, _) => Accel::Tcg,
         (false, want) => qemu::resolve_accel(want, &tr, &home, &kernel.path, args.verbose)?,
     };
@@ -422,7 +549,10 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     if !args.verbose {
         cmdline.push_str(" quiet");
     }
-    for extra in [topo.machine.cmdline.as_str(), args.append.as_deref().unwrap_or("")] {
+    for extra in [
+        topo.machine.cmdline.as_str(),
+        args.append.as_deref().unwrap_or(""),
+    ] {
         if !extra.trim().is_empty() {
             cmdline.push(' ');
             cmdline.push_str(extra.trim());
@@ -440,13 +570,20 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         // SAFETY: setting a disposition; no handler code runs.
         unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     }
-    let lab = if has_p2plab { Some(Lab::start(&topo, &run_dir).context("starting the lab's devices")?) } else { None };
+    let lab = if has_p2plab {
+        Some(Lab::start(&topo, &run_dir).context("starting the lab's devices")?)
+    } else {
+        None
+    };
     let sockets: Vec<(String, PathBuf)> = topo
         .devices
         .iter()
         .filter(|d| d.kind.is_p2plab())
         .map(|d| {
-            let p = lab.as_ref().and_then(|l| l.socket_path(&d.name)).unwrap_or_else(|| run_dir.join(format!("{}.sock", d.name)));
+            let p = lab
+                .as_ref()
+                .and_then(|l| l.socket_path(&d.name))
+                .unwrap_or_else(|| run_dir.join(format!("{}.sock", d.name)));
             (d.name.clone(), p)
         })
         .collect();
@@ -486,17 +623,28 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         "runner": runner,
         "cpu_witness": plugin,
     });
-    std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&resolved)?)?;
+    std::fs::write(
+        run_dir.join("run.json"),
+        serde_json::to_string_pretty(&resolved)?,
+    )?;
     eprintln!(
         "p2plab: booting {} ({}, {}) with {} case(s): {}",
-        kernel.path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        kernel
+            .path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         if kernel.pvh { "PVH" } else { "bzImage" },
         match accel {
             Accel::Kvm => "KVM",
             _ => "TCG",
         },
         cases.len(),
-        cases.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(",")
+        cases
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     );
 
     let timeout = match (args.timeout, args.shell) {
@@ -507,15 +655,30 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     let result = if args.shell {
         shell(cmd, &run_dir, timeout)
     } else {
-        supervise(cmd, &args, &topo, &cases, lab.as_ref(), &run_dir, timeout, image_secs)
+        supervise(
+            cmd,
+            &args,
+            &topo,
+            &cases,
+            lab.as_ref(),
+            &run_dir,
+            timeout,
+            image_secs,
+        )
     };
     if let Some(lab) = lab {
         if !args.shell {
-            let _ = std::fs::write(run_dir.join("counters.json"), serde_json::to_string_pretty(&lab.snapshot())?);
+            let _ = std::fs::write(
+                run_dir.join("counters.json"),
+                serde_json::to_string_pretty(&lab.snapshot())?,
+            );
         }
         lab.shutdown();
     } else if !args.shell {
-        std::fs::write(run_dir.join("counters.json"), serde_json::to_string_pretty(&json!({"devices": []}))?)?;
+        std::fs::write(
+            run_dir.join("counters.json"),
+            serde_json::to_string_pretty(&json!({"devices": []}))?,
+        )?;
     }
     let code = result?;
     eprintln!("p2plab: run directory {}", run_dir.display());
@@ -523,20 +686,31 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
 }
 
 fn shell(mut cmd: Command, run_dir: &Path, timeout: Option<Duration>) -> Result<i32> {
-    cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    cmd.stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
     // Same process group: QEMU must be in the terminal's foreground group to read it.
     let child = cmd.spawn().context("starting QEMU")?;
-    let mut q = Qemu { child, own_group: false };
+    let mut q = Qemu {
+        child,
+        own_group: false,
+    };
     let t0 = Instant::now();
     loop {
         if let Some(st) = q.child.try_wait()? {
-            eprintln!("\r\np2plab: guest shell ended ({st}); console log {}", run_dir.join("console.log").display());
+            eprintln!(
+                "\r\np2plab: guest shell ended ({st}); console log {}",
+                run_dir.join("console.log").display()
+            );
             return Ok(0);
         }
         let sig = STOP.load(Ordering::SeqCst);
         if sig != 0 || timeout.is_some_and(|t| t0.elapsed() > t) {
             q.kill();
-            eprintln!("\r\np2plab: {}; QEMU stopped", if sig != 0 { "interrupted" } else { "timeout" });
+            eprintln!(
+                "\r\np2plab: {}; QEMU stopped",
+                if sig != 0 { "interrupted" } else { "timeout" }
+            );
             return Ok(1);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -560,7 +734,10 @@ struct CaseRun {
     reported_fails: Vec<String>,
 }
 
-#[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename these")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename these"
+)]
 fn supervise(
     mut cmd: Command,
     args: &RunArgs,
@@ -572,13 +749,19 @@ fn supervise(
     image_secs: f64,
 ) -> Result<i32> {
     use std::os::unix::process::CommandExt;
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     let t0 = Instant::now();
     let mut child = cmd.spawn().context("starting QEMU")?;
     let mut stdin = child.stdin.take().context("QEMU stdin")?;
     let stdout = child.stdout.take().context("QEMU stdout")?;
     let mut stderr = child.stderr.take().context("QEMU stderr")?;
-    let mut q = Qemu { child, own_group: true };
+    let mut q = Qemu {
+        child,
+        own_group: true,
+    };
 
     let (tx, rx) = mpsc::channel::<Ev>();
     let log_path = run_dir.join("console.log");
@@ -595,7 +778,9 @@ fn supervise(
             let _ = log.write_all(&buf[..n]);
             for &b in &buf[..n] {
                 if b == b'\n' {
-                    let s = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    let s = String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_string();
                     line.clear();
                     if tx.send(Ev::Line(s)).is_err() {
                         return;
@@ -622,7 +807,9 @@ fn supervise(
 
     let snap = || lab.map_or_else(|| json!({"devices": []}), Lab::snapshot);
     // The plugin binds its socket at QEMU start; connect lazily at the first case.
-    let mut cpu = args.cpu_witness.then(|| Witness::new(run_dir.join("witness.sock")));
+    let mut cpu = args
+        .cpu_witness
+        .then(|| Witness::new(run_dir.join("witness.sock")));
     let mut cpu_secs = 0.0f64;
     let mut runs: BTreeMap<String, CaseRun> = BTreeMap::new();
     // The case between its BEGIN and END markers (guest reports are attached to it).
@@ -665,7 +852,10 @@ fn supervise(
             println!("{l}");
         }
         if let (Some(i), Some(c)) = (l.find("P2PLAB-VENDOR-LOG "), open_case.as_ref()) {
-            runs.entry(c.clone()).or_default().reported.push(l[i + "P2PLAB-VENDOR-LOG ".len()..].trim().to_string());
+            runs.entry(c.clone())
+                .or_default()
+                .reported
+                .push(l[i + "P2PLAB-VENDOR-LOG ".len()..].trim().to_string());
         }
         if let Some(i) = l.find("P2PLAB-CASE-BEGIN ") {
             let name = l[i + "P2PLAB-CASE-BEGIN ".len()..].trim().to_string();
@@ -757,11 +947,18 @@ fn supervise(
                     None => vec![],
                 };
                 if ok {
-                    fails.extend(runs.get(&name).map(|r| r.reported_fails.clone()).unwrap_or_default());
+                    fails.extend(
+                        runs.get(&name)
+                            .map(|r| r.reported_fails.clone())
+                            .unwrap_or_default(),
+                    );
                 }
                 if ok && args.cpu_witness {
                     // A case the witness failed to record is checked against nothing.
-                    let c = runs.get(&name).and_then(|r| r.cpu.as_ref()).unwrap_or(&Value::Null);
+                    let c = runs
+                        .get(&name)
+                        .and_then(|r| r.cpu.as_ref())
+                        .unwrap_or(&Value::Null);
                     fails.extend(assertions::check_cpu(&name, topo, c));
                 }
                 if fails.is_empty() {
@@ -770,8 +967,15 @@ fn supervise(
                     for f in &fails {
                         out.push(format!("# host assertion: {f}"));
                     }
-                    let guest = if ok { String::new() } else { format!("{msg}; ") };
-                    out.push(format!("not ok {n} {name} # {guest}host assertions: {}", fails.join("; ")));
+                    let guest = if ok {
+                        String::new()
+                    } else {
+                        format!("{msg}; ")
+                    };
+                    out.push(format!(
+                        "not ok {n} {name} # {guest}host assertions: {}",
+                        fails.join("; ")
+                    ));
                 }
                 seen.insert(name, (ok && fails.is_empty(), msg, fails));
             }
@@ -790,7 +994,11 @@ fn supervise(
     });
     for (i, c) in cases.iter().enumerate() {
         if !seen.contains_key(&c.name) {
-            out.push(format!("not ok {} {} # missing: {why_missing}", i + 1, c.name));
+            out.push(format!(
+                "not ok {} {} # missing: {why_missing}",
+                i + 1,
+                c.name
+            ));
         }
     }
     std::fs::write(run_dir.join("results.ktap"), out.join("\n") + "\n")?;
@@ -802,7 +1010,18 @@ fn supervise(
     }
     eprintln!("p2plab: {:<16} {:<8} {:>8}", "case", "result", "seconds");
     for c in cases {
-        let (ok, msg) = seen.get(&c.name).map_or((false, why_missing.clone()), |(ok, m, f)| (*ok, if f.is_empty() { m.clone() } else { f.join("; ") }));
+        let (ok, msg) = seen
+            .get(&c.name)
+            .map_or((false, why_missing.clone()), |(ok, m, f)| {
+                (
+                    *ok,
+                    if f.is_empty() {
+                        m.clone()
+                    } else {
+                        f.join("; ")
+                    },
+                )
+            });
         all_ok &= ok;
         let secs = runs.get(&c.name).and_then(|r| r.seconds);
         timing["cases"][&c.name] = json!(secs);
@@ -821,14 +1040,25 @@ fn supervise(
             c.name,
             if ok { "ok" } else { "NOT OK" },
             secs.map_or("-".into(), |s| format!("{s:.2}")),
-            if ok || msg.is_empty() { String::new() } else { format!("  {msg}") }
+            if ok || msg.is_empty() {
+                String::new()
+            } else {
+                format!("  {msg}")
+            }
         );
     }
-    std::fs::write(run_dir.join("timing.json"), serde_json::to_string_pretty(&timing)?)?;
+    std::fs::write(
+        run_dir.join("timing.json"),
+        serde_json::to_string_pretty(&timing)?,
+    )?;
     eprintln!(
         "p2plab: boot to first case {}, total {total:.2} s{}",
         first_case.map_or("-".into(), |s| format!("{s:.2} s")),
-        if reached_end { "" } else { " (guest did not reach the end of its run)" }
+        if reached_end {
+            ""
+        } else {
+            " (guest did not reach the end of its run)"
+        }
     );
     Ok(if all_ok { 0 } else { 1 })
 }
@@ -839,8 +1069,14 @@ mod tests {
 
     #[test]
     fn result_lines_parse() {
-        assert_eq!(parse_result("ok 1 p2p-read"), Some((true, 1, "p2p-read".into(), String::new())));
-        assert_eq!(parse_result("not ok 2 p2p-write # data mismatch"), Some((false, 2, "p2p-write".into(), "data mismatch".into())));
+        assert_eq!(
+            parse_result("ok 1 p2p-read"),
+            Some((true, 1, "p2p-read".into(), String::new()))
+        );
+        assert_eq!(
+            parse_result("not ok 2 p2p-write # data mismatch"),
+            Some((false, 2, "p2p-write".into(), "data mismatch".into()))
+        );
         assert_eq!(parse_result("# ok 1 x"), None);
     }
 
@@ -855,12 +1091,20 @@ mod tests {
         let sw = topo("[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='qemu-nvme'\n[[device]]\nname='b'\nkind='qemu-nvme'\n");
         let rp = topo("[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='qemu-nvme'\nport='root'\n[[device]]\nname='b'\nkind='qemu-nvme'\nport='root'\n");
         let epyc = topo("[machine]\ncpu='EPYC'\n[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='nvme'\nport='root'\n[[device]]\nname='b'\nkind='gpu'\nport='root'\n");
-        let case = |when: &str| CaseInfo { name: "x".into(), when: when.into(), roles: vec!["client".into(), "provider".into()], tools: vec![], needs: vec![] };
+        let case = |when: &str| CaseInfo {
+            name: "x".into(),
+            when: when.into(),
+            roles: vec!["client".into(), "provider".into()],
+            tools: vec![],
+            needs: vec![],
+        };
         assert!(not_applicable(&case("p2p-allowed"), &sw).is_none());
         assert!(not_applicable(&case("p2p-refused"), &sw).is_some());
         assert!(not_applicable(&case("p2p-refused"), &rp).is_none());
         assert!(not_applicable(&case("p2p-allowed"), &epyc).is_none());
         let none = topo("[[device]]\nname='a'\nkind='nvme'\n");
-        assert!(not_applicable(&case("any"), &none).unwrap().contains("roles.client"));
+        assert!(not_applicable(&case("any"), &none)
+            .unwrap()
+            .contains("roles.client"));
     }
 }

@@ -57,17 +57,30 @@ fn mib(n: u64) -> String {
 
 /// "peer 64.0M, ram 172K, relay 0" summed over the lab's devices as bus masters.
 pub fn key_counters(delta: &Value) -> String {
-    let Some(devs) = delta.get("devices").and_then(Value::as_array) else { return String::new() };
+    let Some(devs) = delta.get("devices").and_then(Value::as_array) else {
+        return String::new();
+    };
     if devs.is_empty() {
         return "(no p2plab devices)".into();
     }
     let sum = |f: &dyn Fn(&Value) -> u64| devs.iter().map(f).sum::<u64>();
-    let rw = |v: &Value| v["read_bytes"].as_u64().unwrap_or(0) + v["write_bytes"].as_u64().unwrap_or(0);
-    let peer = sum(&|d| d["dma"]["peers"].as_object().map_or(0, |m| m.values().map(rw).sum()));
+    let rw =
+        |v: &Value| v["read_bytes"].as_u64().unwrap_or(0) + v["write_bytes"].as_u64().unwrap_or(0);
+    let peer = sum(&|d| {
+        d["dma"]["peers"]
+            .as_object()
+            .map_or(0, |m| m.values().map(rw).sum())
+    });
     let own = sum(&|d| rw(&d["dma"]["self"]));
     let ram = sum(&|d| rw(&d["dma"]["host_memory"]));
     let relay = sum(&|d| rw(&d["dma"]["client_relay"]));
-    format!("peer {} self {} ram {} relay {}", mib(peer), mib(own), mib(ram), mib(relay))
+    format!(
+        "peer {} self {} ram {} relay {}",
+        mib(peer),
+        mib(own),
+        mib(ram),
+        mib(relay)
+    )
 }
 
 pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
@@ -80,21 +93,53 @@ pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
         .collect();
     dirs.sort();
     for dir in dirs {
-        let topology = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let topology = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let Ok(ktap) = std::fs::read_to_string(dir.join("results.ktap")) else {
-            rows.push(Row { case: "(boot)".into(), topology, result: "not ok".into(), seconds: 0.0, key_counters: String::new(), message: "no results.ktap: the run did not start".into() });
+            rows.push(Row {
+                case: "(boot)".into(),
+                topology,
+                result: "not ok".into(),
+                seconds: 0.0,
+                key_counters: String::new(),
+                message: "no results.ktap: the run did not start".into(),
+            });
             continue;
         };
         let cases = parse_ktap(&ktap);
         if cases.is_empty() {
-            rows.push(Row { case: "(boot)".into(), topology: topology.clone(), result: "not ok".into(), seconds: 0.0, key_counters: String::new(), message: "results.ktap has no results".into() });
+            rows.push(Row {
+                case: "(boot)".into(),
+                topology: topology.clone(),
+                result: "not ok".into(),
+                seconds: 0.0,
+                key_counters: String::new(),
+                message: "results.ktap has no results".into(),
+            });
         }
         for (ok, case, why) in cases {
             let cdir = dir.join("cases").join(&case);
-            let read = |f: &str| std::fs::read_to_string(cdir.join(f)).ok().and_then(|s| serde_json::from_str::<Value>(&s).ok());
-            let seconds = read("result.json").and_then(|v| v["seconds"].as_f64()).unwrap_or(0.0);
-            let key = read("counters.json").map(|v| key_counters(&v)).unwrap_or_default();
-            rows.push(Row { case, topology: topology.clone(), result: if ok { "ok" } else { "not ok" }.into(), seconds, key_counters: key, message: why });
+            let read = |f: &str| {
+                std::fs::read_to_string(cdir.join(f))
+                    .ok()
+                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            };
+            let seconds = read("result.json")
+                .and_then(|v| v["seconds"].as_f64())
+                .unwrap_or(0.0);
+            let key = read("counters.json")
+                .map(|v| key_counters(&v))
+                .unwrap_or_default();
+            rows.push(Row {
+                case,
+                topology: topology.clone(),
+                result: if ok { "ok" } else { "not ok" }.into(),
+                seconds,
+                key_counters: key,
+                message: why,
+            });
         }
     }
     Ok(rows)
@@ -109,14 +154,27 @@ pub fn summary_main(out: &Path, host_rows: &[String]) -> anyhow::Result<i32> {
             anyhow::bail!("--host-row wants NAME:RESULT:SECONDS, got '{h}'");
         };
         let result = if result == "ok" { "ok" } else { "not ok" };
-        rows.push(Row { case: case.into(), topology: "host".into(), result: result.into(), seconds: secs.parse().unwrap_or(0.0), key_counters: String::new(), message: String::new() });
+        rows.push(Row {
+            case: case.into(),
+            topology: "host".into(),
+            result: result.into(),
+            seconds: secs.parse().unwrap_or(0.0),
+            key_counters: String::new(),
+            message: String::new(),
+        });
     }
     rows.extend(collect(out)?);
     println!();
-    println!("{:<18} {:<22} {:<7} {:>8}  key counters (bytes moved by the lab's devices)", "case", "topology", "result", "seconds");
+    println!(
+        "{:<18} {:<22} {:<7} {:>8}  key counters (bytes moved by the lab's devices)",
+        "case", "topology", "result", "seconds"
+    );
     println!("{}", "-".repeat(100));
     for r in &rows {
-        println!("{:<18} {:<22} {:<7} {:>8.2}  {}", r.case, r.topology, r.result, r.seconds, r.key_counters);
+        println!(
+            "{:<18} {:<22} {:<7} {:>8.2}  {}",
+            r.case, r.topology, r.result, r.seconds, r.key_counters
+        );
         if r.result != "ok" && !r.message.is_empty() {
             println!("    └─ {}", r.message);
         }
@@ -124,7 +182,10 @@ pub fn summary_main(out: &Path, host_rows: &[String]) -> anyhow::Result<i32> {
     let failed = rows.iter().filter(|r| r.result != "ok").count();
     let passed = rows.len() - failed;
     let json = serde_json::json!({ "cases": rows });
-    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
     println!("{}", "-".repeat(100));
     println!("summary: {}", out.join("summary.json").display());
     println!("{passed} passed, {failed} failed");
@@ -148,23 +209,51 @@ fn fmt_bytes(n: u64) -> String {
 
 /// `p2plab proof RUN_DIR [CASE]`: the bypass proof of one P2P case, for a newcomer.
 pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
-    let run: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).context("run.json")?)?;
-    let mut topo: crate::config::Topology = toml::from_str(run["topology_toml"].as_str().unwrap_or_default()).context("topology in run.json")?;
+    let run: Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("run.json")).context("run.json")?,
+    )?;
+    let mut topo: crate::config::Topology =
+        toml::from_str(run["topology_toml"].as_str().unwrap_or_default())
+            .context("topology in run.json")?;
     topo.name = run["topology"].as_str().unwrap_or_default().to_string();
-    let client = topo.roles.client.clone().context("topology has no client role")?;
-    let provider = topo.roles.provider.clone().context("topology has no provider role")?;
+    let client = topo
+        .roles
+        .client
+        .clone()
+        .context("topology has no client role")?;
+    let provider = topo
+        .roles
+        .provider
+        .clone()
+        .context("topology has no provider role")?;
     let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
     let verdict = parse_ktap(&ktap).into_iter().find(|(_, n, _)| n == case);
     let cdir = run_dir.join("cases").join(case);
-    let delta: Value = std::fs::read_to_string(cdir.join("counters.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
-    let dev = |name: &str| delta["devices"].as_array().and_then(|a| a.iter().find(|d| d["name"] == name)).cloned().unwrap_or(Value::Null);
+    let delta: Value = std::fs::read_to_string(cdir.join("counters.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    let dev = |name: &str| {
+        delta["devices"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     let (c, p) = (dev(&client), dev(&provider));
     let u = |v: &Value| v.as_u64().unwrap_or(0);
     let peer = u(&c["dma"]["peers"][&provider]["write_bytes"]);
     let inbound = u(&p["inbound"]["peers"][&client]["write_bytes"]);
     let ram_data = u(&c["dma"]["host_memory"]["write_bytes"]);
-    let relay: u64 = [&c, &p].iter().map(|d| u(&d["dma"]["client_relay"]["read_bytes"]) + u(&d["dma"]["client_relay"]["write_bytes"])).sum();
-    let cpu: Option<Value> = std::fs::read_to_string(cdir.join("cpu.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
+    let relay: u64 = [&c, &p]
+        .iter()
+        .map(|d| {
+            u(&d["dma"]["client_relay"]["read_bytes"]) + u(&d["dma"]["client_relay"]["write_bytes"])
+        })
+        .sum();
+    let cpu: Option<Value> = std::fs::read_to_string(cdir.join("cpu.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
     let console = std::fs::read_to_string(run_dir.join("console.log")).unwrap_or_default();
     // The guest's own data-check line, from inside this case's markers.
     let begin = format!("P2PLAB-CASE-BEGIN {case}");
@@ -178,34 +267,89 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     let guest_ok = verdict.as_ref().is_some_and(|v| v.0);
 
     println!();
-    println!("p2plab proof — case {case} in topology '{}' ({client} → {provider})", topo.name);
-    println!("  {:<52} {}", format!("bytes DMA'd {client} → {provider} BAR (peer-to-peer)"), fmt_bytes(peer));
-    println!("  {:<52} {}", format!("  …as counted by {provider} (inbound)"), fmt_bytes(inbound));
-    println!("  {:<52} {}", format!("bytes {client} wrote into guest RAM"), fmt_bytes(ram_data));
-    println!("  {:<52} {}", "bytes relayed through QEMU", fmt_bytes(relay));
+    println!(
+        "p2plab proof — case {case} in topology '{}' ({client} → {provider})",
+        topo.name
+    );
+    println!(
+        "  {:<52} {}",
+        format!("bytes DMA'd {client} → {provider} BAR (peer-to-peer)"),
+        fmt_bytes(peer)
+    );
+    println!(
+        "  {:<52} {}",
+        format!("  …as counted by {provider} (inbound)"),
+        fmt_bytes(inbound)
+    );
+    println!(
+        "  {:<52} {}",
+        format!("bytes {client} wrote into guest RAM"),
+        fmt_bytes(ram_data)
+    );
+    println!(
+        "  {:<52} {}",
+        "bytes relayed through QEMU",
+        fmt_bytes(relay)
+    );
     let cpu_accesses = match &cpu {
         Some(cpu) => {
-            let r = cpu["ranges"].as_array().and_then(|a| a.iter().find(|r| r["device"] == provider.as_str() && r["bar"] == 2)).cloned().unwrap_or(Value::Null);
-            println!("  {:<52} {} loads, {} stores", format!("guest CPU accesses to {provider} BAR2 (TCG witness)"), u(&r["loads"]), u(&r["stores"]));
-            if r.is_null() { None } else { Some(u(&r["loads"]) + u(&r["stores"])) }
+            let r = cpu["ranges"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|r| r["device"] == provider.as_str() && r["bar"] == 2)
+                })
+                .cloned()
+                .unwrap_or(Value::Null);
+            println!(
+                "  {:<52} {} loads, {} stores",
+                format!("guest CPU accesses to {provider} BAR2 (TCG witness)"),
+                u(&r["loads"]),
+                u(&r["stores"])
+            );
+            if r.is_null() {
+                None
+            } else {
+                Some(u(&r["loads"]) + u(&r["stores"]))
+            }
         }
         None => {
-            println!("  {:<52} (not measured: run with --cpu-witness)", "guest CPU accesses to the BAR");
+            println!(
+                "  {:<52} (not measured: run with --cpu-witness)",
+                "guest CPU accesses to the BAR"
+            );
             Some(0)
         }
     };
-    println!("  {:<52} {}", "data check in the guest", match (guest_ok, checksum_line) {
-        (true, Some(l)) => format!("ok — {}", l.trim_start_matches("# ")),
-        (true, None) => "ok".to_string(),
-        (false, _) => format!("FAILED {}", verdict.map(|v| v.2).unwrap_or_else(|| "(case did not run)".into())),
-    });
-    let proven = guest_ok && peer >= 64 << 20 && inbound == peer && ram_data < 1 << 20 && relay == 0 && cpu_accesses == Some(0);
+    println!(
+        "  {:<52} {}",
+        "data check in the guest",
+        match (guest_ok, checksum_line) {
+            (true, Some(l)) => format!("ok — {}", l.trim_start_matches("# ")),
+            (true, None) => "ok".to_string(),
+            (false, _) => format!(
+                "FAILED {}",
+                verdict
+                    .map(|v| v.2)
+                    .unwrap_or_else(|| "(case did not run)".into())
+            ),
+        }
+    );
+    let proven = guest_ok
+        && peer >= 64 << 20
+        && inbound == peer
+        && ram_data < 1 << 20
+        && relay == 0
+        && cpu_accesses == Some(0);
     println!();
     if proven {
         println!("  ✔ bypass proven: the data went {client} → {provider} directly; neither guest RAM nor QEMU carried it.");
         Ok(0)
     } else {
-        println!("  ✘ bypass NOT proven (see the figures above and {})", cdir.display());
+        println!(
+            "  ✘ bypass NOT proven (see the figures above and {})",
+            cdir.display()
+        );
         Ok(1)
     }
 }
@@ -219,7 +363,10 @@ mod tests {
         let k = "KTAP version 1\n1..3\n# diag\nok 1 a\nnot ok 2 b # counter x: expected >= 1, seen 0\nok 3 c # SKIP never\n";
         let r = parse_ktap(k);
         assert_eq!(r.len(), 3);
-        assert_eq!(r[1], (false, "b".into(), "counter x: expected >= 1, seen 0".into()));
+        assert_eq!(
+            r[1],
+            (false, "b".into(), "counter x: expected >= 1, seen 0".into())
+        );
         assert!(r[0].0 && r[0].1 == "a");
     }
 

@@ -30,7 +30,9 @@ pub const PLUGIN_FILE: &str = "libtcg_witness.so";
 /// Where the plugin cdylib is: `explicit`, else `$P2PLAB_WITNESS_PLUGIN`, else
 /// `$CARGO_TARGET_DIR/release`, `<repo>/target/release`, or next to this binary.
 pub fn find_plugin(explicit: Option<&Path>, repo: &Path) -> Result<PathBuf> {
-    let env = std::env::var_os("P2PLAB_WITNESS_PLUGIN").filter(|s| !s.is_empty()).map(PathBuf::from);
+    let env = std::env::var_os("P2PLAB_WITNESS_PLUGIN")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
     if let Some(p) = explicit.map(Path::to_path_buf).or(env) {
         if p.is_file() {
             return Ok(p);
@@ -42,7 +44,10 @@ pub fn find_plugin(explicit: Option<&Path>, repo: &Path) -> Result<PathBuf> {
         cands.push(PathBuf::from(t).join("release").join(PLUGIN_FILE));
     }
     cands.push(repo.join("target/release").join(PLUGIN_FILE));
-    if let Some(d) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         cands.push(d.join(PLUGIN_FILE));
     }
     cands.into_iter().find(|c| c.is_file()).context(
@@ -71,7 +76,9 @@ impl Witness {
                 match UnixStream::connect(&self.path) {
                     Ok(s) => break s,
                     Err(e) if t.elapsed() > Duration::from_secs(5) => {
-                        return Err(e).with_context(|| format!("connecting to the CPU witness at {}", self.path.display()))
+                        return Err(e).with_context(|| {
+                            format!("connecting to the CPU witness at {}", self.path.display())
+                        })
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
@@ -88,7 +95,9 @@ impl Witness {
         for attempt in 0..2 {
             let (w, r) = self.connect()?;
             let mut line = String::new();
-            let res = w.write_all(format!("{cmd}\n").as_bytes()).and_then(|()| r.read_line(&mut line));
+            let res = w
+                .write_all(format!("{cmd}\n").as_bytes())
+                .and_then(|()| r.read_line(&mut line));
             match res {
                 Ok(n) if n > 0 => return Ok(line),
                 Ok(_) | Err(_) if attempt == 0 => self.conn = None,
@@ -101,17 +110,30 @@ impl Witness {
 
     fn expect_ok(&mut self, cmd: &str) -> Result<()> {
         let reply = self.command(cmd)?;
-        let v: Value = serde_json::from_str(&reply).with_context(|| format!("CPU witness reply {reply:?}"))?;
+        let v: Value =
+            serde_json::from_str(&reply).with_context(|| format!("CPU witness reply {reply:?}"))?;
         if v.get("ok").and_then(Value::as_bool) == Some(true) {
             return Ok(());
         }
-        bail!("CPU witness refused `{}`: {}", cmd.split(' ').next().unwrap_or(cmd), v.get("error").unwrap_or(&v))
+        bail!(
+            "CPU witness refused `{}`: {}",
+            cmd.split(' ').next().unwrap_or(cmd),
+            v.get("error").unwrap_or(&v)
+        )
     }
 
     /// Witness exactly these windows from now on (empty: disarm).
     pub fn set_ranges(&mut self, windows: &[BarWindow]) -> Result<()> {
         let doc = RangesFile {
-            ranges: windows.iter().map(|w| RangeSpec { device: w.device.clone(), bar: w.bar, start: w.start, len: w.len }).collect(),
+            ranges: windows
+                .iter()
+                .map(|w| RangeSpec {
+                    device: w.device.clone(),
+                    bar: w.bar,
+                    start: w.start,
+                    len: w.len,
+                })
+                .collect(),
         };
         self.expect_ok(&format!("ranges {}", serde_json::to_string(&doc)?))
     }
@@ -165,9 +187,18 @@ mod tests {
 
     #[test]
     fn delta_covers_the_armed_windows_only() {
-        let w = vec![BarWindow { device: "gpu0".into(), bar: 2, start: 0x1000, len: 0x1000 }];
-        let b = Snapshot { ranges: vec![counts("gpu0", 2, 3, 1), counts("nvme0", 2, 9, 9)] };
-        let e = Snapshot { ranges: vec![counts("gpu0", 2, 5, 11), counts("nvme0", 2, 20, 20)] };
+        let w = vec![BarWindow {
+            device: "gpu0".into(),
+            bar: 2,
+            start: 0x1000,
+            len: 0x1000,
+        }];
+        let b = Snapshot {
+            ranges: vec![counts("gpu0", 2, 3, 1), counts("nvme0", 2, 9, 9)],
+        };
+        let e = Snapshot {
+            ranges: vec![counts("gpu0", 2, 5, 11), counts("nvme0", 2, 20, 20)],
+        };
         let d = case_delta(&w, &b, &e);
         assert_eq!(
             d,

@@ -77,8 +77,19 @@ impl PciLayout {
         };
         let mut b = ConfigSpace::builder(ids);
         for bar in &self.bars {
-            let kind = if bar.is_64bit { BarKind::Mem64 } else { BarKind::Mem32 };
-            b = b.bar(bar.index, BarDef { size: bar.size, kind, prefetchable: bar.prefetchable });
+            let kind = if bar.is_64bit {
+                BarKind::Mem64
+            } else {
+                BarKind::Mem32
+            };
+            b = b.bar(
+                bar.index,
+                BarDef {
+                    size: bar.size,
+                    kind,
+                    prefetchable: bar.prefetchable,
+                },
+            );
         }
         b = b
             .msix(
@@ -100,7 +111,9 @@ impl PciLayout {
 
 /// A stable 64-bit Device Serial Number derived from a name or serial string (FNV-1a).
 pub fn dsn_from_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

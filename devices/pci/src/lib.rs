@@ -44,8 +44,8 @@ pub mod pm;
 pub mod regs;
 
 pub use bar::{BarDef, BarInfo, BarKind};
-pub use layout::{dsn_from_str, BarLayout, PciLayout, ResizableBar};
 pub use config::{ConfigError, ConfigEvents, ConfigSpace, ConfigSpaceBuilder, PciIds};
+pub use layout::{dsn_from_str, BarLayout, PciLayout, ResizableBar};
 pub use msix::MsixInfo;
 pub use pcie::{LinkSpeed, PcieLink};
 pub use pm::PowerState;

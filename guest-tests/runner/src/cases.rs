@@ -3,8 +3,8 @@
 //! where it applies. The host (`p2plab run`) reads this table through `--list-json` to
 //! pick the default cases of a topology, so the row is the only registration.
 
-mod gpu;
 mod bench;
+mod gpu;
 mod nvme;
 mod p2p;
 mod pci;

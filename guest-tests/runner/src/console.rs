@@ -16,7 +16,12 @@ impl Console {
     /// `ack`: wait for `P2PLAB-ACK` lines on `tty` after each marker.
     pub fn open(tty: &str, ack: bool, timeout: Duration) -> Console {
         let tty = if ack {
-            match std::fs::OpenOptions::new().read(true).write(true).custom_flags_noctty().open(tty) {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags_noctty()
+                .open(tty)
+            {
                 Ok(f) => {
                     quiet_tty(&f);
                     Some(f)
@@ -29,7 +34,12 @@ impl Console {
         } else {
             None
         };
-        Console { out: std::io::stdout(), tty, timeout, pending: vec![] }
+        Console {
+            out: std::io::stdout(),
+            tty,
+            timeout,
+            pending: vec![],
+        }
     }
 
     /// Print one line in a single write (kernel messages interleave per write).
@@ -44,7 +54,9 @@ impl Console {
     /// Print `<marker> <name>` and wait for `P2PLAB-ACK <name>`. False if no ACK came.
     pub fn mark(&mut self, marker: &str, name: &str) -> bool {
         self.line(&format!("{marker} {name}"));
-        let Some(tty) = self.tty.as_mut() else { return true };
+        let Some(tty) = self.tty.as_mut() else {
+            return true;
+        };
         let want = format!("P2PLAB-ACK {name}");
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -64,7 +76,11 @@ impl Console {
                 self.line(&msg);
                 return false;
             }
-            let mut pfd = libc::pollfd { fd: tty.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: tty.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
             // SAFETY: one valid pollfd, count 1.
             let r = unsafe { libc::poll(&mut pfd, 1, ms) };

@@ -82,7 +82,9 @@ impl Env {
         let deadline = Instant::now() + wait;
         loop {
             let devices: Vec<Found> = cfg.devices.iter().map(find).collect();
-            let complete = devices.iter().all(|d| d.bdf.is_some() && (!d.info.is_nvme() || d.ns.is_some()));
+            let complete = devices
+                .iter()
+                .all(|d| d.bdf.is_some() && (!d.info.is_nvme() || d.ns.is_some()));
             if complete || Instant::now() >= deadline {
                 let mut notes = vec![];
                 for d in &devices {
@@ -95,7 +97,11 @@ impl Env {
                         d.ns.as_deref().map(|n| format!(" {n}")).unwrap_or_default()
                     ));
                 }
-                return Env { devices, roles: cfg.roles.clone(), notes };
+                return Env {
+                    devices,
+                    roles: cfg.roles.clone(),
+                    notes,
+                };
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -114,26 +120,43 @@ impl Env {
             _ => None,
         }
         .ok_or_else(|| format!("the topology names no {role}"))?;
-        let d = self.device(name).ok_or_else(|| format!("{role} '{name}' is not in run.json"))?;
+        let d = self
+            .device(name)
+            .ok_or_else(|| format!("{role} '{name}' is not in run.json"))?;
         if d.bdf.is_none() {
-            return Err(format!("{role} {name} ({}) not found in the guest", d.info.kind));
+            return Err(format!(
+                "{role} {name} ({}) not found in the guest",
+                d.info.kind
+            ));
         }
         Ok(d)
     }
 }
 
 fn read_trim(p: impl AsRef<Path>) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn link_name(p: impl AsRef<Path>) -> Option<String> {
-    std::fs::read_link(p).ok()?.file_name().map(|s| s.to_string_lossy().into_owned())
+    std::fs::read_link(p)
+        .ok()?
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
 }
 
 fn find(info: &DevInfo) -> Found {
-    let mut f = Found { info: info.clone(), bdf: None, ctrl: None, ns: None };
+    let mut f = Found {
+        info: info.clone(),
+        bdf: None,
+        ctrl: None,
+        ns: None,
+    };
     if info.is_nvme() {
-        let Ok(rd) = std::fs::read_dir("/sys/class/nvme") else { return f };
+        let Ok(rd) = std::fs::read_dir("/sys/class/nvme") else {
+            return f;
+        };
         for e in rd.flatten() {
             let ctrl = e.file_name().to_string_lossy().into_owned();
             let dir = e.path();
@@ -146,18 +169,25 @@ fn find(info: &DevInfo) -> Found {
             break;
         }
     } else if let (Some(v), Some(d)) = (info.vendor, info.device) {
-        let Ok(rd) = std::fs::read_dir("/sys/bus/pci/devices") else { return f };
+        let Ok(rd) = std::fs::read_dir("/sys/bus/pci/devices") else {
+            return f;
+        };
         let mut hits: Vec<String> = rd
             .flatten()
             .filter(|e| {
                 let p = e.path();
-                parse_hex(read_trim(p.join("vendor"))) == Some(v) && parse_hex(read_trim(p.join("device"))) == Some(d)
+                parse_hex(read_trim(p.join("vendor"))) == Some(v)
+                    && parse_hex(read_trim(p.join("device"))) == Some(d)
             })
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         hits.sort();
         // Several devices of one kind: the n-th by name order ("gpu0", "gpu1").
-        let idx: usize = info.name.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+        let idx: usize = info
+            .name
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap_or(0);
         f.bdf = hits.get(idx).or(hits.first()).cloned();
     }
     f
@@ -174,12 +204,16 @@ fn namespace_of(dir: &Path, ctrl: &str) -> Option<String> {
     let mut best: Option<(u32, String)> = None;
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = n.strip_prefix("nvme") else { continue };
+        let Some(rest) = n.strip_prefix("nvme") else {
+            continue;
+        };
         let (head, nsid) = match rest.split_once('n') {
             Some((h, ns)) => (h, ns),
             None => continue,
         };
-        let Ok(nsid) = nsid.parse::<u32>() else { continue };
+        let Ok(nsid) = nsid.parse::<u32>() else {
+            continue;
+        };
         let dev = match head.split_once('c') {
             Some((subsys, c)) if c.parse::<u32>().is_ok() && subsys.parse::<u32>().is_ok() => {
                 format!("/dev/nvme{subsys}n{nsid}")

@@ -54,14 +54,20 @@ fn main() {
                 return;
             }
             "--list-json" => {
-                println!("{}", serde_json::to_string_pretty(&cases::table_json()).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cases::table_json()).unwrap_or_default()
+                );
                 return;
             }
             "--config" => o.config = args.next().unwrap_or_else(|| usage()),
             "--tty" => o.tty = args.next().unwrap_or_else(|| usage()),
             "--no-ack" => o.ack = false,
             "--ack-timeout" => {
-                let s: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
+                let s: u64 = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| usage());
                 o.ack_timeout = Duration::from_secs(s);
             }
             "-h" | "--help" => usage(),
@@ -84,7 +90,11 @@ fn run(o: Opts) -> i32 {
             return 1;
         }
     };
-    let names = if o.cases.is_empty() { cfg.cases.clone() } else { o.cases.clone() };
+    let names = if o.cases.is_empty() {
+        cfg.cases.clone()
+    } else {
+        o.cases.clone()
+    };
     con.line(&format!("1..{}", names.len()));
     let env = devices::Env::discover(&cfg, Duration::from_secs(20));
     for note in &env.notes {
@@ -100,7 +110,10 @@ fn run(o: Opts) -> i32 {
         };
         let mut acked = con.mark("P2PLAB-CASE-BEGIN", name);
         let t0 = Instant::now();
-        let mut ctx = Ctx { env: &env, con: &mut con };
+        let mut ctx = Ctx {
+            env: &env,
+            con: &mut con,
+        };
         let result = (case.run)(&mut ctx);
         let secs = t0.elapsed().as_secs_f64();
         acked &= con.mark("P2PLAB-CASE-END", name);
@@ -109,7 +122,9 @@ fn run(o: Opts) -> i32 {
             (Ok(()), true) => con.line(&format!("ok {n} {name}")),
             (Ok(()), false) => {
                 failed += 1;
-                con.line(&format!("not ok {n} {name} # no P2PLAB-ACK from the host (counters unreliable)"));
+                con.line(&format!(
+                    "not ok {n} {name} # no P2PLAB-ACK from the host (counters unreliable)"
+                ));
             }
             (Err(e), _) => {
                 failed += 1;

@@ -19,10 +19,20 @@ impl Mapping {
     pub fn ram(len: usize) -> Result<Mapping, String> {
         // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
-            return Err(format!("mmap {len} bytes of RAM: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap {len} bytes of RAM: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(Mapping { ptr: p.cast(), len })
     }
@@ -30,14 +40,29 @@ impl Mapping {
     /// `len` bytes of P2P memory from `/sys/bus/pci/devices/<bdf>/p2pmem/allocate`.
     pub fn p2pmem(bdf: &str, len: usize) -> Result<Mapping, String> {
         let path = format!("/sys/bus/pci/devices/{bdf}/p2pmem/allocate");
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| format!("open {path}: {e}"))?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("open {path}: {e}"))?;
         // SAFETY: a new shared mapping of the p2pmem allocator file; the kernel owns the
         // pages and keeps them alive for the life of the mapping.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
-            return Err(format!("mmap {} MiB of {path}: {}", len / MIB, std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap {} MiB of {path}: {}",
+                len / MIB,
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(Mapping { ptr: p.cast(), len })
     }
@@ -92,7 +117,9 @@ impl Drop for Mapping {
 
 /// Word `i` of pattern `seed`: distinct per word, per seed, never all-zero or all-ones.
 pub fn pattern(seed: u64, i: u64) -> u64 {
-    let x = (seed ^ 0x5050_4c41_4200_0000).wrapping_add(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let x = (seed ^ 0x5050_4c41_4200_0000)
+        .wrapping_add(i)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^ (x >> 29) ^ 0x0123_4567_89ab_cdef
 }
 
@@ -109,13 +136,20 @@ pub fn open_direct(dev: &str) -> Result<File, String> {
 
 /// Move `m` to/from `f` at `off` in `chunk`-sized O_DIRECT calls, straight from/into the
 /// mapping. `write`: pwrite (mapping → device), else pread (device → mapping).
-pub fn direct_io(f: &File, m: &Mapping, off: u64, chunk: usize, write: bool) -> Result<(), std::io::Error> {
+pub fn direct_io(
+    f: &File,
+    m: &Mapping,
+    off: u64,
+    chunk: usize,
+    write: bool,
+) -> Result<(), std::io::Error> {
     let mut done = 0usize;
     while done < m.len() {
         let n = chunk.min(m.len() - done);
         // SAFETY: [ptr+done, ptr+done+n) lies inside the live mapping.
         let buf = unsafe { m.ptr().add(done) };
-        let pos = libc::off_t::try_from(off + done as u64).map_err(|_| std::io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let pos = libc::off_t::try_from(off + done as u64)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EOVERFLOW))?;
         // SAFETY: buf points to n valid bytes of the mapping; the fd is open.
         let r = unsafe {
             if write {
@@ -132,7 +166,10 @@ pub fn direct_io(f: &File, m: &Mapping, off: u64, chunk: usize, write: bool) -> 
             return Err(e);
         }
         if r == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("short transfer at {}", off + done as u64)));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("short transfer at {}", off + done as u64),
+            ));
         }
         done += r as usize;
     }

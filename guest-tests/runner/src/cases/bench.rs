@@ -24,23 +24,40 @@ fn best(len: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<f64, St
 
 fn report(ctx: &mut Ctx, metric: &str, mibs: f64, what: &str) {
     ctx.diag(&format!("BENCH {metric} {mibs:.1}"));
-    ctx.diag(&format!("  {metric}: {what}: {mibs:.1} MiB/s (best of {REPEATS})"));
+    ctx.diag(&format!(
+        "  {metric}: {what}: {mibs:.1} MiB/s (best of {REPEATS})"
+    ));
 }
 
 pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
     let client = ctx.env.role("client")?;
     let provider = ctx.env.role("provider")?;
-    let ns = client.ns.clone().ok_or_else(|| format!("client {} has no namespace", client.info.name))?;
+    let ns = client
+        .ns
+        .clone()
+        .ok_or_else(|| format!("client {} has no namespace", client.info.name))?;
     let pbdf = provider.bdf.clone().unwrap_or_default();
     let f = open_direct(&ns)?;
-    let io = |m: &Mapping, off: u64, write: bool| direct_io(&f, m, off, CHUNK, write).map_err(|e| format!("O_DIRECT on {ns}: {e}"));
+    let io = |m: &Mapping, off: u64, write: bool| {
+        direct_io(&f, m, off, CHUNK, write).map_err(|e| format!("O_DIRECT on {ns}: {e}"))
+    };
 
     let ram = Mapping::ram(LEN)?;
     ram.fill(SEED);
     let v = best(LEN, || io(&ram, 0, true))?;
-    report(ctx, "ram_to_nvme", v, &format!("O_DIRECT write guest RAM -> {ns}"));
+    report(
+        ctx,
+        "ram_to_nvme",
+        v,
+        &format!("O_DIRECT write guest RAM -> {ns}"),
+    );
     let v = best(LEN, || io(&ram, 0, false))?;
-    report(ctx, "nvme_to_ram", v, &format!("O_DIRECT read {ns} -> guest RAM"));
+    report(
+        ctx,
+        "nvme_to_ram",
+        v,
+        &format!("O_DIRECT read {ns} -> guest RAM"),
+    );
     ram.verify(SEED)?;
     drop(ram);
 
@@ -49,16 +66,39 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
         p2p.fill(!SEED);
         let v = best(LEN, || io(&p2p, 0, false))?;
         p2p.verify(SEED)?;
-        report(ctx, "p2p_read", v, &format!("O_DIRECT read {ns} -> {} p2pmem (verified)", provider.info.name));
+        report(
+            ctx,
+            "p2p_read",
+            v,
+            &format!(
+                "O_DIRECT read {ns} -> {} p2pmem (verified)",
+                provider.info.name
+            ),
+        );
         let v = best(LEN, || io(&p2p, 128 << 20, true))?;
-        report(ctx, "p2p_write", v, &format!("O_DIRECT write {} p2pmem -> {ns}", provider.info.name));
+        report(
+            ctx,
+            "p2p_write",
+            v,
+            &format!("O_DIRECT write {} p2pmem -> {ns}", provider.info.name),
+        );
         let v = best(LEN, || {
             p2p.fill(SEED);
             Ok(())
         })?;
-        report(ctx, "cpu_store_p2pmem", v, &format!("CPU 64-bit stores to {} p2pmem", provider.info.name));
+        report(
+            ctx,
+            "cpu_store_p2pmem",
+            v,
+            &format!("CPU 64-bit stores to {} p2pmem", provider.info.name),
+        );
         let v = best(LEN, || p2p.verify(SEED))?;
-        report(ctx, "cpu_load_p2pmem", v, &format!("CPU loads from {} p2pmem", provider.info.name));
+        report(
+            ctx,
+            "cpu_load_p2pmem",
+            v,
+            &format!("CPU loads from {} p2pmem", provider.info.name),
+        );
     }
 
     if let Some(cbdf) = client.bdf.as_deref() {
@@ -66,7 +106,12 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
             Ok(cmb) => {
                 let v = best(LEN, || io(&cmb, 0, false))?;
                 cmb.verify(SEED)?;
-                report(ctx, "own_cmb_read", v, &format!("O_DIRECT read {ns} -> its own CMB (verified)"));
+                report(
+                    ctx,
+                    "own_cmb_read",
+                    v,
+                    &format!("O_DIRECT read {ns} -> its own CMB (verified)"),
+                );
             }
             Err(e) => ctx.diag(&format!("own_cmb_read not measured: {e}")),
         }

@@ -101,8 +101,11 @@ const IOC_COPY_FROM_USER: u64 = ioc(IOWR, 3, size_of::<CopyUser>());
 const IOC_COPY_TO_USER: u64 = ioc(IOWR, 4, size_of::<CopyUser>());
 const IOC_EXPORT_DMABUF: u64 = ioc(IOWR, 5, size_of::<ExportDmabuf>());
 const IOC_DMABUF_SELFTEST: u64 = ioc(IOWR, 6, size_of::<Selftest>());
-const _: () = assert!(size_of::<Info>() == 56 && size_of::<Checksum>() == 56 && size_of::<Copy>() == 32);
-const _: () = assert!(size_of::<CopyUser>() == 32 && size_of::<ExportDmabuf>() == 24 && size_of::<Selftest>() == 40);
+const _: () =
+    assert!(size_of::<Info>() == 56 && size_of::<Checksum>() == 56 && size_of::<Copy>() == 32);
+const _: () = assert!(
+    size_of::<CopyUser>() == 32 && size_of::<ExportDmabuf>() == 24 && size_of::<Selftest>() == 40
+);
 
 /// An open `/dev/p2pgpuN` of one GPU-kind device.
 pub struct Gpu {
@@ -114,7 +117,10 @@ pub struct Gpu {
 impl Gpu {
     /// The char device the driver registered below the device's PCI node.
     pub fn open(d: &Found) -> Result<Gpu, String> {
-        let bdf = d.bdf.as_deref().ok_or_else(|| format!("{} not found in the guest", d.info.name))?;
+        let bdf = d
+            .bdf
+            .as_deref()
+            .ok_or_else(|| format!("{} not found in the guest", d.info.name))?;
         let dir = format!("/sys/bus/pci/devices/{bdf}/misc");
         let name = std::fs::read_dir(&dir)
             .map_err(|e| format!("{dir}: {e} (is p2pgpu.ko loaded and bound to {bdf}?)"))?
@@ -123,8 +129,16 @@ impl Gpu {
             .find(|n| n.starts_with("p2pgpu"))
             .ok_or_else(|| format!("no p2pgpu char device in {dir}"))?;
         let dev = format!("/dev/{name}");
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&dev).map_err(|e| format!("open {dev}: {e}"))?;
-        let mut g = Gpu { f, dev, info: Info::default() };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+            .map_err(|e| format!("open {dev}: {e}"))?;
+        let mut g = Gpu {
+            f,
+            dev,
+            info: Info::default(),
+        };
         let mut info = Info::default();
         g.ioctl(IOC_GET_INFO, &mut info, "GET_INFO")?;
         g.info = info;
@@ -132,7 +146,8 @@ impl Gpu {
     }
 
     fn ioctl<T>(&self, req: u64, arg: &mut T, what: &str) -> Result<(), String> {
-        self.ioctl_raw(req, arg).map_err(|e| format!("{} {what}: {e}", self.dev))
+        self.ioctl_raw(req, arg)
+            .map_err(|e| format!("{} {what}: {e}", self.dev))
     }
 
     fn ioctl_raw<T>(&self, req: u64, arg: &mut T) -> Result<(), std::io::Error> {
@@ -148,37 +163,80 @@ impl Gpu {
 
     /// SHA-256 of VRAM `[offset, offset+len)`, computed by the device.
     pub fn checksum(&self, offset: u64, len: u64) -> Result<[u8; 32], String> {
-        let mut ck = Checksum { offset, len, ..Default::default() };
-        self.ioctl(IOC_CHECKSUM, &mut ck, &format!("CHECKSUM {offset:#x}+{len:#x}"))?;
+        let mut ck = Checksum {
+            offset,
+            len,
+            ..Default::default()
+        };
+        self.ioctl(
+            IOC_CHECKSUM,
+            &mut ck,
+            &format!("CHECKSUM {offset:#x}+{len:#x}"),
+        )?;
         if ck.algo != CHECKSUM_SHA256 {
-            return Err(format!("{} CHECKSUM: algo {} (want SHA-256), status {:#x}", self.dev, ck.algo, ck.status));
+            return Err(format!(
+                "{} CHECKSUM: algo {} (want SHA-256), status {:#x}",
+                self.dev, ck.algo, ck.status
+            ));
         }
         Ok(ck.digest)
     }
 
     /// Copy engine: `len` bytes from bus address `src` to `dst`.
     pub fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), String> {
-        let mut c = Copy { src, dst, len, ..Default::default() };
-        let r = self.ioctl(IOC_COPY, &mut c, &format!("COPY {src:#x} -> {dst:#x} ({len} bytes)"));
+        let mut c = Copy {
+            src,
+            dst,
+            len,
+            ..Default::default()
+        };
+        let r = self.ioctl(
+            IOC_COPY,
+            &mut c,
+            &format!("COPY {src:#x} -> {dst:#x} ({len} bytes)"),
+        );
         r.map_err(|e| format!("{e} (descriptor status {:#x})", c.status))
     }
 
     /// User buffer -> (RAM bounce, copy engine) -> bus address `dev_addr`.
     pub fn copy_from_user(&self, m: &Mapping, dev_addr: u64) -> Result<(), String> {
-        let mut c = CopyUser { user_addr: m.ptr() as u64, dev_addr, len: m.len() as u64, ..Default::default() };
-        let r = self.ioctl(IOC_COPY_FROM_USER, &mut c, &format!("COPY_FROM_USER -> {dev_addr:#x}"));
+        let mut c = CopyUser {
+            user_addr: m.ptr() as u64,
+            dev_addr,
+            len: m.len() as u64,
+            ..Default::default()
+        };
+        let r = self.ioctl(
+            IOC_COPY_FROM_USER,
+            &mut c,
+            &format!("COPY_FROM_USER -> {dev_addr:#x}"),
+        );
         r.map_err(|e| format!("{e} (descriptor status {:#x})", c.status))
     }
 
     /// Bus address `dev_addr` -> (copy engine, RAM bounce) -> user buffer.
     pub fn copy_to_user(&self, dev_addr: u64, m: &Mapping) -> Result<(), String> {
-        let mut c = CopyUser { user_addr: m.ptr() as u64, dev_addr, len: m.len() as u64, ..Default::default() };
-        let r = self.ioctl(IOC_COPY_TO_USER, &mut c, &format!("COPY_TO_USER {dev_addr:#x} ->"));
+        let mut c = CopyUser {
+            user_addr: m.ptr() as u64,
+            dev_addr,
+            len: m.len() as u64,
+            ..Default::default()
+        };
+        let r = self.ioctl(
+            IOC_COPY_TO_USER,
+            &mut c,
+            &format!("COPY_TO_USER {dev_addr:#x} ->"),
+        );
         r.map_err(|e| format!("{e} (descriptor status {:#x})", c.status))
     }
 
     pub fn export_dmabuf(&self, offset: u64, len: u64) -> Result<OwnedFd, std::io::Error> {
-        let mut ex = ExportDmabuf { offset, len, flags: 0, fd: -1 };
+        let mut ex = ExportDmabuf {
+            offset,
+            len,
+            flags: 0,
+            fd: -1,
+        };
         self.ioctl_raw(IOC_EXPORT_DMABUF, &mut ex)?;
         // SAFETY: on success the driver installed a new fd that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(ex.fd) })
@@ -186,8 +244,15 @@ impl Gpu {
 
     /// Attach/map/unmap/detach `fd` as this device (`peer` None) or as the PCI device
     /// `peer` = (domain, bus << 8 | devfn).
-    pub fn dmabuf_selftest(&self, fd: i32, peer: Option<(u32, u32)>) -> Result<Selftest, std::io::Error> {
-        let mut st = Selftest { fd, ..Default::default() };
+    pub fn dmabuf_selftest(
+        &self,
+        fd: i32,
+        peer: Option<(u32, u32)>,
+    ) -> Result<Selftest, std::io::Error> {
+        let mut st = Selftest {
+            fd,
+            ..Default::default()
+        };
         if let Some((dom, bdf)) = peer {
             st.flags = SELFTEST_PEER;
             st.peer_domain = dom;
@@ -202,16 +267,28 @@ impl Gpu {
         let phys = phys_contiguous(m)?;
         let (start, size) = (self.info.bar2_phys_addr, self.info.vram_size);
         if phys < start || phys + m.len() as u64 > start + size {
-            return Err(format!("p2pmem at phys {phys:#x} is outside BAR2 {start:#x}+{size:#x}"));
+            return Err(format!(
+                "p2pmem at phys {phys:#x} is outside BAR2 {start:#x}+{size:#x}"
+            ));
         }
         Ok(phys - start)
     }
 
     /// Check VRAM `[offset, offset+len)` holds `want` with the checksum engine.
-    pub fn expect_digest(&self, offset: u64, len: usize, want: &[u8; 32], what: &str) -> Result<(), String> {
+    pub fn expect_digest(
+        &self,
+        offset: u64,
+        len: usize,
+        want: &[u8; 32],
+        what: &str,
+    ) -> Result<(), String> {
         let got = self.checksum(offset, len as u64)?;
         if &got != want {
-            return Err(format!("{what}: device SHA-256 of VRAM {offset:#x}+{len:#x} is {}, expected {}", hex(&got), hex(want)));
+            return Err(format!(
+                "{what}: device SHA-256 of VRAM {offset:#x}+{len:#x} is {}, expected {}",
+                hex(&got),
+                hex(want)
+            ));
         }
         Ok(())
     }
@@ -244,11 +321,13 @@ pub fn pattern_digest(seed: u64, len: usize) -> [u8; 32] {
 pub fn phys_contiguous(m: &Mapping) -> Result<u64, String> {
     use std::os::unix::fs::FileExt;
     const PAGE: u64 = 4096;
-    let f = File::open("/proc/self/pagemap").map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
+    let f =
+        File::open("/proc/self/pagemap").map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
     let va = m.ptr() as u64;
     let pages = m.len().div_ceil(PAGE as usize);
     let mut raw = vec![0u8; pages * 8];
-    f.read_exact_at(&mut raw, va / PAGE * 8).map_err(|e| format!("read /proc/self/pagemap: {e}"))?;
+    f.read_exact_at(&mut raw, va / PAGE * 8)
+        .map_err(|e| format!("read /proc/self/pagemap: {e}"))?;
     let mut first = 0u64;
     for (i, e) in raw.chunks_exact(8).enumerate() {
         let e = u64::from_le_bytes(e.try_into().unwrap_or_default());
@@ -267,15 +346,25 @@ pub fn phys_contiguous(m: &Mapping) -> Result<u64, String> {
 
 fn mibs(len: usize, t: Instant) -> String {
     let s = t.elapsed().as_secs_f64();
-    format!("{:.2} s, {:.1} MiB/s", s, len as f64 / MIB as f64 / s.max(1e-9))
+    format!(
+        "{:.2} s, {:.1} MiB/s",
+        s,
+        len as f64 / MIB as f64 / s.max(1e-9)
+    )
 }
 
 /// Start and size of BAR `bar` from `/sys/bus/pci/devices/<bdf>/resource`.
 pub fn bar_resource(bdf: &str, bar: usize) -> Result<(u64, u64), String> {
     let path = format!("/sys/bus/pci/devices/{bdf}/resource");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    let line = text.lines().nth(bar).ok_or_else(|| format!("{path}: no line for BAR{bar}"))?;
-    let f: Vec<u64> = line.split_whitespace().filter_map(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()).collect();
+    let line = text
+        .lines()
+        .nth(bar)
+        .ok_or_else(|| format!("{path}: no line for BAR{bar}"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .collect();
     match f[..] {
         [start, end, _flags] if start != 0 && end > start => Ok((start, end - start + 1)),
         _ => Err(format!("{path}: BAR{bar} is not assigned ('{line}')")),
@@ -301,18 +390,25 @@ pub fn copy_engine(ctx: &mut Ctx) -> Result<(), String> {
     let provider = ctx.env.role("provider")?;
     let gpu = Gpu::open(provider)?;
     let cbdf = client.bdf.as_deref().unwrap_or_default();
-    let (cmb_start, cmb_size) = bar_resource(cbdf, 2).map_err(|e| format!("{} CMB: {e}", client.info.name))?;
+    let (cmb_start, cmb_size) =
+        bar_resource(cbdf, 2).map_err(|e| format!("{} CMB: {e}", client.info.name))?;
     // Reserve the CMB range through the client's p2pmem allocator, so no SQ or other
     // user of the CMB shares it; the CPU never touches it.
-    let cmb = Mapping::p2pmem(cbdf, LEN).map_err(|e| format!("{} CMB p2pmem: {e}", client.info.name))?;
+    let cmb =
+        Mapping::p2pmem(cbdf, LEN).map_err(|e| format!("{} CMB p2pmem: {e}", client.info.name))?;
     let cmb_bus = phys_contiguous(&cmb)?;
     if cmb_bus < cmb_start || cmb_bus + LEN as u64 > cmb_start + cmb_size {
-        return Err(format!("CMB p2pmem at {cmb_bus:#x} is outside BAR2 {cmb_start:#x}+{cmb_size:#x} of {cbdf}"));
+        return Err(format!(
+            "CMB p2pmem at {cmb_bus:#x} is outside BAR2 {cmb_start:#x}+{cmb_size:#x} of {cbdf}"
+        ));
     }
     // Two VRAM ranges at the top of the BAR (the p2pmem allocator hands out the bottom).
     let vram = gpu.info.vram_size;
     if vram < 4 * LEN as u64 {
-        return Err(format!("VRAM of {} is only {vram:#x} bytes", provider.info.name));
+        return Err(format!(
+            "VRAM of {} is only {vram:#x} bytes",
+            provider.info.name
+        ));
     }
     let (a, b) = (vram - 2 * LEN as u64, vram - LEN as u64);
     let bus = gpu.info.bar2_bus_addr;
@@ -334,24 +430,41 @@ pub fn copy_engine(ctx: &mut Ctx) -> Result<(), String> {
 
     let t = Instant::now();
     gpu.copy_from_user(&src, bus + a)?;
-    ctx.diag(&format!("RAM -> VRAM A (COPY_FROM_USER, bounce {} KiB): {}", gpu.info.copy_bounce_size / 1024, mibs(LEN, t)));
+    ctx.diag(&format!(
+        "RAM -> VRAM A (COPY_FROM_USER, bounce {} KiB): {}",
+        gpu.info.copy_bounce_size / 1024,
+        mibs(LEN, t)
+    ));
     gpu.expect_digest(a, LEN, &want, "after RAM -> VRAM A")?;
 
     let t = Instant::now();
     gpu.copy(bus + a, cmb_bus, LEN as u64)?;
-    ctx.diag(&format!("VRAM A -> {} CMB (COPY): {}", client.info.name, mibs(LEN, t)));
+    ctx.diag(&format!(
+        "VRAM A -> {} CMB (COPY): {}",
+        client.info.name,
+        mibs(LEN, t)
+    ));
 
     let t = Instant::now();
     gpu.copy(cmb_bus, bus + b, LEN as u64)?;
-    ctx.diag(&format!("{} CMB -> VRAM B (COPY): {}", client.info.name, mibs(LEN, t)));
+    ctx.diag(&format!(
+        "{} CMB -> VRAM B (COPY): {}",
+        client.info.name,
+        mibs(LEN, t)
+    ));
     gpu.expect_digest(b, LEN, &want, "after CMB -> VRAM B")?;
 
     let dst = Mapping::ram(LEN)?;
     let t = Instant::now();
     gpu.copy_to_user(bus + b, &dst)?;
     ctx.diag(&format!("VRAM B -> RAM (COPY_TO_USER): {}", mibs(LEN, t)));
-    dst.verify(SEED_CE).map_err(|e| format!("RAM after the round trip: {e}"))?;
-    ctx.diag(&format!("verified {} MiB in RAM and both VRAM ranges (SHA-256 {})", LEN / MIB, &hex(&want)[..16]));
+    dst.verify(SEED_CE)
+        .map_err(|e| format!("RAM after the round trip: {e}"))?;
+    ctx.diag(&format!(
+        "verified {} MiB in RAM and both VRAM ranges (SHA-256 {})",
+        LEN / MIB,
+        &hex(&want)[..16]
+    ));
     Ok(())
 }
 
@@ -366,20 +479,34 @@ pub fn dmabuf_export(ctx: &mut Ctx) -> Result<(), String> {
     let want_addr = gpu.info.bar2_bus_addr + OFF;
 
     // Bad ranges are refused.
-    for (off, len, why) in [(OFF + 1, SIZE, "unaligned offset"), (OFF, 0, "zero length"), (gpu.info.vram_size, SIZE, "outside VRAM")] {
+    for (off, len, why) in [
+        (OFF + 1, SIZE, "unaligned offset"),
+        (OFF, 0, "zero length"),
+        (gpu.info.vram_size, SIZE, "outside VRAM"),
+    ] {
         match gpu.export_dmabuf(off, len) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(format!("EXPORT_DMABUF with {why}: {e}, expected EINVAL")),
-            Ok(_) => return Err(format!("EXPORT_DMABUF with {why} succeeded, expected EINVAL")),
+            Ok(_) => {
+                return Err(format!(
+                    "EXPORT_DMABUF with {why} succeeded, expected EINVAL"
+                ))
+            }
         }
     }
 
-    let fd = gpu.export_dmabuf(OFF, SIZE).map_err(|e| format!("{} EXPORT_DMABUF {OFF:#x}+{SIZE:#x}: {e}", gpu.dev))?;
+    let fd = gpu
+        .export_dmabuf(OFF, SIZE)
+        .map_err(|e| format!("{} EXPORT_DMABUF {OFF:#x}+{SIZE:#x}: {e}", gpu.dev))?;
     let raw = fd.as_raw_fd();
-    let link = std::fs::read_link(format!("/proc/self/fd/{raw}")).map(|p| p.display().to_string()).unwrap_or_default();
+    let link = std::fs::read_link(format!("/proc/self/fd/{raw}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     // SAFETY: lseek on an fd we own; a dma-buf reports its size at SEEK_END.
     let size = unsafe { libc::lseek(raw, 0, libc::SEEK_END) };
-    ctx.diag(&format!("exported VRAM {OFF:#x}+{SIZE:#x} as fd {raw} ({link}), lseek(SEEK_END) = {size}"));
+    ctx.diag(&format!(
+        "exported VRAM {OFF:#x}+{SIZE:#x} as fd {raw} ({link}), lseek(SEEK_END) = {size}"
+    ));
     if !link.contains("dmabuf") {
         return Err(format!("fd {raw} is not a dma-buf: {link}"));
     }
@@ -389,8 +516,13 @@ pub fn dmabuf_export(ctx: &mut Ctx) -> Result<(), String> {
 
     let cbdf = client.bdf.as_deref().unwrap_or_default();
     let peer = parse_bdf(cbdf).ok_or_else(|| format!("cannot parse client bdf '{cbdf}'"))?;
-    for (who, p) in [(provider.info.name.as_str(), None), (client.info.name.as_str(), Some(peer))] {
-        let st = gpu.dmabuf_selftest(raw, p).map_err(|e| format!("DMABUF_SELFTEST as {who}: {e}"))?;
+    for (who, p) in [
+        (provider.info.name.as_str(), None),
+        (client.info.name.as_str(), Some(peer)),
+    ] {
+        let st = gpu
+            .dmabuf_selftest(raw, p)
+            .map_err(|e| format!("DMABUF_SELFTEST as {who}: {e}"))?;
         ctx.diag(&format!(
             "importer {who}: dma_addr {:#x} dma_len {:#x} nents {} contiguous {}",
             st.dma_addr, st.dma_len, st.nents, st.contiguous
@@ -406,7 +538,9 @@ pub fn dmabuf_export(ctx: &mut Ctx) -> Result<(), String> {
     // The fd is gone: the selftest must not find it.
     match gpu.dmabuf_selftest(raw, None) {
         Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
-        Err(e) => Err(format!("DMABUF_SELFTEST on the closed fd: {e}, expected EBADF")),
+        Err(e) => Err(format!(
+            "DMABUF_SELFTEST on the closed fd: {e}, expected EBADF"
+        )),
         Ok(_) => Err("DMABUF_SELFTEST on the closed fd succeeded".into()),
     }
 }
@@ -421,9 +555,23 @@ pub fn cpu_copy(ctx: &mut Ctx) -> Result<(), String> {
     let off = gpu.vram_offset(&p2p)?;
     let t = Instant::now();
     p2p.fill(SEED_CPU);
-    ctx.diag(&format!("CPU stores {} MiB into {} p2pmem (VRAM {off:#x}): {}", LEN / MIB, provider.info.name, mibs(LEN, t)));
+    ctx.diag(&format!(
+        "CPU stores {} MiB into {} p2pmem (VRAM {off:#x}): {}",
+        LEN / MIB,
+        provider.info.name,
+        mibs(LEN, t)
+    ));
     let t = Instant::now();
     p2p.verify(SEED_CPU)?;
-    ctx.diag(&format!("CPU loads and verifies {} MiB: {}", LEN / MIB, mibs(LEN, t)));
-    gpu.expect_digest(off, LEN, &pattern_digest(SEED_CPU, LEN), "after the CPU stores")
+    ctx.diag(&format!(
+        "CPU loads and verifies {} MiB: {}",
+        LEN / MIB,
+        mibs(LEN, t)
+    ));
+    gpu.expect_digest(
+        off,
+        LEN,
+        &pattern_digest(SEED_CPU, LEN),
+        "after the CPU stores",
+    )
 }

@@ -3,13 +3,18 @@
 use super::Ctx;
 
 fn sysfs(p: &str) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 pub fn identify(ctx: &mut Ctx) -> Result<(), String> {
     let c = ctx.env.role("client")?;
     if !c.info.is_nvme() {
-        return Err(format!("client {} is a {}, not an NVMe controller", c.info.name, c.info.kind));
+        return Err(format!(
+            "client {} is a {}, not an NVMe controller",
+            c.info.name, c.info.kind
+        ));
     }
     let ctrl = c.ctrl.as_deref().ok_or("no controller")?;
     let bdf = c.bdf.as_deref().unwrap_or_default();
@@ -24,14 +29,19 @@ pub fn identify(ctx: &mut Ctx) -> Result<(), String> {
     let state = sysfs(&format!("{base}/state")).unwrap_or_default();
     let model = sysfs(&format!("{base}/model")).unwrap_or_default();
     let fw = sysfs(&format!("{base}/firmware_rev")).unwrap_or_default();
-    ctx.diag(&format!("{} = {ctrl} at {bdf}: serial '{serial}' model '{model}' fw '{fw}' state {state}", c.info.name));
+    ctx.diag(&format!(
+        "{} = {ctrl} at {bdf}: serial '{serial}' model '{model}' fw '{fw}' state {state}",
+        c.info.name
+    ));
     if serial != c.info.serial.trim() {
         return Err(format!("serial '{serial}', want '{}'", c.info.serial));
     }
     if state != "live" {
         return Err(format!("{ctrl} state is '{state}', want live"));
     }
-    let ns = c.ns.as_deref().ok_or_else(|| format!("{ctrl} has no namespace"))?;
+    let ns =
+        c.ns.as_deref()
+            .ok_or_else(|| format!("{ctrl} has no namespace"))?;
     if !std::path::Path::new(ns).exists() {
         return Err(format!("{ns} does not exist"));
     }
@@ -53,27 +63,48 @@ pub fn cmb_p2pmem(ctx: &mut Ctx) -> Result<(), String> {
     const MIN: u64 = 64 << 20;
     let mut checked = 0;
     let log = dmesg();
-    let names: Vec<String> = [ctx.env.roles.client.clone(), ctx.env.roles.provider.clone()].into_iter().flatten().collect();
+    let names: Vec<String> = [ctx.env.roles.client.clone(), ctx.env.roles.provider.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
     for name in names {
-        let Some(d) = ctx.env.device(&name) else { continue };
+        let Some(d) = ctx.env.device(&name) else {
+            continue;
+        };
         if !d.info.is_nvme() || d.info.cmb_size == 0 {
             continue;
         }
-        let bdf = d.bdf.as_deref().ok_or_else(|| format!("{name} not found in the guest"))?;
-        let size_s = sysfs(&format!("/sys/bus/pci/devices/{bdf}/p2pmem/size"))
-            .ok_or_else(|| format!("{name} ({bdf}): no p2pmem published (CMB not mapped by nvme)"))?;
-        let size: u64 = size_s.parse().map_err(|_| format!("{name}: p2pmem/size '{size_s}'"))?;
-        let avail = sysfs(&format!("/sys/bus/pci/devices/{bdf}/p2pmem/available")).unwrap_or_default();
-        let published = sysfs(&format!("/sys/bus/pci/devices/{bdf}/p2pmem/published")).unwrap_or_default();
-        ctx.diag(&format!("{name} ({bdf}): p2pmem size {size} available {avail} published {published}"));
+        let bdf = d
+            .bdf
+            .as_deref()
+            .ok_or_else(|| format!("{name} not found in the guest"))?;
+        let size_s =
+            sysfs(&format!("/sys/bus/pci/devices/{bdf}/p2pmem/size")).ok_or_else(|| {
+                format!("{name} ({bdf}): no p2pmem published (CMB not mapped by nvme)")
+            })?;
+        let size: u64 = size_s
+            .parse()
+            .map_err(|_| format!("{name}: p2pmem/size '{size_s}'"))?;
+        let avail =
+            sysfs(&format!("/sys/bus/pci/devices/{bdf}/p2pmem/available")).unwrap_or_default();
+        let published =
+            sysfs(&format!("/sys/bus/pci/devices/{bdf}/p2pmem/published")).unwrap_or_default();
+        ctx.diag(&format!(
+            "{name} ({bdf}): p2pmem size {size} available {avail} published {published}"
+        ));
         if size < MIN {
             return Err(format!("{name}: p2pmem/size {size} < {MIN}"));
         }
         if published != "1" {
             return Err(format!("{name}: p2pmem/published is '{published}'"));
         }
-        if !log.lines().any(|l| l.contains(bdf) && l.contains("added peer-to-peer DMA memory")) {
-            return Err(format!("{name}: no 'added peer-to-peer DMA memory' for {bdf} in dmesg"));
+        if !log
+            .lines()
+            .any(|l| l.contains(bdf) && l.contains("added peer-to-peer DMA memory"))
+        {
+            return Err(format!(
+                "{name}: no 'added peer-to-peer DMA memory' for {bdf} in dmesg"
+            ));
         }
         checked += 1;
     }
@@ -108,13 +139,19 @@ const FIO_SIZE: u64 = 256 << 20;
 
 fn rate(len: usize, t: Instant) -> String {
     let s = t.elapsed().as_secs_f64();
-    format!("{:.2} s, {:.1} MiB/s", s, len as f64 / MIB as f64 / s.max(1e-9))
+    format!(
+        "{:.2} s, {:.1} MiB/s",
+        s,
+        len as f64 / MIB as f64 / s.max(1e-9)
+    )
 }
 
 /// A seed that differs per boot, so data left on a reused namespace file by an earlier
 /// run can never pass a verification.
 fn fresh_seed(tag: u64) -> u64 {
-    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     tag ^ ns.rotate_left(17)
 }
 
@@ -122,10 +159,18 @@ fn fresh_seed(tag: u64) -> u64 {
 fn nvme_role<'a>(ctx: &Ctx<'a>, role: &str) -> Result<(&'a Found, String, String), String> {
     let d = ctx.env.role(role)?;
     if !d.info.is_nvme() {
-        return Err(format!("{role} {} is a {}, not an NVMe controller", d.info.name, d.info.kind));
+        return Err(format!(
+            "{role} {} is a {}, not an NVMe controller",
+            d.info.name, d.info.kind
+        ));
     }
-    let bdf = d.bdf.clone().ok_or_else(|| format!("{role} {} has no PCI address", d.info.name))?;
-    let ns = d.ns.clone().ok_or_else(|| format!("{role} {} has no namespace block device", d.info.name))?;
+    let bdf = d
+        .bdf
+        .clone()
+        .ok_or_else(|| format!("{role} {} has no PCI address", d.info.name))?;
+    let ns =
+        d.ns.clone()
+            .ok_or_else(|| format!("{role} {} has no namespace block device", d.info.name))?;
     Ok((d, bdf, ns))
 }
 
@@ -135,8 +180,14 @@ fn stage(ctx: &mut Ctx, ns: &str, off: u64, len: usize, seed: u64) -> Result<(),
     ram.fill(seed);
     let f = open_direct(ns)?;
     let t = Instant::now();
-    direct_io(&f, &ram, off, MIB, true).map_err(|e| format!("staging pwrite RAM -> {ns}@{off:#x}: {e}"))?;
-    ctx.diag(&format!("staged {} MiB RAM -> {ns}@{}M: {}", len / MIB, off >> 20, rate(len, t)));
+    direct_io(&f, &ram, off, MIB, true)
+        .map_err(|e| format!("staging pwrite RAM -> {ns}@{off:#x}: {e}"))?;
+    ctx.diag(&format!(
+        "staged {} MiB RAM -> {ns}@{}M: {}",
+        len / MIB,
+        off >> 20,
+        rate(len, t)
+    ));
     Ok(())
 }
 
@@ -144,7 +195,10 @@ fn stage(ctx: &mut Ctx, ns: &str, off: u64, len: usize, seed: u64) -> Result<(),
 fn p2pmem_stats(bdf: &str) -> Result<(u64, u64), String> {
     let get = |f: &str| -> Result<u64, String> {
         let p = format!("/sys/bus/pci/devices/{bdf}/p2pmem/{f}");
-        sysfs(&p).ok_or_else(|| format!("no {p} (CMB not published as p2pmem)"))?.parse().map_err(|_| format!("{p}: not a number"))
+        sysfs(&p)
+            .ok_or_else(|| format!("no {p} (CMB not published as p2pmem)"))?
+            .parse()
+            .map_err(|_| format!("{p}: not a number"))
     };
     Ok((get("size")?, get("available")?))
 }
@@ -153,9 +207,17 @@ fn p2pmem_stats(bdf: &str) -> Result<(u64, u64), String> {
 pub fn cmb_read(ctx: &mut Ctx) -> Result<(), String> {
     let (c, bdf, ns) = nvme_role(ctx, "client")?;
     let (size, avail) = p2pmem_stats(&bdf)?;
-    ctx.diag(&format!("{} ({bdf}) p2pmem: size {} MiB, available {} MiB (the rest holds SQs)", c.info.name, size >> 20, avail >> 20));
+    ctx.diag(&format!(
+        "{} ({bdf}) p2pmem: size {} MiB, available {} MiB (the rest holds SQs)",
+        c.info.name,
+        size >> 20,
+        avail >> 20
+    ));
     if avail < CMB_READ_LEN as u64 {
-        return Err(format!("{}: only {avail} bytes of p2pmem available, need {CMB_READ_LEN}", c.info.name));
+        return Err(format!(
+            "{}: only {avail} bytes of p2pmem available, need {CMB_READ_LEN}",
+            c.info.name
+        ));
     }
     let seed = fresh_seed(0x636d_6272);
     stage(ctx, &ns, CMB_READ_OFF, CMB_READ_LEN, seed)?;
@@ -163,11 +225,20 @@ pub fn cmb_read(ctx: &mut Ctx) -> Result<(), String> {
     cmb.fill(!seed);
     let f = open_direct(&ns)?;
     let t = Instant::now();
-    direct_io(&f, &cmb, CMB_READ_OFF, MIB, false).map_err(|e| format!("pread {ns} -> own CMB p2pmem ({bdf}): {e}"))?;
-    ctx.diag(&format!("read {ns} -> {} CMB p2pmem: {}", c.info.name, rate(CMB_READ_LEN, t)));
+    direct_io(&f, &cmb, CMB_READ_OFF, MIB, false)
+        .map_err(|e| format!("pread {ns} -> own CMB p2pmem ({bdf}): {e}"))?;
+    ctx.diag(&format!(
+        "read {ns} -> {} CMB p2pmem: {}",
+        c.info.name,
+        rate(CMB_READ_LEN, t)
+    ));
     let t = Instant::now();
     cmb.verify(seed)?;
-    ctx.diag(&format!("verified {} MiB in the CMB: {}", CMB_READ_LEN / MIB, rate(CMB_READ_LEN, t)));
+    ctx.diag(&format!(
+        "verified {} MiB in the CMB: {}",
+        CMB_READ_LEN / MIB,
+        rate(CMB_READ_LEN, t)
+    ));
     Ok(())
 }
 
@@ -175,19 +246,26 @@ pub fn cmb_read(ctx: &mut Ctx) -> Result<(), String> {
 /// rule proves the controller fetched the SQEs from its own CMB).
 pub fn sqs_in_cmb(ctx: &mut Ctx) -> Result<(), String> {
     let (c, bdf, ns) = nvme_role(ctx, "client")?;
-    let param = sysfs("/sys/module/nvme/parameters/use_cmb_sqes").ok_or("no /sys/module/nvme/parameters/use_cmb_sqes")?;
+    let param = sysfs("/sys/module/nvme/parameters/use_cmb_sqes")
+        .ok_or("no /sys/module/nvme/parameters/use_cmb_sqes")?;
     if param != "Y" {
-        return Err(format!("nvme.use_cmb_sqes is '{param}': the driver keeps SQs out of the CMB"));
+        return Err(format!(
+            "nvme.use_cmb_sqes is '{param}': the driver keeps SQs out of the CMB"
+        ));
     }
     // SQs are allocated from the CMB's p2pmem pool: with nothing else mapped, the
     // difference between size and available is the SQ memory.
     let (size, avail) = p2pmem_stats(&bdf)?;
     let used = size - avail;
     let ctrl = c.ctrl.as_deref().unwrap_or("?");
-    let qcount = sysfs(&format!("/sys/class/nvme/{ctrl}/queue_count")).unwrap_or_else(|| "?".into());
+    let qcount =
+        sysfs(&format!("/sys/class/nvme/{ctrl}/queue_count")).unwrap_or_else(|| "?".into());
     ctx.diag(&format!("{} ({bdf}): use_cmb_sqes=Y, p2pmem in use {used} bytes of {size} (SQ memory), queue_count {qcount}", c.info.name));
     if used == 0 {
-        return Err(format!("{}: no p2pmem in use: the I/O SQs are not in the CMB", c.info.name));
+        return Err(format!(
+            "{}: no p2pmem in use: the I/O SQs are not in the CMB",
+            c.info.name
+        ));
     }
     const BS: usize = 4096;
     const SPAN: usize = 1024; // distinct 4 KiB blocks (4 MiB)
@@ -201,34 +279,55 @@ pub fn sqs_in_cmb(ctx: &mut Ctx) -> Result<(), String> {
         let blk = (i * 389) % SPAN; // a permutation stride: scattered, not sequential
         let off = SQS_OFF + (blk * BS) as u64;
         // SAFETY: buf is a live 4 KiB mapping.
-        let r = unsafe { libc::pread(std::os::fd::AsRawFd::as_raw_fd(&f), buf.ptr().cast(), BS, off as libc::off_t) };
+        let r = unsafe {
+            libc::pread(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                buf.ptr().cast(),
+                BS,
+                off as libc::off_t,
+            )
+        };
         if r != BS as isize {
-            return Err(format!("read {i} ({ns}@{off:#x}): {} (returned {r})", std::io::Error::last_os_error()));
+            return Err(format!(
+                "read {i} ({ns}@{off:#x}): {} (returned {r})",
+                std::io::Error::last_os_error()
+            ));
         }
         for w in [0usize, 511] {
             // SAFETY: w < 512 words of the 4 KiB mapping.
             let got = unsafe { words.add(w).read_volatile() };
             let want = crate::mem::pattern(seed, (blk * BS / 8 + w) as u64);
             if got != want {
-                return Err(format!("read {i} ({ns}@{off:#x}) word {w}: got {got:#x}, want {want:#x}"));
+                return Err(format!(
+                    "read {i} ({ns}@{off:#x}) word {w}: got {got:#x}, want {want:#x}"
+                ));
             }
         }
     }
     let s = t.elapsed().as_secs_f64();
-    ctx.diag(&format!("{SQS_READS} x 4 KiB O_DIRECT reads, verified: {s:.2} s, {:.0} IOPS", SQS_READS as f64 / s.max(1e-9)));
+    ctx.diag(&format!(
+        "{SQS_READS} x 4 KiB O_DIRECT reads, verified: {s:.2} s, {:.0} IOPS",
+        SQS_READS as f64 / s.max(1e-9)
+    ));
     Ok(())
 }
 
 /// Run `prog args` and return stdout; a non-zero exit is an error carrying stderr.
 fn run_tool(prog: &str, args: &[&str]) -> Result<Vec<u8>, String> {
-    let o = std::process::Command::new(prog).args(args).output().map_err(|e| format!("cannot run {prog}: {e}"))?;
+    let o = std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
     if !o.status.success() {
         return Err(format!(
             "{prog} {} failed ({}): {}{}",
             args.join(" "),
             o.status,
             String::from_utf8_lossy(&o.stderr).trim(),
-            String::from_utf8_lossy(&o.stdout).chars().take(400).collect::<String>()
+            String::from_utf8_lossy(&o.stdout)
+                .chars()
+                .take(400)
+                .collect::<String>()
         ));
     }
     Ok(o.stdout)
@@ -240,16 +339,35 @@ const VLOG_LEN: usize = 64 * 1024;
 fn vendor_log(ctrl: &str) -> Result<(serde_json::Value, String), String> {
     let dev = format!("/dev/{ctrl}");
     let len = VLOG_LEN.to_string();
-    let raw = run_tool("nvme", &["get-log", &dev, "--log-id=0xc0", &format!("--log-len={len}"), "--raw-binary"])?;
+    let raw = run_tool(
+        "nvme",
+        &[
+            "get-log",
+            &dev,
+            "--log-id=0xc0",
+            &format!("--log-len={len}"),
+            "--raw-binary",
+        ],
+    )?;
     if raw.len() != VLOG_LEN {
-        return Err(format!("nvme get-log returned {} bytes, asked for {VLOG_LEN}", raw.len()));
+        return Err(format!(
+            "nvme get-log returned {} bytes, asked for {VLOG_LEN}",
+            raw.len()
+        ));
     }
-    let end = raw.iter().position(|&b| b == 0).ok_or_else(|| format!("vendor log fills all {VLOG_LEN} bytes: truncated JSON"))?;
+    let end = raw
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| format!("vendor log fills all {VLOG_LEN} bytes: truncated JSON"))?;
     if raw[end..].iter().any(|&b| b != 0) {
-        return Err(format!("vendor log: non-zero bytes after the JSON's end at {end}"));
+        return Err(format!(
+            "vendor log: non-zero bytes after the JSON's end at {end}"
+        ));
     }
-    let text = String::from_utf8(raw[..end].to_vec()).map_err(|_| "vendor log is not UTF-8".to_string())?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("vendor log is not JSON ({e}): {:.200}", text))?;
+    let text = String::from_utf8(raw[..end].to_vec())
+        .map_err(|_| "vendor log is not UTF-8".to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("vendor log is not JSON ({e}): {:.200}", text))?;
     Ok((v, text))
 }
 
@@ -262,7 +380,8 @@ fn log_counter(v: &serde_json::Value, dev: &str, path: &[&str]) -> Result<u64, S
     for p in path {
         x = &x[*p];
     }
-    x.as_u64().ok_or_else(|| format!("vendor log: {dev}.{} is not a number", path.join(".")))
+    x.as_u64()
+        .ok_or_else(|| format!("vendor log: {dev}.{} is not a number", path.join(".")))
 }
 
 /// vendor-log: page 0xC0 carries the fabric's counters; they move as the guest's I/O does.
@@ -272,7 +391,12 @@ pub fn vendor_log_case(ctx: &mut Ctx) -> Result<(), String> {
     let ctrl = c.ctrl.clone().ok_or("client has no controller")?;
     let (v1, _) = vendor_log(&ctrl)?;
     // Every p2plab device of the run must be in it.
-    for d in ctx.env.devices.iter().filter(|d| d.info.kind == "nvme" || d.info.kind == "gpu") {
+    for d in ctx
+        .env
+        .devices
+        .iter()
+        .filter(|d| d.info.kind == "nvme" || d.info.kind == "gpu")
+    {
         log_counter(&v1, &d.info.name, &["dma", "host_memory", "write_bytes"])?;
     }
     let hw = ["dma", "host_memory", "write_bytes"];
@@ -282,12 +406,17 @@ pub fn vendor_log_case(ctx: &mut Ctx) -> Result<(), String> {
     direct_io(&f, &ram, VLOG_OFF, MIB, false).map_err(|e| format!("pread {ns}: {e}"))?;
     let (v2, text) = vendor_log(&ctrl)?;
     let w2 = log_counter(&v2, &name, &hw)?;
-    let d = w2.checked_sub(w1).ok_or_else(|| format!("{name}.dma.host_memory.write_bytes went backwards: {w1} -> {w2}"))?;
+    let d = w2.checked_sub(w1).ok_or_else(|| {
+        format!("{name}.dma.host_memory.write_bytes went backwards: {w1} -> {w2}")
+    })?;
     ctx.diag(&format!("vendor log {ctrl}: {name}.dma.host_memory.write_bytes {w1} -> {w2} (+{d}) around a {VLOG_READ}-byte O_DIRECT read"));
     // The read itself, plus the first log's data (64 KiB) and completions.
     let slack = (VLOG_LEN + 64 * 1024) as u64;
     if d < VLOG_READ as u64 || d > VLOG_READ as u64 + slack {
-        return Err(format!("{name}.dma.host_memory.write_bytes grew by {d}, want {VLOG_READ}..={}", VLOG_READ as u64 + slack));
+        return Err(format!(
+            "{name}.dma.host_memory.write_bytes grew by {d}, want {VLOG_READ}..={}",
+            VLOG_READ as u64 + slack
+        ));
     }
     // Monotonic everywhere.
     for dev in v2["devices"].as_array().into_iter().flatten() {
@@ -297,7 +426,9 @@ pub fn vendor_log_case(ctx: &mut Ctx) -> Result<(), String> {
                 let a = log_counter(&v1, n, &["dma", dir, k])?;
                 let b = log_counter(&v2, n, &["dma", dir, k])?;
                 if b < a {
-                    return Err(format!("vendor log: {n}.dma.{dir}.{k} went backwards: {a} -> {b}"));
+                    return Err(format!(
+                        "vendor log: {n}.dma.{dir}.{k} went backwards: {a} -> {b}"
+                    ));
                 }
             }
         }
@@ -335,10 +466,16 @@ pub fn fio_verify(ctx: &mut Ctx) -> Result<(), String> {
             ],
         )?;
         let text = String::from_utf8_lossy(&out);
-        let json = text.find('{').map(|i| &text[i..]).ok_or_else(|| format!("fio printed no JSON: {text:.300}"))?;
-        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("fio JSON: {e}"))?;
+        let json = text
+            .find('{')
+            .map(|i| &text[i..])
+            .ok_or_else(|| format!("fio printed no JSON: {text:.300}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("fio JSON: {e}"))?;
         let job = &v["jobs"][0];
-        let err = job["error"].as_i64().ok_or("fio JSON has no jobs[0].error")?;
+        let err = job["error"]
+            .as_i64()
+            .ok_or("fio JSON has no jobs[0].error")?;
         let wb = job["write"]["io_bytes"].as_u64().unwrap_or(0);
         let rb = job["read"]["io_bytes"].as_u64().unwrap_or(0);
         let wbw = job["write"]["bw"].as_u64().unwrap_or(0) / 1024;
@@ -354,7 +491,9 @@ pub fn fio_verify(ctx: &mut Ctx) -> Result<(), String> {
             return Err(format!("fio QD{qd}: error {err}"));
         }
         if wb < FIO_SIZE || rb < FIO_SIZE {
-            return Err(format!("fio QD{qd}: wrote {wb} and verified {rb} bytes, want >= {FIO_SIZE} each"));
+            return Err(format!(
+                "fio QD{qd}: wrote {wb} and verified {rb} bytes, want >= {FIO_SIZE} each"
+            ));
         }
     }
     Ok(())
@@ -371,28 +510,50 @@ pub fn nvme_nvme_copy(ctx: &mut Ctx) -> Result<(), String> {
     cmb.fill(!seed);
     let cf = open_direct(&cns)?;
     let t = Instant::now();
-    direct_io(&cf, &cmb, COPY_OFF, MIB, false).map_err(|e| format!("pread {cns} -> {} CMB p2pmem: {e}", p.info.name))?;
-    ctx.diag(&format!("{} ({cns}) -> {} CMB: {}", c.info.name, p.info.name, rate(COPY_LEN, t)));
-    cmb.verify(seed).map_err(|e| format!("{} CMB after the P2P read: {e}", p.info.name))?;
+    direct_io(&cf, &cmb, COPY_OFF, MIB, false)
+        .map_err(|e| format!("pread {cns} -> {} CMB p2pmem: {e}", p.info.name))?;
+    ctx.diag(&format!(
+        "{} ({cns}) -> {} CMB: {}",
+        c.info.name,
+        p.info.name,
+        rate(COPY_LEN, t)
+    ));
+    cmb.verify(seed)
+        .map_err(|e| format!("{} CMB after the P2P read: {e}", p.info.name))?;
     let pf = open_direct(&pns)?;
     let t = Instant::now();
-    direct_io(&pf, &cmb, COPY_OFF, MIB, true).map_err(|e| format!("pwrite {} CMB -> {pns}: {e}", p.info.name))?;
-    ctx.diag(&format!("{} CMB -> {} ({pns}): {}", p.info.name, p.info.name, rate(COPY_LEN, t)));
+    direct_io(&pf, &cmb, COPY_OFF, MIB, true)
+        .map_err(|e| format!("pwrite {} CMB -> {pns}: {e}", p.info.name))?;
+    ctx.diag(&format!(
+        "{} CMB -> {} ({pns}): {}",
+        p.info.name,
+        p.info.name,
+        rate(COPY_LEN, t)
+    ));
     drop(cmb);
     let ram = Mapping::ram(COPY_LEN)?;
-    direct_io(&pf, &ram, COPY_OFF, MIB, false).map_err(|e| format!("read-back {pns} -> RAM: {e}"))?;
-    ram.verify(seed).map_err(|e| format!("{pns} read back: {e}"))?;
+    direct_io(&pf, &ram, COPY_OFF, MIB, false)
+        .map_err(|e| format!("read-back {pns} -> RAM: {e}"))?;
+    ram.verify(seed)
+        .map_err(|e| format!("{pns} read back: {e}"))?;
     ctx.diag(&format!("verified {} MiB on {pns}", COPY_LEN / MIB));
     Ok(())
 }
 
 /// The root port above a PCI function (`0000:00:02.0` for `/sys/devices/pci0000:00/0000:00:02.0/...`).
 fn root_port(bdf: &str) -> Result<String, String> {
-    let p = std::fs::canonicalize(format!("/sys/bus/pci/devices/{bdf}")).map_err(|e| format!("{bdf}: {e}"))?;
+    let p = std::fs::canonicalize(format!("/sys/bus/pci/devices/{bdf}"))
+        .map_err(|e| format!("{bdf}: {e}"))?;
     let parts: Vec<String> = p.iter().map(|s| s.to_string_lossy().into_owned()).collect();
-    let i = parts.iter().position(|s| s.starts_with("pci")).ok_or_else(|| format!("{}: no pci root", p.display()))?;
+    let i = parts
+        .iter()
+        .position(|s| s.starts_with("pci"))
+        .ok_or_else(|| format!("{}: no pci root", p.display()))?;
     if parts.len() < i + 3 {
-        return Err(format!("{bdf} sits on the root bus ({}), not below a root port", p.display()));
+        return Err(format!(
+            "{bdf} sits on the root bus ({}), not below a root port",
+            p.display()
+        ));
     }
     Ok(parts[i + 1].clone())
 }
@@ -402,16 +563,33 @@ fn root_port(bdf: &str) -> Result<String, String> {
 pub fn p2p_host_bridge(ctx: &mut Ctx) -> Result<(), String> {
     let c = ctx.env.role("client")?;
     let p = ctx.env.role("provider")?;
-    let (cb, pb) = (c.bdf.clone().unwrap_or_default(), p.bdf.clone().unwrap_or_default());
+    let (cb, pb) = (
+        c.bdf.clone().unwrap_or_default(),
+        p.bdf.clone().unwrap_or_default(),
+    );
     let (cr, pr) = (root_port(&cb)?, root_port(&pb)?);
-    ctx.diag(&format!("{} {cb} below root port {cr}; {} {pb} below root port {pr}", c.info.name, p.info.name));
+    ctx.diag(&format!(
+        "{} {cb} below root port {cr}; {} {pb} below root port {pr}",
+        c.info.name, p.info.name
+    ));
     if cr == pr {
-        return Err(format!("{} and {} share root port {cr}: this is not the host-bridge path", c.info.name, p.info.name));
+        return Err(format!(
+            "{} and {} share root port {cr}: this is not the host-bridge path",
+            c.info.name, p.info.name
+        ));
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |k: &str| cpuinfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string());
+    let field = |k: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+    };
     let vendor = field("vendor_id").unwrap_or_default();
-    let family: u32 = field("cpu family").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let family: u32 = field("cpu family")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     ctx.diag(&format!("CPU {vendor} family {family:#x}"));
     if vendor != "AuthenticAMD" || family < 0x17 {
         return Err(format!("CPU {vendor} family {family:#x}: Linux whitelists the host bridge only for AMD family >= 0x17"));

@@ -17,13 +17,20 @@ const SEED_WRITE: u64 = 0x7772_6974;
 fn roles<'a>(ctx: &Ctx<'a>) -> Result<(&'a Found, &'a Found, String), String> {
     let client = ctx.env.role("client")?;
     let provider = ctx.env.role("provider")?;
-    let ns = client.ns.clone().ok_or_else(|| format!("client {} has no namespace block device", client.info.name))?;
+    let ns = client
+        .ns
+        .clone()
+        .ok_or_else(|| format!("client {} has no namespace block device", client.info.name))?;
     Ok((client, provider, ns))
 }
 
 fn mibs(len: usize, t: Instant) -> String {
     let s = t.elapsed().as_secs_f64();
-    format!("{:.2} s, {:.1} MiB/s", s, len as f64 / MIB as f64 / s.max(1e-9))
+    format!(
+        "{:.2} s, {:.1} MiB/s",
+        s,
+        len as f64 / MIB as f64 / s.max(1e-9)
+    )
 }
 
 pub fn read(ctx: &mut Ctx) -> Result<(), String> {
@@ -32,13 +39,22 @@ pub fn read(ctx: &mut Ctx) -> Result<(), String> {
     let p2p = Mapping::p2pmem(bdf, LEN)?;
     let f = open_direct(&ns)?;
     // A GPU provider's VRAM is checked by its checksum engine: no CPU access to it.
-    let gpu = if provider.info.kind == "gpu" { Some(Gpu::open(provider)?) } else { None };
+    let gpu = if provider.info.kind == "gpu" {
+        Some(Gpu::open(provider)?)
+    } else {
+        None
+    };
     // Stage the pattern on the namespace from RAM first.
     let ram = Mapping::ram(LEN)?;
     ram.fill(SEED_READ);
     let t = Instant::now();
-    direct_io(&f, &ram, NS_OFF, CHUNK, true).map_err(|e| format!("staging pwrite from RAM to {ns}: {e}"))?;
-    ctx.diag(&format!("staged {} MiB RAM -> {ns}: {}", LEN / MIB, mibs(LEN, t)));
+    direct_io(&f, &ram, NS_OFF, CHUNK, true)
+        .map_err(|e| format!("staging pwrite from RAM to {ns}: {e}"))?;
+    ctx.diag(&format!(
+        "staged {} MiB RAM -> {ns}: {}",
+        LEN / MIB,
+        mibs(LEN, t)
+    ));
     drop(ram);
     let gpu_check = match &gpu {
         Some(g) => {
@@ -47,9 +63,14 @@ pub fn read(ctx: &mut Ctx) -> Result<(), String> {
             // Stale data must not pass: the range must not hold the pattern yet.
             let before = g.checksum(off, LEN as u64)?;
             if before == want {
-                return Err(format!("VRAM {off:#x}+{LEN:#x} already holds the pattern before the read"));
+                return Err(format!(
+                    "VRAM {off:#x}+{LEN:#x} already holds the pattern before the read"
+                ));
             }
-            ctx.diag(&format!("p2pmem at VRAM {off:#x}; device SHA-256 before the read {}", &hex(&before)[..16]));
+            ctx.diag(&format!(
+                "p2pmem at VRAM {off:#x}; device SHA-256 before the read {}",
+                &hex(&before)[..16]
+            ));
             Some((g, off, want))
         }
         None => {
@@ -58,18 +79,35 @@ pub fn read(ctx: &mut Ctx) -> Result<(), String> {
         }
     };
     let t = Instant::now();
-    direct_io(&f, &p2p, NS_OFF, CHUNK, false)
-        .map_err(|e| format!("pread {ns} -> p2pmem of {} ({bdf}): {e}", provider.info.name))?;
-    ctx.diag(&format!("p2p read {} ({ns}) -> {} p2pmem: {}", client.info.name, provider.info.name, mibs(LEN, t)));
+    direct_io(&f, &p2p, NS_OFF, CHUNK, false).map_err(|e| {
+        format!(
+            "pread {ns} -> p2pmem of {} ({bdf}): {e}",
+            provider.info.name
+        )
+    })?;
+    ctx.diag(&format!(
+        "p2p read {} ({ns}) -> {} p2pmem: {}",
+        client.info.name,
+        provider.info.name,
+        mibs(LEN, t)
+    ));
     let t = Instant::now();
     match gpu_check {
         Some((g, off, want)) => {
             g.expect_digest(off, LEN, &want, "after the P2P read")?;
-            ctx.diag(&format!("device checksum engine: SHA-256 {} matches ({})", &hex(&want)[..16], mibs(LEN, t)));
+            ctx.diag(&format!(
+                "device checksum engine: SHA-256 {} matches ({})",
+                &hex(&want)[..16],
+                mibs(LEN, t)
+            ));
         }
         None => {
             p2p.verify(SEED_READ)?;
-            ctx.diag(&format!("verified {} MiB in p2pmem: {}", LEN / MIB, mibs(LEN, t)));
+            ctx.diag(&format!(
+                "verified {} MiB in p2pmem: {}",
+                LEN / MIB,
+                mibs(LEN, t)
+            ));
         }
     }
     Ok(())
@@ -84,12 +122,22 @@ pub fn write(ctx: &mut Ctx) -> Result<(), String> {
     p2p.fill(SEED_WRITE);
     ctx.diag(&format!("pattern into p2pmem: {}", mibs(LEN, t)));
     let t = Instant::now();
-    direct_io(&f, &p2p, NS_OFF, CHUNK, true)
-        .map_err(|e| format!("pwrite p2pmem of {} ({bdf}) -> {ns}: {e}", provider.info.name))?;
-    ctx.diag(&format!("p2p write {} p2pmem -> {} ({ns}): {}", provider.info.name, client.info.name, mibs(LEN, t)));
+    direct_io(&f, &p2p, NS_OFF, CHUNK, true).map_err(|e| {
+        format!(
+            "pwrite p2pmem of {} ({bdf}) -> {ns}: {e}",
+            provider.info.name
+        )
+    })?;
+    ctx.diag(&format!(
+        "p2p write {} p2pmem -> {} ({ns}): {}",
+        provider.info.name,
+        client.info.name,
+        mibs(LEN, t)
+    ));
     let ram = Mapping::ram(LEN)?;
     let t = Instant::now();
-    direct_io(&f, &ram, NS_OFF, CHUNK, false).map_err(|e| format!("read-back pread {ns} -> RAM: {e}"))?;
+    direct_io(&f, &ram, NS_OFF, CHUNK, false)
+        .map_err(|e| format!("read-back pread {ns} -> RAM: {e}"))?;
     ctx.diag(&format!("read back {ns} -> RAM: {}", mibs(LEN, t)));
     ram.verify(SEED_WRITE)
 }
@@ -102,7 +150,10 @@ pub fn refused(ctx: &mut Ctx) -> Result<(), String> {
     match direct_io(&f, &p2p, NS_OFF, CHUNK, false) {
         Ok(()) => Err("the P2P pread succeeded; it must be refused on this topology".into()),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            ctx.diag(&format!("pread {ns} -> p2pmem of {} refused: {e} (expected)", provider.info.name));
+            ctx.diag(&format!(
+                "pread {ns} -> p2pmem of {} refused: {e} (expected)",
+                provider.info.name
+            ));
             Ok(())
         }
         Err(e) => Err(format!("the P2P pread failed with '{e}', expected EINVAL")),

@@ -31,10 +31,13 @@ fn hex(s: &str) -> Option<u64> {
 }
 
 fn rd16(c: &[u8], o: usize) -> u16 {
-    c.get(o..o + 2).map_or(0xffff, |b| u16::from_le_bytes([b[0], b[1]]))
+    c.get(o..o + 2)
+        .map_or(0xffff, |b| u16::from_le_bytes([b[0], b[1]]))
 }
 fn rd32(c: &[u8], o: usize) -> u32 {
-    c.get(o..o + 4).map_or(0xffff_ffff, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    c.get(o..o + 4).map_or(0xffff_ffff, |b| {
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    })
 }
 
 /// Capability id → offset (standard list).
@@ -46,7 +49,9 @@ fn caps(c: &[u8]) -> Result<Vec<(u8, usize)>, String> {
     let mut p = usize::from(c[0x34] & 0xfc);
     while p != 0 {
         if !(0x40..=0xfc).contains(&p) || out.len() > 48 {
-            return Err(format!("capability pointer {p:#x} is invalid or the list loops"));
+            return Err(format!(
+                "capability pointer {p:#x} is invalid or the list loops"
+            ));
         }
         out.push((c[p], p));
         p = usize::from(c[p + 1] & 0xfc);
@@ -57,7 +62,10 @@ fn caps(c: &[u8]) -> Result<Vec<(u8, usize)>, String> {
 /// Extended capability id → offset.
 fn ext_caps(c: &[u8]) -> Result<Vec<(u16, usize)>, String> {
     if c.len() < 4096 {
-        return Err(format!("config is {} bytes: no extended config space", c.len()));
+        return Err(format!(
+            "config is {} bytes: no extended config space",
+            c.len()
+        ));
     }
     let mut out = vec![];
     let mut p = 0x100usize;
@@ -72,7 +80,9 @@ fn ext_caps(c: &[u8]) -> Result<Vec<(u16, usize)>, String> {
             break;
         }
         if next < 0x100 || out.len() > 64 {
-            return Err(format!("extended capability pointer {next:#x} is invalid or the list loops"));
+            return Err(format!(
+                "extended capability pointer {next:#x} is invalid or the list loops"
+            ));
         }
         p = next;
     }
@@ -92,8 +102,16 @@ fn resources(bdf: &str) -> Result<Vec<Bar>, String> {
         .lines()
         .map(|l| {
             let f: Vec<u64> = l.split_whitespace().filter_map(hex).collect();
-            let (s, e, fl) = (f.first().copied().unwrap_or(0), f.get(1).copied().unwrap_or(0), f.get(2).copied().unwrap_or(0));
-            Bar { start: s, size: if e > s { e - s + 1 } else { 0 }, flags: fl }
+            let (s, e, fl) = (
+                f.first().copied().unwrap_or(0),
+                f.get(1).copied().unwrap_or(0),
+                f.get(2).copied().unwrap_or(0),
+            );
+            Bar {
+                start: s,
+                size: if e > s { e - s + 1 } else { 0 },
+                flags: fl,
+            }
         })
         .collect())
 }
@@ -118,20 +136,36 @@ fn check_bar(errs: &mut Vec<String>, bars: &[Bar], i: usize, size: u64, mem64: b
 
 fn check_device(ctx: &mut Ctx, d: &Found) -> Result<u64, String> {
     let name = &d.info.name;
-    let bdf = d.bdf.as_deref().ok_or_else(|| format!("{name} not found in the guest"))?;
+    let bdf = d
+        .bdf
+        .as_deref()
+        .ok_or_else(|| format!("{name} not found in the guest"))?;
     let dir = format!("/sys/bus/pci/devices/{bdf}");
-    let rd = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok().and_then(|s| hex(&s)).unwrap_or(u64::MAX);
+    let rd = |f: &str| {
+        std::fs::read_to_string(format!("{dir}/{f}"))
+            .ok()
+            .and_then(|s| hex(&s))
+            .unwrap_or(u64::MAX)
+    };
     let (vendor, device, class) = (rd("vendor"), rd("device"), rd("class"));
     let cfg = std::fs::read(format!("{dir}/config")).map_err(|e| format!("{dir}/config: {e}"))?;
     let bars = resources(bdf)?;
     let mut errs = vec![];
     let (want_dev, want_class, reg_bar, mem_bar, mem_size) = match d.info.kind.as_str() {
         "nvme" => (NVME_DEVICE, NVME_CLASS, NVME_REG_BAR, 2, d.info.cmb_size),
-        "gpu" => (d.info.device.unwrap_or(0), GPU_CLASS, GPU_REG_BAR, 2, d.info.vram_size),
+        "gpu" => (
+            d.info.device.unwrap_or(0),
+            GPU_CLASS,
+            GPU_REG_BAR,
+            2,
+            d.info.vram_size,
+        ),
         k => return Err(format!("{name}: kind {k} is not a p2plab device")),
     };
     if vendor != u64::from(VENDOR) || device != u64::from(want_dev) {
-        errs.push(format!("ids {vendor:04x}:{device:04x}, want {VENDOR:04x}:{want_dev:04x}"));
+        errs.push(format!(
+            "ids {vendor:04x}:{device:04x}, want {VENDOR:04x}:{want_dev:04x}"
+        ));
     }
     if class != u64::from(want_class) {
         errs.push(format!("class {class:#08x}, want {want_class:#08x}"));
@@ -148,7 +182,11 @@ fn check_device(ctx: &mut Ctx, d: &Found) -> Result<u64, String> {
     check_bar(&mut errs, &bars, MSIX_BAR, MSIX_BAR_SIZE, false, false);
     let cl = caps(&cfg)?;
     let has = |id: u8| cl.iter().find(|c| c.0 == id).map(|c| c.1);
-    for (id, n) in [(CAP_PM, "PM"), (CAP_MSIX, "MSI-X"), (CAP_PCIE, "PCI Express")] {
+    for (id, n) in [
+        (CAP_PM, "PM"),
+        (CAP_MSIX, "MSI-X"),
+        (CAP_PCIE, "PCI Express"),
+    ] {
         if has(id).is_none() {
             errs.push(format!("no {n} capability"));
         }
@@ -188,9 +226,18 @@ fn check_device(ctx: &mut Ctx, d: &Found) -> Result<u64, String> {
                 let ctrl = rd32(&cfg, p + 8);
                 let idx = (ctrl >> 8) & 0x3f;
                 let cur = 1u64 << (idx + 20);
-                rebar = format!("ReBAR BAR{} sizes {:#x} current {} MiB", ctrl & 7, cap >> 4, cur >> 20);
-                if (ctrl & 7) as usize != mem_bar || cur != mem_size || (cap >> 4) & (1 << idx) == 0 {
-                    errs.push(format!("{rebar}: want BAR{mem_bar} at {} MiB, supported", mem_size >> 20));
+                rebar = format!(
+                    "ReBAR BAR{} sizes {:#x} current {} MiB",
+                    ctrl & 7,
+                    cap >> 4,
+                    cur >> 20
+                );
+                if (ctrl & 7) as usize != mem_bar || cur != mem_size || (cap >> 4) & (1 << idx) == 0
+                {
+                    errs.push(format!(
+                        "{rebar}: want BAR{mem_bar} at {} MiB, supported",
+                        mem_size >> 20
+                    ));
                 }
             }
             None => errs.push("no Resizable BAR extended capability".into()),
@@ -204,7 +251,10 @@ fn check_device(ctx: &mut Ctx, d: &Found) -> Result<u64, String> {
         ""
     ));
     for (i, b) in bars.iter().enumerate().take(6).filter(|(_, b)| b.size != 0) {
-        ctx.diag(&format!("{name} BAR{i}: {:#x} size {:#x} flags {:#x}", b.start, b.size, b.flags));
+        ctx.diag(&format!(
+            "{name} BAR{i}: {:#x} size {:#x} flags {:#x}",
+            b.start, b.size, b.flags
+        ));
     }
     if errs.is_empty() {
         Ok(dsn)
@@ -220,7 +270,13 @@ pub fn config(ctx: &mut Ctx) -> Result<(), String> {
             ctx.diag(&format!("lspci: {l}"));
         }
     }
-    let devs: Vec<Found> = ctx.env.devices.iter().filter(|d| d.info.kind == "nvme" || d.info.kind == "gpu").cloned().collect();
+    let devs: Vec<Found> = ctx
+        .env
+        .devices
+        .iter()
+        .filter(|d| d.info.kind == "nvme" || d.info.kind == "gpu")
+        .cloned()
+        .collect();
     if devs.is_empty() {
         return Err("no p2plab device (kind nvme or gpu) in this topology".into());
     }
@@ -234,7 +290,10 @@ pub fn config(ctx: &mut Ctx) -> Result<(), String> {
     }
     for (i, a) in dsns.iter().enumerate() {
         if let Some(b) = dsns[i + 1..].iter().find(|b| b.1 == a.1) {
-            errs.push(format!("{} and {} share the Device Serial Number {:016x}", a.0, b.0, a.1));
+            errs.push(format!(
+                "{} and {} share the Device Serial Number {:016x}",
+                a.0, b.0, a.1
+            ));
         }
     }
     if errs.is_empty() {

@@ -107,9 +107,21 @@ struct Map {
 impl Map {
     fn new(fd: i32, len: usize, off: i64) -> Result<Map, String> {
         // SAFETY: a new shared mapping of an io_uring fd at one of its defined offsets.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_POPULATE, fd, off) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                off,
+            )
+        };
         if p == libc::MAP_FAILED {
-            return Err(format!("mmap io_uring offset {off:#x}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap io_uring offset {off:#x}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(Map { p: p.cast(), len })
     }
@@ -140,17 +152,40 @@ impl Ring {
     fn new(entries: u32) -> Result<Ring, String> {
         let mut p = Params::default();
         // SAFETY: io_uring_setup reads and fills `p`, a live io_uring_params.
-        let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, std::ptr::from_mut(&mut p)) };
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_setup,
+                entries,
+                std::ptr::from_mut(&mut p),
+            )
+        };
         if fd < 0 {
-            return Err(format!("io_uring_setup({entries}): {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "io_uring_setup({entries}): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // SAFETY: a new fd returned by the kernel, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let raw = fd.as_raw_fd();
-        let sq = Map::new(raw, p.sq_off.array as usize + p.sq_entries as usize * 4, OFF_SQ_RING)?;
-        let cq = Map::new(raw, p.cq_off.cqes as usize + p.cq_entries as usize * size_of::<Cqe>(), OFF_CQ_RING)?;
+        let sq = Map::new(
+            raw,
+            p.sq_off.array as usize + p.sq_entries as usize * 4,
+            OFF_SQ_RING,
+        )?;
+        let cq = Map::new(
+            raw,
+            p.cq_off.cqes as usize + p.cq_entries as usize * size_of::<Cqe>(),
+            OFF_CQ_RING,
+        )?;
         let sqes = Map::new(raw, p.sq_entries as usize * size_of::<Sqe>(), OFF_SQES)?;
-        Ok(Ring { sq, cq, sqes, fd, p })
+        Ok(Ring {
+            sq,
+            cq,
+            sqes,
+            fd,
+            p,
+        })
     }
 
     fn atomic(&self, m: &Map, off: u32) -> &AtomicU32 {
@@ -161,23 +196,37 @@ impl Ring {
 
     /// Queue one SQE (the caller keeps at most sq_entries in flight).
     fn push(&self, sqe: Sqe) {
-        let tail = self.atomic(&self.sq, self.p.sq_off.tail).load(Ordering::Relaxed);
+        let tail = self
+            .atomic(&self.sq, self.p.sq_off.tail)
+            .load(Ordering::Relaxed);
         // SAFETY: ring_mask is a kernel-written u32 inside the SQ ring map.
         let mask = unsafe { *self.sq.at::<u32>(self.p.sq_off.ring_mask) };
         let idx = tail & mask;
         // SAFETY: idx <= mask < sq_entries: inside the SQE array and the index array.
         unsafe {
             self.sqes.at::<Sqe>(0).add(idx as usize).write(sqe);
-            self.sq.at::<u32>(self.p.sq_off.array).add(idx as usize).write(idx);
+            self.sq
+                .at::<u32>(self.p.sq_off.array)
+                .add(idx as usize)
+                .write(idx);
         }
-        self.atomic(&self.sq, self.p.sq_off.tail).store(tail.wrapping_add(1), Ordering::Release);
+        self.atomic(&self.sq, self.p.sq_off.tail)
+            .store(tail.wrapping_add(1), Ordering::Release);
     }
 
     fn enter(&self, submit: u32, wait: u32) -> Result<(), std::io::Error> {
         loop {
             // SAFETY: io_uring_enter on our ring fd without a signal mask.
             let r = unsafe {
-                libc::syscall(libc::SYS_io_uring_enter, self.fd.as_raw_fd(), submit, wait, ENTER_GETEVENTS, std::ptr::null::<u8>(), 0usize)
+                libc::syscall(
+                    libc::SYS_io_uring_enter,
+                    self.fd.as_raw_fd(),
+                    submit,
+                    wait,
+                    ENTER_GETEVENTS,
+                    std::ptr::null::<u8>(),
+                    0usize,
+                )
             };
             if r >= 0 {
                 return Ok(());
@@ -192,13 +241,20 @@ impl Ring {
     /// Pop every available CQE.
     fn reap(&self, out: &mut Vec<Cqe>) {
         let head_a = self.atomic(&self.cq, self.p.cq_off.head);
-        let tail = self.atomic(&self.cq, self.p.cq_off.tail).load(Ordering::Acquire);
+        let tail = self
+            .atomic(&self.cq, self.p.cq_off.tail)
+            .load(Ordering::Acquire);
         // SAFETY: ring_mask is a kernel-written u32 inside the CQ ring map.
         let mask = unsafe { *self.cq.at::<u32>(self.p.cq_off.ring_mask) };
         let mut head = head_a.load(Ordering::Relaxed);
         while head != tail {
             // SAFETY: (head & mask) < cq_entries: inside the CQE array.
-            out.push(unsafe { self.cq.at::<Cqe>(self.p.cq_off.cqes).add((head & mask) as usize).read() });
+            out.push(unsafe {
+                self.cq
+                    .at::<Cqe>(self.p.cq_off.cqes)
+                    .add((head & mask) as usize)
+                    .read()
+            });
             head = head.wrapping_add(1);
         }
         head_a.store(head, Ordering::Release);
@@ -227,7 +283,8 @@ impl Ring {
                 inflight += 1;
                 queued += 1;
             }
-            self.enter(queued, 1).map_err(|e| format!("io_uring_enter: {e}"))?;
+            self.enter(queued, 1)
+                .map_err(|e| format!("io_uring_enter: {e}"))?;
             cqes.clear();
             self.reap(&mut cqes);
             for c in &cqes {
@@ -241,7 +298,10 @@ impl Ring {
                     ));
                 }
                 if c.res as usize != want {
-                    return Err(format!("io_uring chunk {}: short transfer {} of {want}", c.user_data, c.res));
+                    return Err(format!(
+                        "io_uring chunk {}: short transfer {} of {want}",
+                        c.user_data, c.res
+                    ));
                 }
                 inflight -= 1;
                 done += 1;
@@ -253,7 +313,11 @@ impl Ring {
 
 fn mibs(len: usize, t: Instant) -> String {
     let s = t.elapsed().as_secs_f64();
-    format!("{:.2} s, {:.1} MiB/s", s, len as f64 / MIB as f64 / s.max(1e-9))
+    format!(
+        "{:.2} s, {:.1} MiB/s",
+        s,
+        len as f64 / MIB as f64 / s.max(1e-9)
+    )
 }
 
 /// Stage the pattern at A from RAM; io_uring READ A -> p2pmem X (checksum); io_uring
@@ -261,7 +325,10 @@ fn mibs(len: usize, t: Instant) -> String {
 pub fn io_uring_p2p(ctx: &mut Ctx) -> Result<(), String> {
     let client = ctx.env.role("client")?;
     let provider = ctx.env.role("provider")?;
-    let ns = client.ns.clone().ok_or_else(|| format!("client {} has no namespace block device", client.info.name))?;
+    let ns = client
+        .ns
+        .clone()
+        .ok_or_else(|| format!("client {} has no namespace block device", client.info.name))?;
     let gpu = Gpu::open(provider)?;
     let bdf = provider.bdf.as_deref().unwrap_or_default();
     let x = Mapping::p2pmem(bdf, LEN)?;
@@ -270,31 +337,56 @@ pub fn io_uring_p2p(ctx: &mut Ctx) -> Result<(), String> {
     let want = pattern_digest(SEED, LEN);
     for (o, what) in [(xo, "X"), (yo, "Y")] {
         if gpu.checksum(o, LEN as u64)? == want {
-            return Err(format!("p2pmem {what} (VRAM {o:#x}) already holds the pattern"));
+            return Err(format!(
+                "p2pmem {what} (VRAM {o:#x}) already holds the pattern"
+            ));
         }
     }
     let f = open_direct(&ns)?;
     let ram = Mapping::ram(LEN)?;
     ram.fill(SEED);
-    direct_io(&f, &ram, NS_A, CHUNK, true).map_err(|e| format!("staging pwrite RAM -> {ns}: {e}"))?;
+    direct_io(&f, &ram, NS_A, CHUNK, true)
+        .map_err(|e| format!("staging pwrite RAM -> {ns}: {e}"))?;
     drop(ram);
 
     let ring = Ring::new(DEPTH * 2)?;
-    ctx.diag(&format!("io_uring: {} SQ / {} CQ entries, features {:#x}; depth {DEPTH} x {} KiB", ring.p.sq_entries, ring.p.cq_entries, ring.p.features, CHUNK / 1024));
+    ctx.diag(&format!(
+        "io_uring: {} SQ / {} CQ entries, features {:#x}; depth {DEPTH} x {} KiB",
+        ring.p.sq_entries,
+        ring.p.cq_entries,
+        ring.p.features,
+        CHUNK / 1024
+    ));
 
     let t = Instant::now();
-    ring.transfer(&f, &x, NS_A, false).map_err(|e| format!("{ns} -> p2pmem X: {e}"))?;
-    ctx.diag(&format!("io_uring READ {ns}@{NS_A:#x} -> {} p2pmem X (VRAM {xo:#x}): {}", provider.info.name, mibs(LEN, t)));
+    ring.transfer(&f, &x, NS_A, false)
+        .map_err(|e| format!("{ns} -> p2pmem X: {e}"))?;
+    ctx.diag(&format!(
+        "io_uring READ {ns}@{NS_A:#x} -> {} p2pmem X (VRAM {xo:#x}): {}",
+        provider.info.name,
+        mibs(LEN, t)
+    ));
     gpu.expect_digest(xo, LEN, &want, "p2pmem X after io_uring READ")?;
 
     let t = Instant::now();
-    ring.transfer(&f, &x, NS_B, true).map_err(|e| format!("p2pmem X -> {ns}: {e}"))?;
-    ctx.diag(&format!("io_uring WRITE p2pmem X -> {ns}@{NS_B:#x}: {}", mibs(LEN, t)));
+    ring.transfer(&f, &x, NS_B, true)
+        .map_err(|e| format!("p2pmem X -> {ns}: {e}"))?;
+    ctx.diag(&format!(
+        "io_uring WRITE p2pmem X -> {ns}@{NS_B:#x}: {}",
+        mibs(LEN, t)
+    ));
 
     let t = Instant::now();
-    ring.transfer(&f, &y, NS_B, false).map_err(|e| format!("{ns} -> p2pmem Y: {e}"))?;
-    ctx.diag(&format!("io_uring READ {ns}@{NS_B:#x} -> p2pmem Y (VRAM {yo:#x}): {}", mibs(LEN, t)));
+    ring.transfer(&f, &y, NS_B, false)
+        .map_err(|e| format!("{ns} -> p2pmem Y: {e}"))?;
+    ctx.diag(&format!(
+        "io_uring READ {ns}@{NS_B:#x} -> p2pmem Y (VRAM {yo:#x}): {}",
+        mibs(LEN, t)
+    ));
     gpu.expect_digest(yo, LEN, &want, "p2pmem Y after io_uring WRITE + READ")?;
-    ctx.diag(&format!("device SHA-256 {} matches in X and Y", &hex(&want)[..16]));
+    ctx.diag(&format!(
+        "device SHA-256 {} matches in X and Y",
+        &hex(&want)[..16]
+    ));
     Ok(())
 }
