@@ -494,11 +494,17 @@ enum Route {
     Relay(Arc<dyn HostMemory>),
 }
 
+/// What a route reaches: a mapping (own BAR, peer BAR, guest RAM) or the client relay.
+enum Target<'a> {
+    Mapped(&'a MmapRegion, u64),
+    Relay(&'a dyn HostMemory),
+}
+
 impl Route {
-    fn mapping(&self) -> Option<(&MmapRegion, u64)> {
+    fn target(&self) -> Target<'_> {
         match self {
-            Route::Own(m, o) | Route::Peer(_, m, o) | Route::Host(m, o) => Some((m, *o)),
-            Route::Relay(_) => None,
+            Route::Own(m, o) | Route::Peer(_, m, o) | Route::Host(m, o) => Target::Mapped(m, *o),
+            Route::Relay(c) => Target::Relay(c.as_ref()),
         }
     }
 }
@@ -513,12 +519,9 @@ impl DmaSpace for Port {
         self.fabric
             .transfer(self.id, addr, buf.len(), false, |route, at, n| {
                 let piece = &mut buf[at..at + n];
-                match route.mapping() {
-                    Some((m, off)) => m.read(off, piece),
-                    None => match route {
-                        Route::Relay(c) => c.relay_read(addr.0 + at as u64, piece),
-                        _ => unreachable!("mapping() covers every other route"),
-                    },
+                match route.target() {
+                    Target::Mapped(m, off) => m.read(off, piece),
+                    Target::Relay(c) => c.relay_read(addr.0 + at as u64, piece),
                 }
             })
     }
@@ -527,12 +530,9 @@ impl DmaSpace for Port {
         self.fabric
             .transfer(self.id, addr, data.len(), true, |route, at, n| {
                 let piece = &data[at..at + n];
-                match route.mapping() {
-                    Some((m, off)) => m.write(off, piece),
-                    None => match route {
-                        Route::Relay(c) => c.relay_write(addr.0 + at as u64, piece),
-                        _ => unreachable!("mapping() covers every other route"),
-                    },
+                match route.target() {
+                    Target::Mapped(m, off) => m.write(off, piece),
+                    Target::Relay(c) => c.relay_write(addr.0 + at as u64, piece),
                 }
             })
     }
@@ -546,16 +546,12 @@ impl DmaSpace for Port {
     ) -> Result<(), DmaError> {
         self.fabric
             .transfer(self.id, addr, len, true, |route, at, n| {
-                match route.mapping() {
-                    Some((m, off)) => m.read_from_file(off, file, file_offset + at as u64, n),
-                    None => {
-                        let mut buf = vec![0u8; n];
-                        p2plab_memory::read_exact_at(file, &mut buf, file_offset + at as u64)?;
-                        match route {
-                            Route::Relay(c) => c.relay_write(addr.0 + at as u64, &buf),
-                            _ => unreachable!("mapping() covers every other route"),
-                        }
-                    }
+                let foff = file_offset + at as u64;
+                match route.target() {
+                    Target::Mapped(m, off) => m.read_from_file(off, file, foff, n),
+                    Target::Relay(c) => p2plab_memory::bounce_from_file(file, foff, n, |b| {
+                        c.relay_write(addr.0 + at as u64, b)
+                    }),
                 }
             })
     }
@@ -569,16 +565,12 @@ impl DmaSpace for Port {
     ) -> Result<(), DmaError> {
         self.fabric
             .transfer(self.id, addr, len, false, |route, at, n| {
-                match route.mapping() {
-                    Some((m, off)) => m.write_to_file(off, file, file_offset + at as u64, n),
-                    None => {
-                        let mut buf = vec![0u8; n];
-                        match route {
-                            Route::Relay(c) => c.relay_read(addr.0 + at as u64, &mut buf)?,
-                            _ => unreachable!("mapping() covers every other route"),
-                        }
-                        p2plab_memory::write_all_at(file, &buf, file_offset + at as u64)
-                    }
+                let foff = file_offset + at as u64;
+                match route.target() {
+                    Target::Mapped(m, off) => m.write_to_file(off, file, foff, n),
+                    Target::Relay(c) => p2plab_memory::bounce_to_file(file, foff, n, |b| {
+                        c.relay_read(addr.0 + at as u64, b)
+                    }),
                 }
             })
     }

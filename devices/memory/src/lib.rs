@@ -93,9 +93,7 @@ pub trait DmaSpace: Send + Sync {
         file_offset: u64,
         len: usize,
     ) -> Result<(), DmaError> {
-        let mut buf = vec![0u8; len];
-        read_exact_at(file, &mut buf, file_offset)?;
-        self.write(addr, &buf)
+        bounce_from_file(file, file_offset, len, |buf| self.write(addr, buf))
     }
 
     /// Device reads `len` bytes at `addr` and they are written to `file` at `file_offset`.
@@ -107,9 +105,7 @@ pub trait DmaSpace: Send + Sync {
         file_offset: u64,
         len: usize,
     ) -> Result<(), DmaError> {
-        let mut buf = vec![0u8; len];
-        self.read(addr, &mut buf)?;
-        write_all_at(file, &buf, file_offset)
+        bounce_to_file(file, file_offset, len, |buf| self.read(addr, buf))
     }
 }
 
@@ -131,6 +127,32 @@ impl<T: DmaSpace + ?Sized> DmaSpace for std::sync::Arc<T> {
 /// How a device raises an interrupt: one MSI-X vector (or vector 0 for INTx/MSI).
 pub trait InterruptSink: Send + Sync {
     fn signal(&self, vector: u16);
+}
+
+/// File → a target without a mapping: `pread` `len` bytes at `offset` into a buffer and
+/// hand it to `write` (e.g. a DMA_WRITE relay).
+pub fn bounce_from_file(
+    file: &File,
+    offset: u64,
+    len: usize,
+    write: impl FnOnce(&[u8]) -> Result<(), DmaError>,
+) -> Result<(), DmaError> {
+    let mut buf = vec![0u8; len];
+    read_exact_at(file, &mut buf, offset)?;
+    write(&buf)
+}
+
+/// A source without a mapping → file: `read` fills a `len`-byte buffer, which is then
+/// `pwrite`n at `offset`.
+pub fn bounce_to_file(
+    file: &File,
+    offset: u64,
+    len: usize,
+    read: impl FnOnce(&mut [u8]) -> Result<(), DmaError>,
+) -> Result<(), DmaError> {
+    let mut buf = vec![0u8; len];
+    read(&mut buf)?;
+    write_all_at(file, &buf, offset)
 }
 
 /// `pread` until `buf` is full; a short file reads as an error (never silently zero).

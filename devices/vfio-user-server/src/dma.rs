@@ -400,9 +400,7 @@ impl DmaSpace for ClientDma {
             match r {
                 Resolved::Mapped { region, offset } => region.read_from_file(offset, file, foff, n),
                 Resolved::Relay => {
-                    let mut b = vec![0u8; n];
-                    p2plab_memory::read_exact_at(file, &mut b, foff)?;
-                    self.relay_write(a, &b)
+                    p2plab_memory::bounce_from_file(file, foff, n, |b| self.relay_write(a, b))
                 }
             }
         })
@@ -420,9 +418,7 @@ impl DmaSpace for ClientDma {
             match r {
                 Resolved::Mapped { region, offset } => region.write_to_file(offset, file, foff, n),
                 Resolved::Relay => {
-                    let mut b = vec![0u8; n];
-                    self.relay_read(a, &mut b)?;
-                    p2plab_memory::write_all_at(file, &b, foff)
+                    p2plab_memory::bounce_to_file(file, foff, n, |b| self.relay_read(a, b))
                 }
             }
         })
