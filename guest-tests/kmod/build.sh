@@ -4,9 +4,10 @@
 # Build p2pgpu.ko with W=1 and fail on any compiler or modpost warning.
 #
 # Usage: build.sh TOOLROOT [KDIR] OUTDIR
-#   TOOLROOT  the lab toolroot (Debian trixie root with gcc-14 and
-#             linux-headers-7.3.4+deb13-amd64), see scripts/setup.
-#   KDIR      kernel build directory. Default: the toolroot's 7.3 headers.
+#   TOOLROOT  the lab toolroot (Debian trixie root with gcc and the
+#             linux-headers-<release> scripts/setup resolved), see scripts/setup.
+#   KDIR      kernel build directory. Default: the toolroot's only
+#             /usr/src/linux-headers-*-amd64 (p2plab passes the stamped one).
 #             A path that exists inside TOOLROOT is built there with chroot
 #             (needs root); a path that exists only on this host (your own
 #             kernel tree, built with this host's compiler) is built here
@@ -36,17 +37,14 @@ mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)
 
 if [[ -z $kdir ]]; then
-	kdir=/usr/src/linux-headers-7.3.4+deb13-amd64
-	if [[ ! -d $toolroot$kdir ]]; then
-		shopt -s nullglob
-		found=("$toolroot"/usr/src/linux-headers-*-amd64)
-		shopt -u nullglob
-		if [[ ${#found[@]} -ne 1 ]]; then
-			echo "build.sh: no unique linux-headers-*-amd64 in $toolroot/usr/src" >&2
-			exit 1
-		fi
-		kdir=${found[0]#"$toolroot"}
+	shopt -s nullglob
+	found=("$toolroot"/usr/src/linux-headers-*-amd64)
+	shopt -u nullglob
+	if [[ ${#found[@]} -ne 1 ]]; then
+		echo "build.sh: no unique linux-headers-*-amd64 in $toolroot/usr/src; name KDIR" >&2
+		exit 1
 	fi
+	kdir=${found[0]#"$toolroot"}
 fi
 
 if [[ $kdir == /* && -f $toolroot$kdir/Makefile ]]; then

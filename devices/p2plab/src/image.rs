@@ -7,6 +7,7 @@
 //! concatenated newc archives in order, so the layers are simply appended.
 
 use anyhow::{bail, Context, Result};
+use p2plab_toolroot::stamp::{Stamp, STAMP_FILE};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -65,33 +66,60 @@ impl KeyHasher {
     }
 }
 
-/// The lab toolroot (a Debian trixie root built by `scripts/setup`).
+/// The lab toolroot (a Debian trixie root built by `scripts/setup`), as its stamp says
+/// it was resolved: the kernel release and QEMU version come from there, never from a
+/// constant, so a toolroot resolved from a later archive works unchanged.
 pub struct Toolroot {
     pub root: PathBuf,
-    /// The toolroot kernel's release (`7.3.4+deb13-amd64`).
+    /// The toolroot kernel's release (e.g. `7.3.4+deb13-amd64`), from the stamp.
     pub kver: String,
+    /// What `scripts/setup` resolved and installed.
+    pub stamp: Stamp,
 }
 
 impl Toolroot {
     pub fn locate(home: &Path) -> Result<Toolroot> {
         let root = home.join("toolroot");
-        if !root.join(".p2plab-toolroot").is_file() {
-            bail!(
+        let stamp = Stamp::read(&root).with_context(|| {
+            format!(
                 "no lab toolroot at {} (run scripts/setup first)",
                 root.display()
+            )
+        })?;
+        let kver = stamp
+            .kernel_release()
+            .with_context(|| {
+                format!(
+                    "the toolroot stamp {} names no kernel (run scripts/setup to upgrade it)",
+                    root.join(STAMP_FILE).display()
+                )
+            })?
+            .to_string();
+        if !root
+            .join("usr/lib/modules")
+            .join(&kver)
+            .join("modules.dep")
+            .is_file()
+        {
+            bail!(
+                "the toolroot's kernel {kver} (its stamp) has no modules.dep; run scripts/setup --force"
             );
         }
-        let mut kvers: Vec<String> = std::fs::read_dir(root.join("usr/lib/modules"))
-            .with_context(|| format!("{}: no kernel modules", root.display()))?
-            .flatten()
-            .filter(|e| e.path().join("modules.dep").is_file())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        kvers.sort();
-        let kver = kvers
-            .pop()
-            .context("the toolroot has no kernel with modules.dep")?;
-        Ok(Toolroot { root, kver })
+        Ok(Toolroot { root, kver, stamp })
+    }
+
+    /// The kernel headers' build directory inside the root (`/usr/src/linux-headers-<kver>`).
+    pub fn headers_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/usr/src/linux-headers-{}", self.kver))
+    }
+
+    /// What produced a result, for `run.json`: the stamp's fields and the root.
+    pub fn describe(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"root": self.root});
+        for (k, val) in &self.stamp.fields {
+            v[k] = serde_json::json!(val);
+        }
+        v
     }
 
     pub fn loader(&self) -> PathBuf {
@@ -164,19 +192,6 @@ impl Toolroot {
         c.arg("--library-path")
             .arg(self.library_path())
             .arg(self.root.join(bin.trim_start_matches('/')));
-        c
-    }
-
-    pub fn qemu(&self) -> Command {
-        let mut c = self.command("usr/bin/qemu-system-x86_64");
-        c.arg("-L")
-            .arg(self.root.join("usr/share/qemu"))
-            .arg("-L")
-            .arg(self.root.join("usr/share/seabios"));
-        c.env(
-            "QEMU_MODULE_DIR",
-            self.root.join("usr/lib/x86_64-linux-gnu/qemu"),
-        );
         c
     }
 
@@ -507,6 +522,14 @@ fn module_name(rel: &str) -> String {
 }
 
 impl ModuleTree {
+    /// The kernel release these modules are for (the directory's name).
+    pub fn release(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// `dir` holds `modules.dep`, or is an INSTALL_MOD_PATH with one `lib/modules/<ver>`.
     pub fn open(dir: &Path) -> Result<ModuleTree> {
         let mut d = dir.to_path_buf();
@@ -600,17 +623,18 @@ fn module_bytes(tr: &Toolroot, p: &Path) -> Result<Vec<u8>> {
 // ---------------------------------------------------------------------------------------
 // the guest module (guest-tests/kmod)
 
-/// Build `p2pgpu.ko` with `guest-tests/kmod/build.sh TOOLROOT [KDIR] OUTDIR` when the
-/// script exists (KDIR: a developer's kernel build dir; default the toolroot's headers).
-/// Cached by the hash of the module sources and KDIR. `None` (with a warning) when the
-/// script is absent or fails: the image is built without the module.
+/// Build `p2pgpu.ko` with `guest-tests/kmod/build.sh TOOLROOT KDIR OUTDIR` (KDIR: a
+/// developer's kernel build dir, else the toolroot's headers for its stamped kernel).
+/// Cached by the module sources, the kernel release and package, and KDIR.
+/// `Ok(None)` only when the script is absent; a failed build is an error carrying the
+/// compiler's last lines (the caller decides whether the topology needs the module).
 pub fn build_kmod(
     repo: &Path,
     tr: &Toolroot,
     kdir: Option<&Path>,
     home: &Path,
     verbose: bool,
-) -> Option<PathBuf> {
+) -> Result<Option<PathBuf>> {
     let src = repo.join("guest-tests/kmod");
     let script = src.join("build.sh");
     if !script.is_file() {
@@ -620,14 +644,13 @@ pub fn build_kmod(
                 script.display()
             );
         }
-        return None;
+        return Ok(None);
     }
+    let kdir = kdir.map_or_else(|| tr.headers_dir(), Path::to_path_buf);
     let mut key = KeyHasher::default();
-    key.str(&tr.kver).str(
-        &kdir
-            .map(|k| k.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    );
+    key.str(&tr.kver)
+        .str(tr.stamp.get("kernel_package").unwrap_or_default())
+        .str(&kdir.to_string_lossy());
     let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
         .map(|rd| {
             rd.flatten()
@@ -644,38 +667,34 @@ pub fn build_kmod(
     let out = home.join("kmod").join(key.hex());
     let ko = out.join("p2pgpu.ko");
     if ko.is_file() {
-        return Some(ko);
+        return Ok(Some(ko));
     }
     let _ = std::fs::create_dir_all(&out);
     let mut c = Command::new("bash");
-    c.arg(&script).arg(&tr.root);
-    if let Some(k) = kdir {
-        c.arg(k);
-    }
-    c.arg(&out);
+    c.arg(&script).arg(&tr.root).arg(&kdir).arg(&out);
     if verbose {
-        eprintln!("p2plab: building p2pgpu.ko ({})", script.display());
+        eprintln!(
+            "p2plab: building p2pgpu.ko against {} ({})",
+            kdir.display(),
+            script.display()
+        );
     }
-    match c.stdout(Stdio::null()).stderr(Stdio::piped()).output() {
-        Ok(o) if o.status.success() && ko.is_file() => Some(ko),
-        Ok(o) => {
-            let err = String::from_utf8_lossy(&o.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(8).collect();
-            eprintln!(
-                "p2plab: warning: guest-tests/kmod/build.sh failed ({}); continuing without p2pgpu.ko\n{}",
-                o.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!(
-                "p2plab: warning: cannot run {}: {e}; continuing without p2pgpu.ko",
-                script.display()
-            );
-            None
-        }
+    let o = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if o.status.success() && ko.is_file() {
+        return Ok(Some(ko));
     }
+    let err = String::from_utf8_lossy(&o.stderr);
+    let tail: Vec<&str> = err.lines().rev().take(12).collect();
+    bail!(
+        "building p2pgpu.ko against {} failed ({}):\n{}",
+        kdir.display(),
+        o.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod counters;
 mod image;
+mod ktap;
 mod lab;
 mod qemu;
 mod run;

@@ -8,9 +8,9 @@
 
 use crate::config::{DeviceKind, Port, Topology};
 use crate::image::{KeyHasher, Toolroot};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// vfio-user request timeout QEMU applies (ms); DESIGN §3: a stall beyond it is fatal.
@@ -22,6 +22,146 @@ pub enum Accel {
     Auto,
     Tcg,
     Kvm,
+}
+
+/// Lowest QEMU with `-device vfio-user-pci`.
+pub const MIN_QEMU: (u32, u32) = (10, 1);
+
+/// The QEMU that boots the lab: the toolroot's (through its own loader), or a host build
+/// the developer names (`--qemu` / `P2PLAB_QEMU`), checked up front.
+pub struct Qemu {
+    /// The binary (inside the toolroot, or the developer's).
+    pub binary: PathBuf,
+    /// `11.1.3`.
+    pub version: String,
+    /// `toolroot` or `host`.
+    pub source: &'static str,
+    toolroot: Option<(PathBuf, String, PathBuf, PathBuf)>,
+}
+
+/// `QEMU emulator version 11.1.3 (Debian …)` → `11.1.3`.
+pub fn parse_qemu_version(text: &str) -> Option<String> {
+    let rest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("QEMU emulator version "))?;
+    let v: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    (!v.is_empty()).then_some(v)
+}
+
+/// `(major, minor)` of a version string.
+fn major_minor(v: &str) -> (u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+impl Qemu {
+    /// `user` (a path or a name on PATH) when given, else the toolroot's.
+    pub fn select(tr: &Toolroot, user: Option<&Path>) -> Result<Qemu> {
+        let Some(user) = user else {
+            let mut q = Qemu {
+                binary: tr.root.join("usr/bin/qemu-system-x86_64"),
+                version: tr.stamp.get("qemu_version").unwrap_or_default().to_string(),
+                source: "toolroot",
+                toolroot: Some((
+                    tr.loader(),
+                    tr.library_path(),
+                    tr.root.join("usr/share/qemu"),
+                    tr.root.join("usr/share/seabios"),
+                )),
+            };
+            if q.version.is_empty() {
+                q.version = probe_version(q.command())?;
+            }
+            return Ok(q);
+        };
+        let binary = if user.components().count() == 1 && !user.exists() {
+            find_on_path(user)
+                .with_context(|| format!("--qemu {}: not found on PATH", user.display()))?
+        } else {
+            user.to_path_buf()
+        };
+        let version = probe_version(Command::new(&binary))
+            .with_context(|| format!("--qemu {}", binary.display()))?;
+        if major_minor(&version) < MIN_QEMU {
+            bail!(
+                "--qemu {}: QEMU {version} is too old; the lab needs >= {}.{} (vfio-user-pci)",
+                binary.display(),
+                MIN_QEMU.0,
+                MIN_QEMU.1
+            );
+        }
+        let o = Command::new(&binary)
+            .args(["-device", "help"])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("--qemu {}: -device help", binary.display()))?;
+        if !String::from_utf8_lossy(&o.stdout).contains("\"vfio-user-pci\"") {
+            bail!(
+                "--qemu {}: QEMU {version} has no vfio-user-pci device (configure with --enable-vfio-user-client)",
+                binary.display()
+            );
+        }
+        Ok(Qemu {
+            binary,
+            version,
+            source: "host",
+            toolroot: None,
+        })
+    }
+
+    /// A command starting this QEMU (firmware search path set for the toolroot's).
+    pub fn command(&self) -> Command {
+        match &self.toolroot {
+            Some((loader, libs, qemu_share, seabios)) => {
+                let mut c = Command::new(loader);
+                c.arg("--library-path")
+                    .arg(libs)
+                    .arg(&self.binary)
+                    .arg("-L")
+                    .arg(qemu_share)
+                    .arg("-L")
+                    .arg(seabios);
+                if let Some(root) = self.binary.parent().and_then(Path::parent) {
+                    c.env("QEMU_MODULE_DIR", root.join("lib/x86_64-linux-gnu/qemu"));
+                }
+                c
+            }
+            None => Command::new(&self.binary),
+        }
+    }
+
+    /// For `run.json`.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"binary": self.binary, "version": self.version, "source": self.source})
+    }
+}
+
+fn probe_version(mut c: Command) -> Result<String> {
+    let o = c
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .context("running QEMU --version")?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    parse_qemu_version(&text).with_context(|| {
+        format!(
+            "QEMU --version printed no version ({}): {}{}",
+            o.status,
+            text.trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )
+    })
+}
+
+fn find_on_path(name: &Path) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    })
 }
 
 /// Everything the command line depends on besides the topology.
@@ -228,7 +368,7 @@ pub fn prepare_qemu_nvme_files(t: &Topology, run_dir: &Path) -> Result<()> {
 /// verdict is cached in `$P2PLAB_HOME/kvm-verdict` per kernel and QEMU.
 pub fn resolve_accel(
     want: Accel,
-    tr: &Toolroot,
+    qemu: &Qemu,
     home: &Path,
     kernel: &Path,
     verbose: bool,
@@ -265,7 +405,7 @@ pub fn resolve_accel(
         .collect();
     let key = KeyHasher::default()
         .str(&release)
-        .file_meta(&tr.root.join("usr/bin/qemu-system-x86_64"))
+        .file_meta(&qemu.binary)
         .hex();
     let cache = home.join("kvm-verdict");
     if let Ok(s) = std::fs::read_to_string(&cache) {
@@ -276,7 +416,7 @@ pub fn resolve_accel(
         }
     }
     eprintln!("p2plab: /dev/kvm opens; probing whether it boots a stock kernel (once; verdict cached in {})", cache.display());
-    let ok = probe_kvm(tr, kernel).unwrap_or(false);
+    let ok = probe_kvm(qemu, kernel).unwrap_or(false);
     if verbose || ok {
         eprintln!(
             "p2plab: KVM probe: {}",
@@ -302,8 +442,8 @@ fn unsafe_zeroed_utsname() -> libc::utsname {
 
 /// Boot `kernel` with no initramfs under KVM: a working KVM reaches "Kernel panic"
 /// (no root fs) and QEMU exits (-no-reboot, panic=-1); a broken one stalls or errors.
-fn probe_kvm(tr: &Toolroot, kernel: &Path) -> Result<bool> {
-    let mut c = tr.qemu();
+fn probe_kvm(qemu: &Qemu, kernel: &Path) -> Result<bool> {
+    let mut c = qemu.command();
     c.args([
         "-nodefaults",
         "-nographic",

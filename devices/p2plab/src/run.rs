@@ -27,6 +27,7 @@ use crate::assertions;
 use crate::config::{DeviceKind, Topology};
 use crate::counters;
 use crate::image::{self, ModuleTree, Toolroot};
+use crate::ktap::{self, Verdict};
 use crate::lab::Lab;
 use crate::qemu::{self, Accel, Launch};
 use crate::witness::{self, Witness};
@@ -98,6 +99,10 @@ pub struct RunArgs {
     /// release/libtcg_witness.so).
     #[arg(long, requires = "cpu_witness")]
     pub witness_plugin: Option<PathBuf>,
+    /// QEMU to use instead of the toolroot's (a path, or a name on PATH; default
+    /// $P2PLAB_QEMU): a developer's own build, >= 10.1 with vfio-user-pci (checked).
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
     /// Show the whole console (default: KTAP lines and errors only) and build details.
     #[arg(short, long)]
     pub verbose: bool,
@@ -413,22 +418,6 @@ fn ktap_line(l: &str) -> bool {
         || t.starts_with("# ")
 }
 
-/// Parse `ok 3 name # msg` / `not ok 3 name # msg` → (ok, number, name, msg).
-fn parse_result(l: &str) -> Option<(bool, usize, String, String)> {
-    let t = l.trim_start();
-    let (ok, rest) = if let Some(r) = t.strip_prefix("ok ") {
-        (true, r)
-    } else {
-        (false, t.strip_prefix("not ok ")?)
-    };
-    let (head, msg) = match rest.split_once(" # ") {
-        Some((h, m)) => (h, m.to_string()),
-        None => (rest, String::new()),
-    };
-    let (n, name) = head.trim().split_once(' ')?;
-    Some((ok, n.parse().ok()?, name.trim().to_string(), msg))
-}
-
 pub fn run_main(args: RunArgs) -> Result<i32> {
     let repo = repo_root();
     let runner = find_runner(&args, &repo)?;
@@ -498,7 +487,26 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         .as_ref()
         .map(|_| mods.dir.join("build"))
         .filter(|b| b.join("Makefile").is_file());
-    let kmod = image::build_kmod(&repo, &tr, kdir.as_deref(), &home, args.verbose);
+    let user_qemu = args.qemu.clone().or_else(|| {
+        std::env::var_os("P2PLAB_QEMU")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let qemu_bin = qemu::Qemu::select(&tr, user_qemu.as_deref())?;
+    let needs_kmod = topo.devices.iter().any(|d| d.kind == DeviceKind::Gpu);
+    let kmod = match image::build_kmod(&repo, &tr, kdir.as_deref(), &home, args.verbose) {
+        Ok(k) => k,
+        Err(e) if needs_kmod => {
+            return Err(e.context(format!(
+                "topology {} has a GPU and its cases need p2pgpu.ko",
+                topo.name
+            )))
+        }
+        Err(e) => {
+            eprintln!("p2plab: note: no p2pgpu.ko (this topology has no GPU): {e:#}");
+            None
+        }
+    };
     let base = image::base_image(
         &image::BaseInputs {
             toolroot: &tr,
@@ -540,14 +548,17 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             "--cpu-witness needs TCG (QEMU plugins see no KVM guest accesses); drop --accel kvm"
         ),
         (true, _) => Accel::Tcg,
-        (false, want) => qemu::resolve_accel(want, &tr, &home, &kernel.path, args.verbose)?,
+        (false, want) => qemu::resolve_accel(want, &qemu_bin, &home, &kernel.path, args.verbose)?,
     };
     qemu::prepare_qemu_nvme_files(&topo, &run_dir)?;
 
     // --- kernel command line
-    let mut cmdline = String::from("console=ttyS0 panic=-1 reboot=t");
+    // printk.time: kernel reports are told from the runner's output by their stamp.
+    let mut cmdline = String::from("console=ttyS0 panic=-1 reboot=t printk.time=1");
     if !args.verbose {
-        cmdline.push_str(" quiet");
+        // Quiet, but warnings (KERN_WARNING = 4) still reach the console: a WARN, a
+        // lockdep or KASAN report during a case fails it (ktap::splat).
+        cmdline.push_str(" quiet loglevel=5");
     }
     for extra in [
         topo.machine.cmdline.as_str(),
@@ -600,7 +611,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         extra: &args.qemu_args,
         witness: plugin.as_deref().map(|p| (p, run_dir.join("witness.sock"))),
     })?;
-    let mut cmd = tr.qemu();
+    let mut cmd = qemu_bin.command();
     cmd.args(&qargs);
     let argv: Vec<String> = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -613,7 +624,9 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         "args": &args,
         "cases": cases.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         "guest_run_json": guest_json,
-        "kernel": {"path": kernel.path, "pvh": kernel.pvh},
+        "kernel": {"path": kernel.path, "pvh": kernel.pvh, "release": mods.release()},
+        "toolroot": tr.describe(),
+        "qemu_binary": qemu_bin.describe(),
         "modules": mods.dir,
         "p2pgpu_ko": kmod,
         "initrd_layers": layers,
@@ -732,6 +745,10 @@ struct CaseRun {
     reported: Vec<String>,
     /// Failures of those checks.
     reported_fails: Vec<String>,
+    /// Kernel reports (WARN, BUG, lockdep, …) that began during the case: first lines.
+    splats: Vec<String>,
+    /// The kernel's console lines from the first report to the case's end.
+    splat_log: Vec<String>,
 }
 
 #[allow(
@@ -814,6 +831,8 @@ fn supervise(
     let mut runs: BTreeMap<String, CaseRun> = BTreeMap::new();
     // The case between its BEGIN and END markers (guest reports are attached to it).
     let mut open_case: Option<String> = None;
+    // Kernel reports outside any case (boot, between cases, shutdown).
+    let mut outside_splats: Vec<String> = vec![];
     let mut ktap: Vec<String> = vec![];
     let mut in_ktap = false;
     let mut reached_end = false;
@@ -850,6 +869,21 @@ fn supervise(
             println!("{}", &l[i..]);
         } else if interesting(&l) {
             println!("{l}");
+        }
+        if let Some(msg) = ktap::splat(&l) {
+            eprintln!(
+                "p2plab: kernel report during {}: {msg}",
+                open_case.as_deref().unwrap_or("no case")
+            );
+            match open_case.as_ref() {
+                Some(c) => runs.entry(c.clone()).or_default().splats.push(msg.into()),
+                None => outside_splats.push(msg.into()),
+            }
+        }
+        if let Some(r) = open_case.as_ref().and_then(|c| runs.get_mut(c)) {
+            if !r.splats.is_empty() && ktap::is_kernel_line(&l) && r.splat_log.len() < 200 {
+                r.splat_log.push(l.clone());
+            }
         }
         if let (Some(i), Some(c)) = (l.find("P2PLAB-VENDOR-LOG "), open_case.as_ref()) {
             runs.entry(c.clone())
@@ -932,55 +966,67 @@ fn supervise(
 
     // --- results, with host assertions
     let mut out: Vec<String> = vec![];
-    let mut seen: BTreeMap<String, (bool, String, Vec<String>)> = BTreeMap::new();
+    let mut seen: BTreeMap<String, (Verdict, String, Vec<String>)> = BTreeMap::new();
     let mut plan_seen = false;
     for l in &ktap {
         if l.starts_with("1..") {
             plan_seen = true;
         }
-        match parse_result(l) {
-            Some((ok, n, name, msg)) => {
-                // Counter rules are checked even when the guest already failed: a
-                // broken route then shows up by its counters, not only as an I/O error.
-                let mut fails = match runs.get(&name).and_then(|r| r.delta.as_ref()) {
-                    Some(d) => assertions::check(&name, topo, d),
-                    None => vec![],
-                };
-                if ok {
-                    fails.extend(
-                        runs.get(&name)
-                            .map(|r| r.reported_fails.clone())
-                            .unwrap_or_default(),
-                    );
-                }
-                if ok && args.cpu_witness {
-                    // A case the witness failed to record is checked against nothing.
-                    let c = runs
-                        .get(&name)
-                        .and_then(|r| r.cpu.as_ref())
-                        .unwrap_or(&Value::Null);
-                    fails.extend(assertions::check_cpu(&name, topo, c));
-                }
-                if fails.is_empty() {
-                    out.push(l.clone());
-                } else {
-                    for f in &fails {
-                        out.push(format!("# host assertion: {f}"));
-                    }
-                    let guest = if ok {
-                        String::new()
-                    } else {
-                        format!("{msg}; ")
-                    };
-                    out.push(format!(
-                        "not ok {n} {name} # {guest}host assertions: {}",
-                        fails.join("; ")
-                    ));
-                }
-                seen.insert(name, (ok && fails.is_empty(), msg, fails));
+        let Some(res) = ktap::parse_line(l) else {
+            out.push(l.clone());
+            continue;
+        };
+        let (n, name, msg) = (res.number, res.name, res.message);
+        let run = runs.get(&name);
+        // Counter rules are checked even when the guest already failed: a broken route
+        // then shows up by its counters, not only as an I/O error. A skipped case moved
+        // nothing on purpose: its counters are not held to the case's rules.
+        let mut fails = match (res.verdict, run.and_then(|r| r.delta.as_ref())) {
+            (Verdict::Skip, _) | (_, None) => vec![],
+            (_, Some(d)) => assertions::check(&name, topo, d),
+        };
+        if res.verdict == Verdict::Pass {
+            fails.extend(run.map(|r| r.reported_fails.clone()).unwrap_or_default());
+            if args.cpu_witness {
+                // A case the witness failed to record is checked against nothing.
+                let c = run.and_then(|r| r.cpu.as_ref()).unwrap_or(&Value::Null);
+                fails.extend(assertions::check_cpu(&name, topo, c));
             }
-            None => out.push(l.clone()),
         }
+        // The kernel under test reported a problem while the case ran: that is a failure,
+        // whatever the guest saw (a skip included).
+        if let Some(r) = run.filter(|r| !r.splats.is_empty()) {
+            let dir = run_dir.join("cases").join(&name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("splat.txt"), r.splat_log.join("\n") + "\n")?;
+            fails.push(format!(
+                "kernel report during the case: {}{} (cases/{name}/splat.txt)",
+                r.splats[0],
+                match r.splats.len() {
+                    1 => String::new(),
+                    k => format!(" (+{} more)", k - 1),
+                }
+            ));
+        }
+        let verdict = if fails.is_empty() {
+            out.push(l.clone());
+            res.verdict
+        } else {
+            for f in &fails {
+                out.push(format!("# host assertion: {f}"));
+            }
+            let guest = match res.verdict {
+                Verdict::Fail => format!("{msg}; "),
+                Verdict::Skip => format!("SKIP {msg} but "),
+                Verdict::Pass => String::new(),
+            };
+            out.push(format!(
+                "not ok {n} {name} # {guest}host assertions: {}",
+                fails.join("; ")
+            ));
+            Verdict::Fail
+        };
+        seen.insert(name, (verdict, msg, fails));
     }
     if out.is_empty() {
         out.push("KTAP version 1".into());
@@ -1001,27 +1047,41 @@ fn supervise(
             ));
         }
     }
+    if !outside_splats.is_empty() {
+        // Not any case's, but the kernel under test reported a problem: the run fails
+        // on a result line of its own, so the summary counts it.
+        for s in &outside_splats {
+            out.push(format!("# kernel report outside any case: {s}"));
+        }
+        out.push(format!(
+            "not ok {} kernel-log # {} kernel report(s) outside any case, first: {}",
+            cases.len() + 1,
+            outside_splats.len(),
+            outside_splats[0]
+        ));
+    }
     std::fs::write(run_dir.join("results.ktap"), out.join("\n") + "\n")?;
 
-    let mut all_ok = reached_end && stop_reason.is_none();
+    let mut all_ok = reached_end && stop_reason.is_none() && outside_splats.is_empty();
     let mut timing = json!({"image_seconds": image_secs, "boot_to_first_case_seconds": first_case, "total_seconds": total, "cases": {}});
     if args.cpu_witness {
         timing["cpu_witness_control_seconds"] = json!(cpu_secs);
     }
     eprintln!("p2plab: {:<16} {:<8} {:>8}", "case", "result", "seconds");
     for c in cases {
-        let (ok, msg) = seen
-            .get(&c.name)
-            .map_or((false, why_missing.clone()), |(ok, m, f)| {
-                (
-                    *ok,
-                    if f.is_empty() {
-                        m.clone()
-                    } else {
-                        f.join("; ")
-                    },
-                )
-            });
+        let (verdict, msg) =
+            seen.get(&c.name)
+                .map_or((Verdict::Fail, why_missing.clone()), |(v, m, f)| {
+                    (
+                        *v,
+                        if f.is_empty() {
+                            m.clone()
+                        } else {
+                            f.join("; ")
+                        },
+                    )
+                });
+        let ok = verdict != Verdict::Fail;
         all_ok &= ok;
         let secs = runs.get(&c.name).and_then(|r| r.seconds);
         timing["cases"][&c.name] = json!(secs);
@@ -1031,16 +1091,20 @@ fn supervise(
         std::fs::write(
             dir.join("result.json"),
             serde_json::to_string_pretty(&json!({
-                "case": c.name, "topology": topo.name, "result": if ok { "ok" } else { "not ok" },
+                "case": c.name, "topology": topo.name, "result": verdict.as_str(),
                 "seconds": secs, "message": msg, "host_failures": fails,
             }))?,
         )?;
         eprintln!(
             "p2plab: {:<16} {:<8} {:>8}{}",
             c.name,
-            if ok { "ok" } else { "NOT OK" },
+            match verdict {
+                Verdict::Pass => "ok",
+                Verdict::Skip => "SKIP",
+                Verdict::Fail => "NOT OK",
+            },
             secs.map_or("-".into(), |s| format!("{s:.2}")),
-            if ok || msg.is_empty() {
+            if verdict == Verdict::Pass || msg.is_empty() {
                 String::new()
             } else {
                 format!("  {msg}")
@@ -1066,19 +1130,6 @@ fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn result_lines_parse() {
-        assert_eq!(
-            parse_result("ok 1 p2p-read"),
-            Some((true, 1, "p2p-read".into(), String::new()))
-        );
-        assert_eq!(
-            parse_result("not ok 2 p2p-write # data mismatch"),
-            Some((false, 2, "p2p-write".into(), "data mismatch".into()))
-        );
-        assert_eq!(parse_result("# ok 1 x"), None);
-    }
 
     fn topo(s: &str) -> Topology {
         let t: Topology = toml::from_str(s).unwrap();

@@ -4,9 +4,11 @@
 //! `OUT/*/results.ktap` (the verdicts, host assertions already applied) with each case's
 //! `result.json` (seconds) and `counters.json` (key counters), prints one row per case
 //! and writes `OUT/summary.json` = `{"cases": [{"case", "topology", "result", "seconds",
-//! "key_counters", "message"}]}`. Exit status 1 if any case is `not ok` or a topology
+//! "key_counters", "message"}], "environment": {"<topology>": {...}}}` (what produced the
+//! results: QEMU, kernel release, toolroot recipe, from each run's `run.json`). Exit status 1 if any case is `not ok` or a topology
 //! run produced no results.
 
+use crate::ktap::{self, ResultLine, Verdict};
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
@@ -20,29 +22,6 @@ pub struct Row {
     pub seconds: f64,
     pub key_counters: String,
     pub message: String,
-}
-
-/// KTAP top-level result lines: `ok N name` / `not ok N name # reason`.
-pub fn parse_ktap(text: &str) -> Vec<(bool, String, String)> {
-    text.lines()
-        .filter_map(|l| {
-            let (ok, rest) = if let Some(r) = l.strip_prefix("not ok ") {
-                (false, r)
-            } else if let Some(r) = l.strip_prefix("ok ") {
-                (true, r)
-            } else {
-                return None;
-            };
-            let mut it = rest.splitn(2, ' ');
-            it.next()?.parse::<u32>().ok()?;
-            let tail = it.next().unwrap_or("");
-            let (name, why) = match tail.split_once(" # ") {
-                Some((n, w)) => (n.trim(), w.trim()),
-                None => (tail.trim(), ""),
-            };
-            Some((ok, name.to_string(), why.to_string()))
-        })
-        .collect()
 }
 
 fn mib(n: u64) -> String {
@@ -108,7 +87,7 @@ pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
             });
             continue;
         };
-        let cases = parse_ktap(&ktap);
+        let cases = ktap::parse(&ktap);
         if cases.is_empty() {
             rows.push(Row {
                 case: "(boot)".into(),
@@ -119,7 +98,13 @@ pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
                 message: "results.ktap has no results".into(),
             });
         }
-        for (ok, case, why) in cases {
+        for ResultLine {
+            verdict,
+            name: case,
+            message: why,
+            ..
+        } in cases
+        {
             let cdir = dir.join("cases").join(&case);
             let read = |f: &str| {
                 std::fs::read_to_string(cdir.join(f))
@@ -135,7 +120,7 @@ pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
             rows.push(Row {
                 case,
                 topology: topology.clone(),
-                result: if ok { "ok" } else { "not ok" }.into(),
+                result: verdict.as_str().into(),
                 seconds,
                 key_counters: key,
                 message: why,
@@ -149,18 +134,17 @@ pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
 pub fn summary_main(out: &Path, host_rows: &[String]) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
     for h in host_rows {
-        let mut it = h.splitn(3, ':');
+        let mut it = h.splitn(4, ':');
         let (Some(case), Some(result), Some(secs)) = (it.next(), it.next(), it.next()) else {
-            anyhow::bail!("--host-row wants NAME:RESULT:SECONDS, got '{h}'");
+            anyhow::bail!("--host-row wants NAME:RESULT:SECONDS[:MESSAGE], got '{h}'");
         };
-        let result = if result == "ok" { "ok" } else { "not ok" };
         rows.push(Row {
             case: case.into(),
             topology: "host".into(),
-            result: result.into(),
+            result: Verdict::from_word(result).as_str().into(),
             seconds: secs.parse().unwrap_or(0.0),
             key_counters: String::new(),
-            message: String::new(),
+            message: it.next().unwrap_or_default().trim().into(),
         });
     }
     rows.extend(collect(out)?);
@@ -175,21 +159,85 @@ pub fn summary_main(out: &Path, host_rows: &[String]) -> anyhow::Result<i32> {
             "{:<18} {:<22} {:<7} {:>8.2}  {}",
             r.case, r.topology, r.result, r.seconds, r.key_counters
         );
-        if r.result != "ok" && !r.message.is_empty() {
+        if r.result != Verdict::Pass.as_str() && !r.message.is_empty() {
             println!("    └─ {}", r.message);
         }
     }
-    let failed = rows.iter().filter(|r| r.result != "ok").count();
-    let passed = rows.len() - failed;
-    let json = serde_json::json!({ "cases": rows });
+    let verdicts: Vec<Verdict> = rows.iter().map(|r| Verdict::from_word(&r.result)).collect();
+    let failed = verdicts.iter().filter(|&&v| v == Verdict::Fail).count();
+    let env = environment(out);
+    let mut seen: Vec<String> = env.values().map(environment_line).collect();
+    seen.dedup();
+    for line in &seen {
+        println!("environment: {line}");
+    }
+    let json = serde_json::json!({ "cases": rows, "environment": env });
     std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&json)? + "\n",
     )?;
     println!("{}", "-".repeat(100));
     println!("summary: {}", out.join("summary.json").display());
-    println!("{passed} passed, {failed} failed");
+    println!("{}", ktap::closing_line(verdicts));
     Ok(i32::from(failed > 0))
+}
+
+/// What produced each topology's results (from its `run.json`): QEMU, kernel, toolroot.
+pub fn environment(out: &Path) -> serde_json::Map<String, Value> {
+    let mut env = serde_json::Map::new();
+    let Ok(rd) = std::fs::read_dir(out) else {
+        return env;
+    };
+    let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    for dir in dirs {
+        let Some(run) = std::fs::read_to_string(dir.join("run.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        else {
+            continue;
+        };
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        env.insert(name, run_environment(&run));
+    }
+    env
+}
+
+/// The comparable facts of one `run.json`.
+pub fn run_environment(run: &Value) -> Value {
+    let tr = &run["toolroot"];
+    serde_json::json!({
+        "qemu_version": run["qemu_binary"]["version"],
+        "qemu_source": run["qemu_binary"]["source"],
+        "qemu_package": tr["qemu_package"],
+        "kernel_release": run["kernel"]["release"],
+        "kernel_path": run["kernel"]["path"],
+        "toolroot_kernel_package": tr["kernel_package"],
+        "toolroot_recipe": tr["recipe"],
+        "toolroot_resolved_at": tr["resolved_at"],
+    })
+}
+
+/// `QEMU 11.1.3 (toolroot 1:11.1.3+ds-2~bpo13+1), Linux 7.3.4+deb13-amd64, toolroot recipe 4`.
+pub fn environment_line(e: &Value) -> String {
+    let s = |k: &str| e[k].as_str().unwrap_or("?").to_string();
+    let qemu = if e["qemu_source"] == "host" {
+        format!("QEMU {} (host build)", s("qemu_version"))
+    } else {
+        format!(
+            "QEMU {} (toolroot {})",
+            s("qemu_version"),
+            s("qemu_package")
+        )
+    };
+    format!(
+        "{qemu}, Linux {}, toolroot recipe {}",
+        s("kernel_release"),
+        s("toolroot_recipe")
+    )
 }
 
 fn fmt_bytes(n: u64) -> String {
@@ -227,7 +275,7 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
         .clone()
         .context("topology has no provider role")?;
     let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
-    let verdict = parse_ktap(&ktap).into_iter().find(|(_, n, _)| n == case);
+    let verdict = ktap::parse(&ktap).into_iter().find(|r| r.name == case);
     let cdir = run_dir.join("cases").join(case);
     let delta: Value = std::fs::read_to_string(cdir.join("counters.json"))
         .ok()
@@ -264,13 +312,14 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
         .take_while(|l| !l.contains(&end))
         .find(|l| l.contains("checksum") || l.contains("verified"))
         .map(str::trim);
-    let guest_ok = verdict.as_ref().is_some_and(|v| v.0);
+    let guest_ok = verdict.as_ref().is_some_and(|v| v.verdict == Verdict::Pass);
 
     println!();
     println!(
         "p2plab proof — case {case} in topology '{}' ({client} → {provider})",
         topo.name
     );
+    println!("  ({})", environment_line(&run_environment(&run)));
     println!(
         "  {:<52} {}",
         format!("bytes DMA'd {client} → {provider} BAR (peer-to-peer)"),
@@ -330,7 +379,7 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
             (false, _) => format!(
                 "FAILED {}",
                 verdict
-                    .map(|v| v.2)
+                    .map(|v| v.message)
                     .unwrap_or_else(|| "(case did not run)".into())
             ),
         }
@@ -357,18 +406,6 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ktap_lines_parse() {
-        let k = "KTAP version 1\n1..3\n# diag\nok 1 a\nnot ok 2 b # counter x: expected >= 1, seen 0\nok 3 c # SKIP never\n";
-        let r = parse_ktap(k);
-        assert_eq!(r.len(), 3);
-        assert_eq!(
-            r[1],
-            (false, "b".into(), "counter x: expected >= 1, seen 0".into())
-        );
-        assert!(r[0].0 && r[0].1 == "a");
-    }
 
     #[test]
     fn key_counters_sum_devices() {
