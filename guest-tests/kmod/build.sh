@@ -8,10 +8,11 @@
 #             linux-headers-<release> scripts/setup resolved), see scripts/setup.
 #   KDIR      kernel build directory. Default: the toolroot's only
 #             /usr/src/linux-headers-*-amd64 (p2plab passes the stamped one).
-#             A path that exists inside TOOLROOT is built there with chroot
-#             (needs root); a path that exists only on this host (your own
-#             kernel tree, built with this host's compiler) is built here
-#             without chroot.
+#             A tree outside the toolroot (yours, e.g. from scripts/build-kernel)
+#             is bind-mounted at the same path inside it and built with the
+#             toolroot's compiler — the one the kernel was built with — unless its
+#             CONFIG_CC_VERSION_TEXT names this host's gcc. Building in the
+#             toolroot needs root.
 #   OUTDIR    receives p2pgpu.ko and build.log.
 #
 # The sources are copied to a scratch directory first, so this directory
@@ -47,22 +48,43 @@ if [[ -z $kdir ]]; then
 	kdir=${found[0]#"$toolroot"}
 fi
 
-if [[ $kdir == /* && -f $toolroot$kdir/Makefile ]]; then
-	mode=chroot
+need_root() {
 	if [[ $(id -u) -ne 0 ]]; then
-		echo "build.sh: building in the toolroot needs root (chroot)" >&2
+		echo "build.sh: building in the toolroot needs root (chroot): $1" >&2
 		exit 1
 	fi
-	scratch=$(mktemp -d "$toolroot/tmp/p2pgpu-build.XXXXXX")
-	inner=${scratch#"$toolroot"}
+}
+binds=()
+if [[ $kdir == /* && -f $toolroot$kdir/Makefile ]]; then
+	mode=chroot
+	need_root "$kdir"
 elif [[ -f $kdir/Makefile ]]; then
-	mode=host
 	kdir=$(cd "$kdir" && pwd)
-	scratch=$(mktemp -d "${TMPDIR:-/tmp}/p2pgpu-build.XXXXXX")
-	inner=$scratch
+	# The module must be built by the compiler the kernel was built with: the
+	# toolroot's (scripts/build-kernel) unless the tree says it was this host's.
+	want=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\(.*\)"$/\1/p' "$kdir/.config" 2>/dev/null)
+	host_cc=$(gcc --version 2>/dev/null | head -n1)
+	if [[ -n $want && $want == "$host_cc" ]]; then
+		mode=host
+	else
+		mode=bind
+		need_root "$kdir was built by ${want:-an unknown compiler}; the module is built in the toolroot with the same one"
+		# The tree (and its source, for an O= build) at the same paths inside the root.
+		binds=("$kdir")
+		if [[ -L $kdir/source ]]; then
+			binds+=("$(cd "$kdir/source" && pwd -P)")
+		fi
+	fi
 else
 	echo "build.sh: $kdir is not a kernel build directory (in $toolroot or here)" >&2
 	exit 1
+fi
+if [[ $mode == host ]]; then
+	scratch=$(mktemp -d "${TMPDIR:-/tmp}/p2pgpu-build.XXXXXX")
+	inner=$scratch
+else
+	scratch=$(mktemp -d "$toolroot/tmp/p2pgpu-build.XXXXXX")
+	inner=${scratch#"$toolroot"}
 fi
 trap 'rm -rf "$scratch"' EXIT
 
@@ -73,12 +95,19 @@ done
 make_args=(-C "$kdir" M="$inner" W=1 modules)
 log=$outdir/build.log
 set +e
-if [[ $mode == chroot ]]; then
-	# objtool reads /proc: mount it in a private mount namespace, so it
-	# goes away with the build and nothing is left mounted in the toolroot.
-	unshare --mount --propagation private -- sh -c \
-		'mount -t proc proc "$1/proc" && shift && exec chroot "$@"' \
-		sh "$toolroot" "$toolroot" /usr/bin/env -i \
+if [[ $mode != host ]]; then
+	# objtool reads /proc: mount it in a private mount namespace, so it goes away
+	# with the build and nothing is left mounted in the toolroot; likewise the binds.
+	unshare --mount --propagation private -- sh -c '
+		root=$1; shift
+		mount -t proc proc "$root/proc" || exit 1
+		while [ "$1" != -- ]; do
+			mkdir -p "$root$1" && mount --bind "$1" "$root$1" || exit 1
+			shift
+		done
+		shift
+		exec chroot "$root" "$@"' \
+		sh "$toolroot" "${binds[@]}" -- /usr/bin/env -i \
 		PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
 		make "${make_args[@]}" >"$log" 2>&1
 else

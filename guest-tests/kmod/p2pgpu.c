@@ -42,6 +42,7 @@
 #include <linux/uaccess.h>
 #include <linux/unaligned.h>
 #include <linux/wait.h>
+#include <linux/xarray.h>
 
 #include "p2pgpu_uapi.h"
 
@@ -144,6 +145,24 @@ struct p2pgpu_dev {
 	u64 p2pmem_size;
 	struct p2pdma_provider *provider;
 	struct list_head dmabufs;	/* under p2pgpu_dmabuf_lock */
+	atomic_t nr_imports;		/* live imports made by this device */
+	atomic_t nr_import_maps;	/* of those, mapped */
+};
+
+/* An open /dev/p2pgpuN: the imports made through it die with it. */
+struct p2pgpu_file {
+	struct p2pgpu_dev *g;
+	struct xarray imports;		/* handle -> struct p2pgpu_import_ctx */
+};
+
+/* This device importing someone's dma-buf (P2PGPU_IOC_IMPORT_DMABUF). */
+struct p2pgpu_import_ctx {
+	struct p2pgpu_dev *g;
+	struct dma_buf *dmabuf;
+	struct dma_buf_attachment *attach;
+	struct sg_table *sgt;		/* under dmabuf->resv; NULL: unmapped */
+	u64 maps;			/* under dmabuf->resv */
+	u64 invalidations;		/* under dmabuf->resv */
 };
 
 /* An exported range of BAR2. */
@@ -167,6 +186,17 @@ static unsigned long long p2pmem_offset;
 module_param(p2pmem_offset, ullong, 0444);
 MODULE_PARM_DESC(p2pmem_offset,
 		 "Offset in BAR2 of the p2pmem slice, a multiple of 2 MiB (default 0)");
+
+static unsigned long long no_p2pmem[8];
+static int no_p2pmem_count;
+module_param_array(no_p2pmem, ullong, &no_p2pmem_count, 0444);
+MODULE_PARM_DESC(no_p2pmem,
+		 "Device Serial Numbers of devices that publish no p2pmem at all (page-less only)");
+
+static bool inject_warn;
+module_param(inject_warn, bool, 0644);
+MODULE_PARM_DESC(inject_warn,
+		 "Test of the lab's harness: WARN once in the next GET_INFO ioctl");
 
 static DEFINE_IDA(p2pgpu_ida);
 /* Protects every p2pgpu_dmabuf's node and gdev. Nests outside dma_resv. */
@@ -351,6 +381,9 @@ static long p2pgpu_ioctl_info(struct p2pgpu_dev *g, void __user *uarg)
 		.copy_bounce_size = g->bounce_size,
 	};
 
+	/* The lab fails a case on any kernel report: this proves it does. */
+	if (cmpxchg(&inject_warn, true, false))
+		WARN(1, "p2pgpu: injected warning (inject_warn=1)\n");
 	if (copy_to_user(uarg, &info, sizeof(info)))
 		return -EFAULT;
 	return 0;
@@ -744,9 +777,256 @@ put_dev:
 	return ret;
 }
 
+/* Exporter side: invalidate (or revoke) one of our exports on request. */
+static long p2pgpu_ioctl_invalidate(struct p2pgpu_dev *g, void __user *uarg)
+{
+	struct p2pgpu_dmabuf_invalidate inv;
+	struct p2pgpu_dmabuf *priv;
+	struct dma_buf *dmabuf;
+	long ret = 0;
+
+	if (copy_from_user(&inv, uarg, sizeof(inv)))
+		return -EFAULT;
+	if (inv.flags & ~P2PGPU_INVALIDATE_REVOKE)
+		return -EINVAL;
+	dmabuf = dma_buf_get(inv.fd);
+	if (IS_ERR(dmabuf))
+		return PTR_ERR(dmabuf);
+	priv = dmabuf->priv;
+	mutex_lock(&p2pgpu_dmabuf_lock);
+	if (dmabuf->ops != &p2pgpu_dmabuf_ops || priv->gdev != g) {
+		mutex_unlock(&p2pgpu_dmabuf_lock);
+		dma_buf_put(dmabuf);
+		return -EINVAL;	/* not an export of this device */
+	}
+	dma_resv_lock(dmabuf->resv, NULL);
+	if (inv.flags & P2PGPU_INVALIDATE_REVOKE)
+		priv->revoked = true;
+	dma_buf_invalidate_mappings(dmabuf);
+	dma_resv_wait_timeout(dmabuf->resv, DMA_RESV_USAGE_BOOKKEEP, false,
+			      MAX_SCHEDULE_TIMEOUT);
+	dma_resv_unlock(dmabuf->resv);
+	mutex_unlock(&p2pgpu_dmabuf_lock);
+	if ((inv.flags & P2PGPU_INVALIDATE_REVOKE) &&
+	    !wait_event_timeout(p2pgpu_unmap_wq, !atomic_read(&priv->nr_maps),
+				10 * HZ))
+		ret = -ETIMEDOUT;
+	dma_buf_put(dmabuf);
+	return ret;
+}
+
+static long p2pgpu_ioctl_stats(struct p2pgpu_dev *g, void __user *uarg)
+{
+	struct p2pgpu_dmabuf_stats st = {
+		.imports = atomic_read(&g->nr_imports),
+		.import_maps = atomic_read(&g->nr_import_maps),
+	};
+	struct p2pgpu_dmabuf *priv;
+
+	mutex_lock(&p2pgpu_dmabuf_lock);
+	list_for_each_entry(priv, &g->dmabufs, node) {
+		st.exports++;
+		st.export_maps += atomic_read(&priv->nr_maps);
+	}
+	mutex_unlock(&p2pgpu_dmabuf_lock);
+	if (copy_to_user(uarg, &st, sizeof(st)))
+		return -EFAULT;
+	return 0;
+}
+
+/* Importer side. */
+
+/* Called by the exporter with the reservation lock held: drop our mapping. */
+static void p2pgpu_import_invalidate(struct dma_buf_attachment *attach)
+{
+	struct p2pgpu_import_ctx *imp = attach->importer_priv;
+
+	dma_resv_assert_held(attach->dmabuf->resv);
+	imp->invalidations++;
+	if (imp->sgt) {
+		dma_buf_unmap_attachment(attach, imp->sgt, DMA_BIDIRECTIONAL);
+		imp->sgt = NULL;
+		atomic_dec(&imp->g->nr_import_maps);
+	}
+}
+
+static const struct dma_buf_attach_ops p2pgpu_importer = {
+	.allow_peer2peer = true,
+	.invalidate_mappings = p2pgpu_import_invalidate,
+};
+
+static void p2pgpu_import_free(struct p2pgpu_import_ctx *imp)
+{
+	struct dma_buf *dmabuf = imp->dmabuf;
+
+	dma_resv_lock(dmabuf->resv, NULL);
+	if (imp->sgt) {
+		dma_buf_unmap_attachment(imp->attach, imp->sgt, DMA_BIDIRECTIONAL);
+		imp->sgt = NULL;
+		atomic_dec(&imp->g->nr_import_maps);
+	}
+	dma_resv_unlock(dmabuf->resv);
+	dma_buf_detach(dmabuf, imp->attach);
+	dma_buf_put(dmabuf);
+	atomic_dec(&imp->g->nr_imports);
+	kref_put(&imp->g->ref, p2pgpu_release);
+	kfree(imp);
+}
+
+static long p2pgpu_ioctl_import(struct p2pgpu_file *pf, void __user *uarg)
+{
+	struct p2pgpu_dev *g = pf->g;
+	struct p2pgpu_import im;
+	struct p2pgpu_import_ctx *imp;
+	u32 handle;
+	long ret;
+
+	if (copy_from_user(&im, uarg, sizeof(im)))
+		return -EFAULT;
+	imp = kzalloc_obj(*imp);
+	if (!imp)
+		return -ENOMEM;
+	imp->dmabuf = dma_buf_get(im.fd);
+	if (IS_ERR(imp->dmabuf)) {
+		ret = PTR_ERR(imp->dmabuf);
+		kfree(imp);
+		return ret;
+	}
+	imp->g = g;
+	kref_get(&g->ref);
+	atomic_inc(&g->nr_imports);
+	imp->attach = dma_buf_dynamic_attach(imp->dmabuf, &g->pdev->dev,
+					     &p2pgpu_importer, imp);
+	if (IS_ERR(imp->attach)) {
+		ret = PTR_ERR(imp->attach);
+		dma_buf_put(imp->dmabuf);
+		atomic_dec(&g->nr_imports);
+		kref_put(&g->ref, p2pgpu_release);
+		kfree(imp);
+		return ret;
+	}
+	ret = xa_alloc(&pf->imports, &handle, imp, xa_limit_31b, GFP_KERNEL);
+	if (ret) {
+		p2pgpu_import_free(imp);
+		return ret;
+	}
+	im.handle = handle;
+	im.size = imp->dmabuf->size;
+	if (copy_to_user(uarg, &im, sizeof(im))) {
+		xa_erase(&pf->imports, handle);
+		p2pgpu_import_free(imp);
+		return -EFAULT;
+	}
+	return 0;
+}
+
+static long p2pgpu_ioctl_import_release(struct p2pgpu_file *pf,
+					void __user *uarg)
+{
+	struct p2pgpu_import im;
+	struct p2pgpu_import_ctx *imp;
+
+	if (copy_from_user(&im, uarg, sizeof(im)))
+		return -EFAULT;
+	imp = xa_erase(&pf->imports, im.handle);
+	if (!imp)
+		return -ENOENT;
+	p2pgpu_import_free(imp);
+	return 0;
+}
+
+/*
+ * Copy between @ic->local and the import, one descriptor per DMA segment
+ * piece. Lock order: the importer's g->lock, then the dma-buf's resv.
+ */
+static long p2pgpu_ioctl_import_copy(struct p2pgpu_file *pf, void __user *uarg)
+{
+	struct p2pgpu_dev *g = pf->g;
+	struct p2pgpu_import_copy ic;
+	struct p2pgpu_import_ctx *imp;
+	struct scatterlist *sg;
+	u64 end, seg_start = 0, done = 0;
+	struct sg_table *sgt;
+	long ret;
+	int i;
+
+	if (copy_from_user(&ic, uarg, sizeof(ic)))
+		return -EFAULT;
+	if (ic.flags & ~P2PGPU_IMPORT_TO)
+		return -EINVAL;
+	ret = p2pgpu_check_copy(ic.local, ic.len, ic.timeout_ms);
+	if (ret)
+		return ret;
+	ret = p2pgpu_lock_live(g);
+	if (ret)
+		return ret;
+	/* Imports are only erased by RELEASE and close, which this ioctl excludes. */
+	imp = xa_load(&pf->imports, ic.handle);
+	if (!imp) {
+		ret = -ENOENT;
+		goto unlock_dev;
+	}
+	if (check_add_overflow(ic.offset, ic.len, &end) ||
+	    end > imp->dmabuf->size) {
+		ret = -EINVAL;
+		goto unlock_dev;
+	}
+	ret = dma_resv_lock_interruptible(imp->dmabuf->resv, NULL);
+	if (ret)
+		goto unlock_dev;
+	if (!imp->sgt) {
+		sgt = dma_buf_map_attachment(imp->attach, DMA_BIDIRECTIONAL);
+		if (IS_ERR(sgt)) {
+			ret = PTR_ERR(sgt);
+			goto unlock_resv;
+		}
+		imp->sgt = sgt;
+		imp->maps++;
+		atomic_inc(&g->nr_import_maps);
+	}
+	ic.dma_addr = 0;
+	for_each_sgtable_dma_sg(imp->sgt, sg, i) {
+		u64 seg_len = sg_dma_len(sg), from, n, bus;
+
+		if (done == ic.len)
+			break;
+		if (ic.offset + done >= seg_start + seg_len) {
+			seg_start += seg_len;
+			continue;
+		}
+		from = ic.offset + done - seg_start;
+		n = min(seg_len - from, ic.len - done);
+		bus = sg_dma_address(sg) + from;
+		if (!done)
+			ic.dma_addr = bus;
+		if (ic.flags & P2PGPU_IMPORT_TO)
+			ret = p2pgpu_ce_copy(g, ic.local + done, bus, n,
+					     ic.timeout_ms, &ic.status);
+		else
+			ret = p2pgpu_ce_copy(g, bus, ic.local + done, n,
+					     ic.timeout_ms, &ic.status);
+		if (ret)
+			goto unlock_resv;
+		done += n;
+		seg_start += seg_len;
+	}
+	if (done != ic.len)
+		ret = -EIO;	/* the mapping was shorter than the dma-buf */
+unlock_resv:
+	ic.maps = imp->maps;
+	ic.invalidations = imp->invalidations;
+	dma_resv_unlock(imp->dmabuf->resv);
+unlock_dev:
+	mutex_unlock(&g->lock);
+	if (copy_to_user(uarg, &ic, sizeof(ic)) && !ret)
+		ret = -EFAULT;
+	return ret;
+}
+
 static long p2pgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
-	struct p2pgpu_dev *g = file->private_data;
+	struct p2pgpu_file *pf = file->private_data;
+	struct p2pgpu_dev *g = pf->g;
 	void __user *uarg = (void __user *)arg;
 
 	switch (cmd) {
@@ -764,6 +1044,16 @@ static long p2pgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return p2pgpu_ioctl_export(g, uarg);
 	case P2PGPU_IOC_DMABUF_SELFTEST:
 		return p2pgpu_ioctl_selftest(g, uarg);
+	case P2PGPU_IOC_IMPORT_DMABUF:
+		return p2pgpu_ioctl_import(pf, uarg);
+	case P2PGPU_IOC_IMPORT_RELEASE:
+		return p2pgpu_ioctl_import_release(pf, uarg);
+	case P2PGPU_IOC_IMPORT_COPY:
+		return p2pgpu_ioctl_import_copy(pf, uarg);
+	case P2PGPU_IOC_DMABUF_INVALIDATE:
+		return p2pgpu_ioctl_invalidate(g, uarg);
+	case P2PGPU_IOC_DMABUF_STATS:
+		return p2pgpu_ioctl_stats(g, uarg);
 	default:
 		return -ENOTTY;
 	}
@@ -774,17 +1064,28 @@ static int p2pgpu_open(struct inode *inode, struct file *file)
 	/* misc_open() set private_data; misc_deregister() waits for us. */
 	struct p2pgpu_dev *g = container_of(file->private_data,
 					    struct p2pgpu_dev, misc);
+	struct p2pgpu_file *pf = kzalloc_obj(*pf);
 
+	if (!pf)
+		return -ENOMEM;
 	kref_get(&g->ref);
-	file->private_data = g;
+	pf->g = g;
+	xa_init_flags(&pf->imports, XA_FLAGS_ALLOC);
+	file->private_data = pf;
 	return nonseekable_open(inode, file);
 }
 
 static int p2pgpu_file_release(struct inode *inode, struct file *file)
 {
-	struct p2pgpu_dev *g = file->private_data;
+	struct p2pgpu_file *pf = file->private_data;
+	struct p2pgpu_import_ctx *imp;
+	unsigned long handle;
 
-	kref_put(&g->ref, p2pgpu_release);
+	xa_for_each(&pf->imports, handle, imp)
+		p2pgpu_import_free(imp);
+	xa_destroy(&pf->imports);
+	kref_put(&pf->g->ref, p2pgpu_release);
+	kfree(pf);
 	return 0;
 }
 
@@ -799,10 +1100,17 @@ static const struct file_operations p2pgpu_fops = {
 /* Publish the configured slice of BAR2 as p2pmem; failure is not fatal. */
 static void p2pgpu_publish_p2pmem(struct p2pgpu_dev *g)
 {
+	u64 dsn = pci_get_dsn(g->pdev);
 	u64 off = p2pmem_offset;
 	u64 size = p2pmem_size;
-	int ret;
+	int ret, i;
 
+	for (i = 0; i < no_p2pmem_count; i++) {
+		if (dsn && no_p2pmem[i] == dsn) {
+			pci_info(g->pdev, "no p2pmem published (no_p2pmem): page-less only\n");
+			return;
+		}
+	}
 	if (off >= g->vram_size) {
 		pci_warn(g->pdev, "p2pmem_offset %#llx is outside BAR2\n", off);
 		return;
@@ -859,6 +1167,8 @@ static int p2pgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&g->lock);
 	init_waitqueue_head(&g->wq);
 	INIT_LIST_HEAD(&g->dmabufs);
+	atomic_set(&g->nr_imports, 0);
+	atomic_set(&g->nr_import_maps, 0);
 	g->pdev = pci_dev_get(pdev);
 	g->id = -1;
 

@@ -161,6 +161,89 @@ struct p2pgpu_dmabuf_selftest {
 	__u32 contiguous;
 };
 
+/**
+ * struct p2pgpu_import - P2PGPU_IOC_IMPORT_DMABUF / P2PGPU_IOC_IMPORT_RELEASE
+ * @fd:     in (IMPORT): a dma-buf fd, e.g. another p2pgpu's EXPORT_DMABUF
+ * @handle: out (IMPORT) / in (RELEASE): the import, valid for this open file
+ * @size:   out (IMPORT): the dma-buf's size
+ *
+ * This device attaches as a dynamic importer that allows peer-to-peer and
+ * handles invalidate_mappings (it unmaps; the next IMPORT_COPY maps again).
+ * Nothing is mapped until the first IMPORT_COPY. Closing the file releases
+ * every import made through it.
+ */
+struct p2pgpu_import {
+	__s32 fd;
+	__u32 handle;
+	__u64 size;
+};
+
+/* p2pgpu_import_copy.flags */
+#define P2PGPU_IMPORT_TO	_BITUL(0) /* local -> import (else import -> local) */
+
+/**
+ * struct p2pgpu_import_copy - P2PGPU_IOC_IMPORT_COPY: copy engine to/from an import
+ * @handle:        in: from IMPORT_DMABUF
+ * @flags:         in: P2PGPU_IMPORT_*
+ * @offset:        in: byte offset in the dma-buf
+ * @local:         in: bus address of the other end (own VRAM, guest RAM, a peer)
+ * @len:           in: bytes, 1..P2PGPU_COPY_MAX, inside the dma-buf
+ * @timeout_ms:    in: per descriptor; 0 = P2PGPU_TIMEOUT_DEFAULT_MS
+ * @status:        out: status word of the last descriptor
+ * @dma_addr:      out: bus address the engine used for @offset
+ * @maps:          out: mappings this import has made (a remap after an
+ *                 invalidation counts again)
+ * @invalidations: out: invalidate_mappings calls this import has seen
+ *
+ * Maps the attachment under the dma-buf's reservation lock if it is not
+ * mapped, and keeps the lock while the engine runs, so an invalidation or a
+ * revoke waits for the copy. A revoked export fails the map: the ioctl
+ * returns that error (-ENODEV from p2pgpu) and nothing is copied.
+ */
+struct p2pgpu_import_copy {
+	__u32 handle;
+	__u32 flags;
+	__u64 offset;
+	__u64 local;
+	__u64 len;
+	__u32 timeout_ms;
+	__u32 status;
+	__u64 dma_addr;
+	__u64 maps;
+	__u64 invalidations;
+};
+
+/* p2pgpu_dmabuf_invalidate.flags */
+#define P2PGPU_INVALIDATE_REVOKE _BITUL(0) /* and refuse every later map */
+
+/**
+ * struct p2pgpu_dmabuf_invalidate - P2PGPU_IOC_DMABUF_INVALIDATE (exporter side)
+ * @fd:    in: a dma-buf this device exported
+ * @flags: in: P2PGPU_INVALIDATE_*
+ *
+ * Invalidates every importer's mapping of the export and waits for its
+ * fences; with _REVOKE the export is revoked for good and the ioctl waits
+ * (up to 10 s, else -ETIMEDOUT) until no importer holds a mapping.
+ */
+struct p2pgpu_dmabuf_invalidate {
+	__s32 fd;
+	__u32 flags;
+};
+
+/**
+ * struct p2pgpu_dmabuf_stats - P2PGPU_IOC_DMABUF_STATS: what this device holds
+ * @exports:      out: live dma-bufs it exported
+ * @export_maps:  out: importers' mappings of those, now
+ * @imports:      out: live imports it made (all open files)
+ * @import_maps:  out: of those, mapped now
+ */
+struct p2pgpu_dmabuf_stats {
+	__u32 exports;
+	__u32 export_maps;
+	__u32 imports;
+	__u32 import_maps;
+};
+
 #define P2PGPU_IOC_GET_INFO	_IOR(P2PGPU_IOC_MAGIC, 0x00, struct p2pgpu_info)
 #define P2PGPU_IOC_CHECKSUM	_IOWR(P2PGPU_IOC_MAGIC, 0x01, struct p2pgpu_checksum)
 #define P2PGPU_IOC_COPY		_IOWR(P2PGPU_IOC_MAGIC, 0x02, struct p2pgpu_copy)
@@ -168,5 +251,10 @@ struct p2pgpu_dmabuf_selftest {
 #define P2PGPU_IOC_COPY_TO_USER	_IOWR(P2PGPU_IOC_MAGIC, 0x04, struct p2pgpu_copy_user)
 #define P2PGPU_IOC_EXPORT_DMABUF _IOWR(P2PGPU_IOC_MAGIC, 0x05, struct p2pgpu_export_dmabuf)
 #define P2PGPU_IOC_DMABUF_SELFTEST _IOWR(P2PGPU_IOC_MAGIC, 0x06, struct p2pgpu_dmabuf_selftest)
+#define P2PGPU_IOC_IMPORT_DMABUF _IOWR(P2PGPU_IOC_MAGIC, 0x07, struct p2pgpu_import)
+#define P2PGPU_IOC_IMPORT_RELEASE _IOW(P2PGPU_IOC_MAGIC, 0x08, struct p2pgpu_import)
+#define P2PGPU_IOC_IMPORT_COPY	_IOWR(P2PGPU_IOC_MAGIC, 0x09, struct p2pgpu_import_copy)
+#define P2PGPU_IOC_DMABUF_INVALIDATE _IOW(P2PGPU_IOC_MAGIC, 0x0a, struct p2pgpu_dmabuf_invalidate)
+#define P2PGPU_IOC_DMABUF_STATS	_IOR(P2PGPU_IOC_MAGIC, 0x0b, struct p2pgpu_dmabuf_stats)
 
 #endif /* _UAPI_P2PGPU_H */

@@ -204,6 +204,38 @@ pub const RULES: &[Rule] = &[
             Expect::Eq("devices[{provider}].inbound.peers.{client}.write_bytes", 0),
         ],
     },
+    // Page-less (dma-buf) cases on two-gpu: the importer's copy engine writes into the
+    // exporter's VRAM through the imported mapping; guest RAM carries only the ring.
+    Rule {
+        case: "dmabuf-peer-copy",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast(
+                "devices[{importer}].dma.peers.{exporter}.write_bytes",
+                64 * NV_MIB,
+            ),
+            Expect::AtMost("devices[{importer}].dma.host_memory.read_bytes", NV_MIB - 1),
+            Expect::AtMost(
+                "devices[{importer}].dma.host_memory.write_bytes",
+                NV_MIB - 1,
+            ),
+            Expect::Eq("devices[{importer}].dma.client_relay.write_bytes", 0),
+            Expect::Eq("devices[{exporter}].dma.host_memory.read_bytes", 0),
+        ],
+    },
+    // Two 4 MiB copies (before and after an invalidation); the one after the revoke
+    // moves nothing.
+    Rule {
+        case: "dmabuf-revoke",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::Eq(
+                "devices[{importer}].dma.peers.{exporter}.write_bytes",
+                8 * NV_MIB,
+            ),
+            Expect::Eq("devices[{importer}].dma.client_relay.write_bytes", 0),
+        ],
+    },
 ];
 
 /// Two counters of a case's delta that must be equal (e.g. what one device wrote to a
@@ -251,6 +283,21 @@ pub const SAME_RULES: &[SameRule] = &[
         a: "devices[{provider}].inbound.peers.{client}.read_bytes",
         b: "devices[{client}].dma.peers.{provider}.read_bytes",
     },
+    SameRule {
+        case: "dmabuf-peer-copy",
+        a: "devices[{exporter}].inbound.peers.{importer}.write_bytes",
+        b: "devices[{importer}].dma.peers.{exporter}.write_bytes",
+    },
+    SameRule {
+        case: "dmabuf-revoke",
+        a: "devices[{exporter}].inbound.peers.{importer}.write_bytes",
+        b: "devices[{importer}].dma.peers.{exporter}.write_bytes",
+    },
+    SameRule {
+        case: "dmabuf-unbind",
+        a: "devices[{exporter}].inbound.peers.{importer}.write_bytes",
+        b: "devices[{importer}].dma.peers.{exporter}.write_bytes",
+    },
 ];
 
 pub fn check(case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
@@ -263,6 +310,8 @@ fn subst_roles(topo: &Topology, p: &str) -> String {
     p.replace("{client}", topo.roles.client.as_deref().unwrap_or("?"))
         .replace("{provider}", topo.roles.provider.as_deref().unwrap_or("?"))
         .replace("{peer}", topo.roles.peer.as_deref().unwrap_or("?"))
+        .replace("{importer}", topo.roles.importer.as_deref().unwrap_or("?"))
+        .replace("{exporter}", topo.roles.exporter.as_deref().unwrap_or("?"))
 }
 
 fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
@@ -391,6 +440,8 @@ pub enum CpuWhen {
     ProviderIsGpu,
     /// The provider is any p2plab device (its BAR 2 memory: VRAM or an NVMe CMB).
     ProviderIsP2plab,
+    /// The topology names an exporter (the page-less cases' target GPU).
+    HasExporter,
 }
 
 /// What the CPU witness must show for one window of a case's `cpu.json` (runs with
@@ -413,6 +464,15 @@ pub const CPU_RULES: &[CpuRule] = &[
         case: "p2p-read",
         when: CpuWhen::ProviderIsGpu,
         device: "{provider}",
+        bar: 2,
+        expect: &[Expect::Eq("loads", 0), Expect::Eq("stores", 0)],
+    },
+    // Page-less: the copy and its check (both checksum engines) leave the CPU out of the
+    // exporter's VRAM.
+    CpuRule {
+        case: "dmabuf-peer-copy",
+        when: CpuWhen::HasExporter,
+        device: "{exporter}",
         bar: 2,
         expect: &[Expect::Eq("loads", 0), Expect::Eq("stores", 0)],
     },
@@ -443,14 +503,12 @@ fn check_cpu_rules(rules: &[CpuRule], case: &str, topo: &Topology, cpu: &Value) 
                 provider.is_some_and(|d| d.kind == crate::config::DeviceKind::Gpu)
             }
             CpuWhen::ProviderIsP2plab => provider.is_some_and(|d| d.kind.is_p2plab()),
+            CpuWhen::HasExporter => topo.roles.exporter.is_some(),
         };
         if !applies {
             continue;
         }
-        let device = r
-            .device
-            .replace("{client}", topo.roles.client.as_deref().unwrap_or("?"))
-            .replace("{provider}", topo.roles.provider.as_deref().unwrap_or("?"));
+        let device = subst_roles(topo, r.device);
         let window = cpu.get("ranges").and_then(Value::as_array).and_then(|rs| {
             rs.iter().find(|w| {
                 w.get("device").and_then(Value::as_str) == Some(&device)

@@ -15,6 +15,8 @@
 //! client = "nvme0"       # the NVMe whose namespace p2p cases read/write
 //! provider = "gpu0"      # the device whose p2pmem is the buffer
 //! peer = "nvme1"         # optional second NVMe (nvme-nvme-copy: client ns → peer CMB → peer ns)
+//! importer = "gpu0"      # page-less cases: the GPU whose copy engine DMAs into an imported dma-buf
+//! exporter = "gpu1"      # page-less cases: the GPU whose VRAM is exported as that dma-buf
 //! [[device]]
 //! name = "nvme0"         # unique; also the counter and socket name
 //! kind = "nvme"          # "nvme" | "gpu" (p2plab devices) | "qemu-nvme" (QEMU built-in)
@@ -25,6 +27,7 @@
 //! io_queues = 4          # max I/O queue pairs the controller grants
 //! vram_size = "1G"       # GPU BAR2 size (power of two)
 //! p2pmem_size = "1G"     # how much of VRAM the guest module publishes as p2pmem
+//! p2pmem = false         # GPU: publish no p2pmem at all (no struct pages; page-less dma-buf only)
 //! qemu_options = ""      # extra properties for -device (qemu-nvme only), e.g. "x-max-bounce-buffer-size=2M"
 //! ```
 //! Relative `file` paths are relative to the run directory; missing files are created
@@ -146,6 +149,8 @@ pub struct DeviceConfig {
     pub io_queues: Option<u16>,
     pub vram_size: Option<ByteSize>,
     pub p2pmem_size: Option<ByteSize>,
+    /// GPU: whether the guest module publishes p2pmem (struct pages) at all.
+    pub p2pmem: Option<bool>,
     #[serde(default)]
     pub qemu_options: String,
 }
@@ -165,6 +170,10 @@ impl DeviceConfig {
     }
     pub fn vram_size(&self) -> u64 {
         self.vram_size.map_or(DEFAULT_VRAM, |s| s.0)
+    }
+    /// Does the guest module publish p2pmem for this GPU (default yes)?
+    pub fn publishes_p2pmem(&self) -> bool {
+        self.p2pmem.unwrap_or(true)
     }
     pub fn p2pmem_size(&self) -> u64 {
         self.p2pmem_size
@@ -239,6 +248,10 @@ pub struct Roles {
     pub provider: Option<String>,
     /// A second NVMe controller (nvme-nvme-copy).
     pub peer: Option<String>,
+    /// Page-less cases: the GPU importing a dma-buf (its copy engine is the initiator).
+    pub importer: Option<String>,
+    /// Page-less cases: the GPU exporting VRAM as that dma-buf (the target).
+    pub exporter: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,11 +344,28 @@ impl Topology {
             ("client", &self.roles.client),
             ("provider", &self.roles.provider),
             ("peer", &self.roles.peer),
+            ("importer", &self.roles.importer),
+            ("exporter", &self.roles.exporter),
         ] {
             if let Some(n) = name {
                 if !names.contains(n.as_str()) {
                     return Err(format!("roles.{role} names unknown device '{n}'"));
                 }
+            }
+        }
+        for (role, name) in [
+            ("importer", &self.roles.importer),
+            ("exporter", &self.roles.exporter),
+        ] {
+            if let Some(d) = name.as_deref().and_then(|n| self.device(n)) {
+                if d.kind != DeviceKind::Gpu {
+                    return Err(format!("roles.{role}: {} is not a gpu", d.name));
+                }
+            }
+        }
+        for d in &self.devices {
+            if d.p2pmem.is_some() && d.kind != DeviceKind::Gpu {
+                return Err(format!("{}: p2pmem is a gpu setting", d.name));
             }
         }
         Ok(())
@@ -381,5 +411,23 @@ mod tests {
         assert!(t.validate().unwrap_err().contains("cmb_size"));
         let t: Topology = toml::from_str("[roles]\nclient='x'\n").unwrap();
         assert!(t.validate().unwrap_err().contains("unknown device"));
+    }
+
+    #[test]
+    fn pageless_roles_and_p2pmem_are_gpu_settings() {
+        let t: Topology = toml::from_str(
+            "[roles]\nexporter='n'\n[[device]]\nname='n'\nkind='nvme'\n",
+        )
+        .unwrap();
+        assert!(t.validate().unwrap_err().contains("roles.exporter: n is not a gpu"));
+        let t: Topology =
+            toml::from_str("[[device]]\nname='n'\nkind='nvme'\np2pmem=false\n").unwrap();
+        assert!(t.validate().unwrap_err().contains("p2pmem is a gpu setting"));
+        let t = Topology::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../qemu-configs/two-gpu.toml"),
+        )
+        .unwrap();
+        let gpu1 = t.device("gpu1").unwrap();
+        assert!(!gpu1.publishes_p2pmem() && t.device("gpu0").unwrap().publishes_p2pmem());
     }
 }

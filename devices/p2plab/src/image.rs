@@ -651,6 +651,16 @@ pub fn build_kmod(
     key.str(&tr.kver)
         .str(tr.stamp.get("kernel_package").unwrap_or_default())
         .str(&kdir.to_string_lossy());
+    // A developer's tree is rebuilt in place: the key covers its build (configuration
+    // and exported symbols), not only its path.
+    for f in [
+        ".config",
+        "Module.symvers",
+        "include/generated/utsrelease.h",
+    ] {
+        key.str(f)
+            .bytes(&std::fs::read(kdir.join(f)).unwrap_or_default());
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
         .map(|rd| {
             rd.flatten()
@@ -717,16 +727,44 @@ params() {
 		case "$w" in "$1".*=*) echo "${w#*.}" ;; esac
 	done
 }
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 while read -r ko; do
 	[ -n "$ko" ] || continue
 	name=${ko%.ko}
 	insmod "/usr/lib/modules/p2plab/$ko" $(params "$name") || echo "p2plab-init: insmod $ko failed"
 done </etc/p2plab/modules
+# Host directories over virtio-9p (p2plab run --share / --userland).
+p9() { mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 "$1" "$2"; }
+case " $cmdline " in *" p2plab.host=1 "*)
+	mkdir -p /host && p9 host /host || echo "p2plab-init: cannot mount the shared directory at /host"
+esac
+case " $cmdline " in *" p2plab.troot=1 "*)
+	# The toolroot's Debian userland: read-only lower layer, writable tmpfs on top.
+	ul=/run/userland
+	mkdir -p $ul/lower $ul/rw /userland
+	p9 troot $ul/lower || echo "p2plab-init: cannot mount the toolroot userland"
+	mount -t tmpfs -o mode=0755 tmpfs $ul/rw
+	mkdir -p $ul/rw/upper $ul/rw/work
+	mount -t overlay overlay -o lowerdir=$ul/lower,upperdir=$ul/rw/upper,workdir=$ul/rw/work /userland ||
+		{ echo "p2plab-init: no overlayfs: the userland is read-only"; mount --bind $ul/lower /userland; }
+	for d in dev proc sys; do mkdir -p /userland/$d; mount --rbind /$d /userland/$d; done
+	mkdir -p /userland/tmp && mount -t tmpfs tmpfs /userland/tmp
+	if [ -d /host ]; then mkdir -p /userland/host && mount --bind /host /userland/host; fi
+	rel=$(uname -r)
+	case " $cmdline " in *" p2plab.kmods=1 "*)
+		mkdir -p /userland/usr/lib/modules/$rel && p9 kmods /userland/usr/lib/modules/$rel
+	esac
+esac
 case " $cmdline " in
 *" p2plab.shell=1 "*)
 	echo "p2plab: guest shell. Run cases: p2plab-guest --no-ack [CASE...] (list: p2plab-guest --list)."
 	echo "p2plab: leave with 'poweroff' or Ctrl-D; Ctrl-A X kills QEMU."
-	ENV=/etc/p2plab/shrc setsid -c sh <>/dev/ttyS0 >&0 2>&1
+	if [ -x /userland/bin/bash ]; then
+		echo "p2plab: in the toolroot userland (/userland); leave with 'exit' or Ctrl-D."
+		setsid -c chroot /userland /bin/bash -l <>/dev/ttyS0 >&0 2>&1
+	else
+		ENV=/etc/p2plab/shrc setsid -c sh <>/dev/ttyS0 >&0 2>&1
+	fi
 	;;
 *)
 	p2plab-guest
@@ -749,11 +787,17 @@ pub struct BaseInputs<'a> {
     pub toolroot: &'a Toolroot,
     pub runner: &'a Path,
     pub modules: &'a ModuleTree,
+    /// What to load from `modules` (with dependencies), in order.
+    pub module_names: &'a [&'a str],
     pub kmod: Option<&'a Path>,
 }
 
 /// Modules every guest loads (with their dependencies).
 pub const GUEST_MODULES: &[&str] = &["nvme"];
+
+/// Modules for host directories shared over virtio-9p (`--share`, `--userland`) and the
+/// userland's writable overlay; skipped where built in.
+pub const SHARE_MODULES: &[&str] = &["9pnet_virtio", "9p", "overlay"];
 
 fn merged_usr(t: &mut Tree) {
     for (l, d) in [
@@ -781,7 +825,7 @@ fn add_binary(tr: &Toolroot, t: &mut Tree, guest: &str) -> Result<()> {
 /// The cached base initramfs (built when its key changes). Returns its path.
 pub fn base_image(inp: &BaseInputs, home: &Path) -> Result<PathBuf> {
     let tr = inp.toolroot;
-    let mods = inp.modules.resolve(GUEST_MODULES);
+    let mods = inp.modules.resolve(inp.module_names);
     let mut key = KeyHasher::default();
     key.str(&format!("format {IMAGE_FORMAT}"))
         .str(INIT)

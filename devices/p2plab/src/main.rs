@@ -40,7 +40,7 @@ enum Cmd {
         dir: Option<PathBuf>,
     },
     /// Boot a lab guest: serve the topology's devices, start QEMU, run guest cases.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Summarise a suite run directory (one sub-directory per topology run):
     /// print the table, write summary.json, exit 1 on any failure.
     Summary {
@@ -52,13 +52,13 @@ enum Cmd {
     },
     /// Benchmark the lab against QEMU's built-in NVMe measured in the same run.
     Bench(bench::BenchArgs),
-    /// Print the bypass proof of a P2P case from a run directory.
+    /// Print the bypass proof of a P2P case from a run directory; for a run without one
+    /// (a --shell or --exec run), what every device moved where over the whole run.
     Proof {
         /// The run directory (scripts/run-guest --out).
         run_dir: PathBuf,
-        /// The case.
-        #[arg(default_value = "p2p-read")]
-        case: String,
+        /// The case (default: p2p-read when the run has it, else the whole run).
+        case: Option<String>,
     },
     /// Print the live counters of a running lab (JSON).
     Stats {
@@ -73,10 +73,10 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Serve { config, dir } => lab::serve_main(&config, dir),
-        Cmd::Run(args) => run::run_main(args),
+        Cmd::Run(args) => run::run_main(*args),
         Cmd::Summary { out, host_rows } => suite::summary_main(&out, &host_rows),
         Cmd::Bench(args) => bench::bench_main(args),
-        Cmd::Proof { run_dir, case } => suite::proof_main(&run_dir, &case),
+        Cmd::Proof { run_dir, case } => suite::proof_or_movement(&run_dir, case.as_deref()),
         Cmd::Stats { target } => control::stats_main(&target),
     };
     match code {

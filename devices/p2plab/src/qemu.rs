@@ -179,6 +179,8 @@ pub struct Launch<'a> {
     pub extra: &'a [String],
     /// CPU witness: the TCG plugin and its control socket (TCG only).
     pub witness: Option<(&'a Path, PathBuf)>,
+    /// Host directories shared read-only with the guest over virtio-9p: (mount tag, dir).
+    pub shares: Vec<(&'static str, PathBuf)>,
 }
 
 /// The QEMU arguments (after the binary and its -L options).
@@ -232,6 +234,20 @@ pub fn args(l: &Launch) -> Result<Vec<String>> {
             "chardev:con",
             "-monitor",
             "none",
+        ]);
+    }
+
+    // Read-only host directories (virtio-9p on pcie.0, away from the lab's hierarchy).
+    for (tag, dir) in &l.shares {
+        let path = dir.to_string_lossy();
+        if path.contains(',') {
+            anyhow::bail!("shared directory {path}: a ',' cannot be passed to -fsdev");
+        }
+        push(&[
+            "-fsdev",
+            &format!("local,id=fs-{tag},path={path},security_model=none,readonly=on"),
+            "-device",
+            &format!("virtio-9p-pci,fsdev=fs-{tag},mount_tag={tag}"),
         ]);
     }
 

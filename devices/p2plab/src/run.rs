@@ -46,6 +46,9 @@ pub const GPU_PCI_IDS: (u16, u16) = (p2plab_gpu::pci::VENDOR_ID, p2plab_gpu::pci
 
 const DEFAULT_TIMEOUT_SECS: u64 = 900;
 
+/// The case an `--exec` command runs as (the runner knows the name too).
+const EXEC_CASE: &str = "exec";
+
 #[derive(clap::Args, Debug, serde::Serialize)]
 pub struct RunArgs {
     /// Topology file (relative paths are also looked up in the repository).
@@ -59,7 +62,8 @@ pub struct RunArgs {
     /// nvme and its dependencies are taken from there. Default: the toolroot's.
     #[arg(long)]
     pub modules: Option<PathBuf>,
-    /// Comma-separated cases (default: every case valid for the topology; "none": boot only).
+    /// Comma-separated cases (default: every case valid for the topology, or none with
+    /// --exec/--shell; "all": every valid case; "none": boot only).
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
     /// List the guest cases (name, where they apply, description) and exit.
@@ -99,6 +103,19 @@ pub struct RunArgs {
     /// release/libtcg_witness.so).
     #[arg(long, requires = "cpu_witness")]
     pub witness_plugin: Option<PathBuf>,
+    /// Host directory shared read-only with the guest at /host (virtio-9p).
+    #[arg(long)]
+    pub share: Option<PathBuf>,
+    /// Command run in the guest (sh -c; with --userland, bash in the toolroot userland)
+    /// after the cases given with --cases, or alone: its exit status is the KTAP result
+    /// of a case named `exec`, its output lands in cases/exec/output.log.
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// The toolroot's Debian userland in the guest: shared read-only at /userland (with a
+    /// writable overlay), /dev, /proc, /sys, /host and the kernel's modules inside;
+    /// --exec and --shell run there (bash, coreutils, util-linux, python3, nvme-cli, fio).
+    #[arg(long)]
+    pub userland: bool,
     /// QEMU to use instead of the toolroot's (a path, or a name on PATH; default
     /// $P2PLAB_QEMU): a developer's own build, >= 10.1 with vfio-user-pci (checked).
     #[arg(long)]
@@ -106,6 +123,41 @@ pub struct RunArgs {
     /// Show the whole console (default: KTAP lines and errors only) and build details.
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// Refuse, before booting, a developer's kernel whose configuration lacks what the lab
+/// needs (found beside the image, or in the modules' `build` tree). A kernel without a
+/// findable `.config` boots with a note.
+fn check_kernel_config(kernel: &Path, mods: &ModuleTree, pvh: bool) -> Result<()> {
+    let candidates = [
+        kernel.parent().map(|d| d.join(".config")),
+        Some(mods.dir.join("build/.config")),
+    ];
+    let Some((path, text)) = candidates
+        .into_iter()
+        .flatten()
+        .find_map(|p| std::fs::read_to_string(&p).ok().map(|t| (p, t)))
+    else {
+        eprintln!(
+            "p2plab: note: no .config beside {} or in the modules' build tree: the lab's required options are not checked",
+            kernel.display()
+        );
+        return Ok(());
+    };
+    let mut required = p2plab_toolroot::kconfig::LAB_REQUIRED.to_vec();
+    if pvh {
+        required.push("CONFIG_PVH");
+    }
+    let missing = p2plab_toolroot::kconfig::missing_builtin(&text, &required);
+    if !missing.is_empty() {
+        bail!(
+            "{} cannot run the lab: {} lacks {} (=y); scripts/build-kernel merges scripts/kconfig/lab.config for you",
+            kernel.display(),
+            path.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The repository this binary was built from, else the first ancestor of the cwd with
@@ -203,6 +255,8 @@ fn not_applicable(c: &CaseInfo, t: &Topology) -> Option<String> {
             "client" => t.roles.client.is_some(),
             "provider" => t.roles.provider.is_some(),
             "peer" => t.roles.peer.is_some(),
+            "importer" => t.roles.importer.is_some(),
+            "exporter" => t.roles.exporter.is_some(),
             _ => false,
         };
         if !set {
@@ -254,7 +308,7 @@ fn select_cases(args: &RunArgs, table: &[CaseInfo], t: &Topology) -> Result<Vec<
     if want == ["none"] {
         return Ok(vec![]);
     }
-    if want.is_empty() {
+    if want.is_empty() || want == ["all"] {
         return Ok(table
             .iter()
             .filter(|c| not_applicable(c, t).is_none())
@@ -300,6 +354,7 @@ fn guest_run_json(t: &Topology, cases: &[CaseInfo]) -> Value {
                     v["vendor"] = json!(GPU_PCI_IDS.0);
                     v["device"] = json!(GPU_PCI_IDS.1);
                     v["vram_size"] = json!(d.vram_size());
+                    v["p2pmem"] = json!(d.publishes_p2pmem());
                 }
             }
             v
@@ -308,7 +363,8 @@ fn guest_run_json(t: &Topology, cases: &[CaseInfo]) -> Value {
     json!({
         "cases": cases.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         "devices": devices,
-        "roles": {"client": t.roles.client, "provider": t.roles.provider, "peer": t.roles.peer},
+        "roles": {"client": t.roles.client, "provider": t.roles.provider, "peer": t.roles.peer,
+                  "importer": t.roles.importer, "exporter": t.roles.exporter},
     })
 }
 
@@ -432,11 +488,23 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     let config = resolve_config(&args.config, &repo)?;
     let topo = Topology::load(&config)?;
     let table = case_table(&runner)?;
-    let cases = if args.shell && args.cases.is_empty() {
+    let mut cases = if (args.shell || args.exec.is_some()) && args.cases.is_empty() {
         vec![]
     } else {
         select_cases(&args, &table, &topo)?
     };
+    if args.exec.is_some() {
+        if args.shell {
+            bail!("--exec and --shell exclude each other");
+        }
+        cases.push(CaseInfo {
+            name: EXEC_CASE.into(),
+            when: "any".into(),
+            roles: vec![],
+            tools: vec!["fio".into()],
+            needs: vec![],
+        });
+    }
     let home = image::p2plab_home();
 
     let run_dir = match &args.out {
@@ -478,6 +546,9 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             .as_deref()
             .unwrap_or(&tr.root.join("usr/lib/modules").join(&tr.kver)),
     )?;
+    if let Some(k) = &args.kernel {
+        check_kernel_config(k, &mods, kernel.pvh)?;
+    }
     if args.kernel.is_some() && args.modules.is_none() {
         eprintln!("p2plab: note: --kernel without --modules: using the toolroot's {} modules (they load only into that release)", tr.kver);
     }
@@ -507,11 +578,30 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             None
         }
     };
+    // Host directories for the guest: --share at /host, the toolroot as the userland, and
+    // (userland with a developer's kernel) its module tree for modprobe.
+    let mut shares: Vec<(&'static str, PathBuf)> = vec![];
+    if let Some(d) = &args.share {
+        let d = d
+            .canonicalize()
+            .with_context(|| format!("--share {}", d.display()))?;
+        anyhow::ensure!(d.is_dir(), "--share {}: not a directory", d.display());
+        shares.push(("host", d));
+    }
+    if args.userland {
+        shares.push(("troot", tr.root.canonicalize()?));
+        shares.push(("kmods", mods.dir.canonicalize()?));
+    }
+    let mut guest_modules: Vec<&str> = image::GUEST_MODULES.to_vec();
+    if !shares.is_empty() {
+        guest_modules.extend(image::SHARE_MODULES);
+    }
     let base = image::base_image(
         &image::BaseInputs {
             toolroot: &tr,
             runner: &runner,
             modules: &mods,
+            module_names: &guest_modules,
             kmod: kmod.as_deref(),
         },
         &home,
@@ -520,7 +610,10 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     if args.shell || cases.iter().any(|c| c.tools.iter().any(|t| t == "fio")) {
         layers.push(image::fio_layer(&tr, &home)?);
     }
-    let guest_json = guest_run_json(&topo, &cases);
+    let mut guest_json = guest_run_json(&topo, &cases);
+    if let Some(cmd) = &args.exec {
+        guest_json["exec"] = json!({"command": cmd, "userland": args.userland});
+    }
     let run_layer = image::run_layer(serde_json::to_string_pretty(&guest_json)?.as_bytes())?;
     let initrd = run_dir.join("initrd.cpio");
     image::concat(
@@ -572,6 +665,19 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     if args.shell {
         cmdline.push_str(" p2plab.shell=1");
     }
+    for (tag, _) in &shares {
+        cmdline.push_str(&format!(" p2plab.{tag}=1"));
+    }
+    // GPUs that publish no p2pmem, by Device Serial Number (what p2pgpu reads at probe).
+    let no_p2pmem: Vec<String> = topo
+        .devices
+        .iter()
+        .filter(|d| d.kind == DeviceKind::Gpu && !d.publishes_p2pmem())
+        .map(|d| format!("{:#x}", p2plab_pci::dsn_from_str(&d.name)))
+        .collect();
+    if !no_p2pmem.is_empty() {
+        cmdline.push_str(&format!(" p2pgpu.no_p2pmem={}", no_p2pmem.join(",")));
+    }
 
     // --- lab
     let has_p2plab = topo.devices.iter().any(|d| d.kind.is_p2plab());
@@ -610,6 +716,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         shell: args.shell,
         extra: &args.qemu_args,
         witness: plugin.as_deref().map(|p| (p, run_dir.join("witness.sock"))),
+        shares: shares.clone(),
     })?;
     let mut cmd = qemu_bin.command();
     cmd.args(&qargs);
@@ -627,6 +734,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         "kernel": {"path": kernel.path, "pvh": kernel.pvh, "release": mods.release()},
         "toolroot": tr.describe(),
         "qemu_binary": qemu_bin.describe(),
+        "shares": shares.iter().map(|(t, d)| json!({"tag": t, "dir": d})).collect::<Vec<_>>(),
         "modules": mods.dir,
         "p2pgpu_ko": kmod,
         "initrd_layers": layers,
@@ -679,15 +787,14 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             image_secs,
         )
     };
+    // Whole-run counters for every run, a free-form --shell included (its proof).
     if let Some(lab) = lab {
-        if !args.shell {
-            let _ = std::fs::write(
-                run_dir.join("counters.json"),
-                serde_json::to_string_pretty(&lab.snapshot())?,
-            );
-        }
+        let _ = std::fs::write(
+            run_dir.join("counters.json"),
+            serde_json::to_string_pretty(&lab.snapshot())?,
+        );
         lab.shutdown();
-    } else if !args.shell {
+    } else {
         std::fs::write(
             run_dir.join("counters.json"),
             serde_json::to_string_pretty(&json!({"devices": []}))?,
@@ -749,6 +856,8 @@ struct CaseRun {
     splats: Vec<String>,
     /// The kernel's console lines from the first report to the case's end.
     splat_log: Vec<String>,
+    /// The console between the case's markers (kept as `output.log` for `exec`).
+    output: Vec<String>,
 }
 
 #[allow(
@@ -881,6 +990,9 @@ fn supervise(
             }
         }
         if let Some(r) = open_case.as_ref().and_then(|c| runs.get_mut(c)) {
+            if !l.trim_start().starts_with("P2PLAB-CASE-") {
+                r.output.push(l.clone());
+            }
             if !r.splats.is_empty() && ktap::is_kernel_line(&l) && r.splat_log.len() < 200 {
                 r.splat_log.push(l.clone());
             }
@@ -920,6 +1032,9 @@ fn supervise(
                 std::fs::write(dir.join("counters.json"), serde_json::to_string_pretty(&d)?)?;
                 r.delta = Some(d);
                 r.reported_fails = assertions::check_reported(begin, &end, &r.reported);
+                if name == EXEC_CASE {
+                    std::fs::write(dir.join("output.log"), r.output.join("\n") + "\n")?;
+                }
             }
             open_case = None;
             if let Some(w) = cpu.as_mut() {

@@ -68,7 +68,13 @@ pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
         .with_context(|| format!("reading {}", out.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_dir())
+        // Dot directories are the harness's own tests (expected to fail), not topologies.
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     dirs.sort();
     for dir in dirs {
@@ -255,7 +261,74 @@ fn fmt_bytes(n: u64) -> String {
     out
 }
 
-/// `p2plab proof RUN_DIR [CASE]`: the bypass proof of one P2P case, for a newcomer.
+/// `p2plab proof RUN_DIR [CASE]`: the proof of CASE, else of `p2p-read` when the run
+/// has it, else (a --shell or --exec run) the whole run's movement table.
+pub fn proof_or_movement(run_dir: &Path, case: Option<&str>) -> anyhow::Result<i32> {
+    if let Some(c) = case {
+        return proof_main(run_dir, c);
+    }
+    let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
+    if ktap::parse(&ktap).iter().any(|r| r.name == "p2p-read") {
+        return proof_main(run_dir, "p2p-read");
+    }
+    movement_main(run_dir)
+}
+
+/// What every device moved where over a whole run (`counters.json`): the proof of a
+/// free-form run, whose cases the lab does not know.
+pub fn movement_main(run_dir: &Path) -> anyhow::Result<i32> {
+    let read = |f: &str| -> anyhow::Result<Value> {
+        let p = run_dir.join(f);
+        Ok(serde_json::from_str(
+            &std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?,
+        )?)
+    };
+    let run = read("run.json")?;
+    let counters = read("counters.json")?;
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    let rw = |v: &Value| {
+        format!(
+            "read {}, wrote {}",
+            fmt_bytes(u(&v["read_bytes"])),
+            fmt_bytes(u(&v["write_bytes"]))
+        )
+    };
+    println!();
+    println!(
+        "p2plab counters — whole run of topology '{}' ({})",
+        run["topology"].as_str().unwrap_or("?"),
+        run_dir.display()
+    );
+    println!("  ({})", environment_line(&run_environment(&run)));
+    for d in counters["devices"].as_array().into_iter().flatten() {
+        let name = d["name"].as_str().unwrap_or("?");
+        println!(
+            "  {name} ({}) as bus master:",
+            d["kind"].as_str().unwrap_or("?")
+        );
+        println!("    {:<28} {}", "guest RAM", rw(&d["dma"]["host_memory"]));
+        println!("    {:<28} {}", "its own BARs", rw(&d["dma"]["self"]));
+        for (peer, v) in d["dma"]["peers"].as_object().into_iter().flatten() {
+            println!("    {:<28} {}", format!("peer {peer}'s BARs"), rw(v));
+        }
+        println!(
+            "    {:<28} {}",
+            "relayed through QEMU",
+            rw(&d["dma"]["client_relay"])
+        );
+        for (peer, v) in d["inbound"]["peers"].as_object().into_iter().flatten() {
+            println!("    {:<28} {}", format!("inbound from {peer}"), rw(v));
+        }
+        println!(
+            "    {:<28} {}",
+            "trapped CPU MMIO",
+            rw(&d["inbound"]["cpu_mmio"])
+        );
+    }
+    Ok(0)
+}
+
+/// `p2plab proof RUN_DIR CASE`: the bypass proof of one P2P case, for a newcomer.
 pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     let run: Value = serde_json::from_str(
         &std::fs::read_to_string(run_dir.join("run.json")).context("run.json")?,
@@ -264,16 +337,33 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
         toml::from_str(run["topology_toml"].as_str().unwrap_or_default())
             .context("topology in run.json")?;
     topo.name = run["topology"].as_str().unwrap_or_default().to_string();
-    let client = topo
-        .roles
-        .client
-        .clone()
-        .context("topology has no client role")?;
-    let provider = topo
-        .roles
-        .provider
-        .clone()
-        .context("topology has no provider role")?;
+    // Who moved the data where: the page-less (dma-buf) cases' initiator is the importer
+    // GPU and their target the exporter's VRAM; the others' the client NVMe and the
+    // provider's BAR.
+    let pageless = case.starts_with("dmabuf-");
+    let (client, provider) = if pageless {
+        (
+            topo.roles
+                .importer
+                .clone()
+                .context("topology has no importer role")?,
+            topo.roles
+                .exporter
+                .clone()
+                .context("topology has no exporter role")?,
+        )
+    } else {
+        (
+            topo.roles
+                .client
+                .clone()
+                .context("topology has no client role")?,
+            topo.roles
+                .provider
+                .clone()
+                .context("topology has no provider role")?,
+        )
+    };
     let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
     let verdict = ktap::parse(&ktap).into_iter().find(|r| r.name == case);
     let cdir = run_dir.join("cases").join(case);
@@ -292,7 +382,13 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     let u = |v: &Value| v.as_u64().unwrap_or(0);
     let peer = u(&c["dma"]["peers"][&provider]["write_bytes"]);
     let inbound = u(&p["inbound"]["peers"][&client]["write_bytes"]);
-    let ram_data = u(&c["dma"]["host_memory"]["write_bytes"]);
+    // The NVMe's guest-RAM reads are its queues and PRP lists; a GPU's are its ring.
+    let ram_data = u(&c["dma"]["host_memory"]["write_bytes"])
+        + if pageless {
+            u(&c["dma"]["host_memory"]["read_bytes"])
+        } else {
+            0
+        };
     let relay: u64 = [&c, &p]
         .iter()
         .map(|d| {
@@ -332,9 +428,26 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     );
     println!(
         "  {:<52} {}",
-        format!("bytes {client} wrote into guest RAM"),
+        if pageless {
+            format!("bytes {client} moved through guest RAM")
+        } else {
+            format!("bytes {client} wrote into guest RAM")
+        },
         fmt_bytes(ram_data)
     );
+    if let Some(target) = topo.device(&provider) {
+        if target.kind == crate::config::DeviceKind::Gpu {
+            println!(
+                "  {:<52} {}",
+                "struct pages behind the target buffer",
+                if target.publishes_p2pmem() {
+                    format!("p2pmem published on {provider}")
+                } else {
+                    format!("none (no p2pmem published on {provider})")
+                }
+            );
+        }
+    }
     println!(
         "  {:<52} {}",
         "bytes relayed through QEMU",

@@ -4,6 +4,7 @@
 //! pick the default cases of a topology, so the row is the only registration.
 
 mod bench;
+mod dmabuf;
 mod gpu;
 mod nvme;
 mod p2p;
@@ -185,6 +186,30 @@ pub const CASES: &[Case] = &[
         roles: &["provider"],
         tools: &[],
         run: gpu::cpu_copy,
+    },
+    Case {
+        name: "dmabuf-peer-copy",
+        description: "page-less: the importer GPU's copy engine writes 64 MiB into the exporter GPU's VRAM through an imported dma-buf (exporter has no p2pmem), checksum-verified; map counts back to 0",
+        when: When::Any,
+        roles: &["importer", "exporter"],
+        tools: &[],
+        run: dmabuf::peer_copy,
+    },
+    Case {
+        name: "dmabuf-revoke",
+        description: "page-less: exporter invalidates -> the importer re-maps on the next copy; exporter revokes -> the next copy fails with ENODEV and moves nothing",
+        when: When::Any,
+        roles: &["importer", "exporter"],
+        tools: &[],
+        run: dmabuf::revoke,
+    },
+    Case {
+        name: "dmabuf-unbind",
+        description: "page-less: unbind the exporter while the importer holds a mapping and a copy is in flight: no hang, no leak, rebind works",
+        when: When::Any,
+        roles: &["importer", "exporter"],
+        tools: &[],
+        run: dmabuf::unbind,
     },
     Case {
         name: "bench",

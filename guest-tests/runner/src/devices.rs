@@ -24,6 +24,13 @@ pub struct DevInfo {
     /// GPU BAR2 ("VRAM") bytes the topology configured (0 = not given).
     #[serde(default)]
     pub vram_size: u64,
+    /// GPU: does the module publish p2pmem (struct pages) for it?
+    #[serde(default = "yes")]
+    pub p2pmem: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl DevInfo {
@@ -39,6 +46,12 @@ pub struct Roles {
     /// A second NVMe controller (nvme-nvme-copy: client namespace → peer CMB → peer namespace).
     #[serde(default)]
     pub peer: Option<String>,
+    /// Page-less cases: the GPU that imports a dma-buf (its copy engine DMAs).
+    #[serde(default)]
+    pub importer: Option<String>,
+    /// Page-less cases: the GPU whose VRAM is exported.
+    #[serde(default)]
+    pub exporter: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +62,18 @@ pub struct RunConfig {
     pub devices: Vec<DevInfo>,
     #[serde(default)]
     pub roles: Roles,
+    /// `p2plab run --exec`: the command the `exec` case runs.
+    #[serde(default)]
+    pub exec: Option<ExecConfig>,
+}
+
+/// A developer's command (`p2plab run --exec CMD [--userland]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExecConfig {
+    pub command: String,
+    /// Run it with bash in the toolroot userland mounted at /userland.
+    #[serde(default)]
+    pub userland: bool,
 }
 
 impl RunConfig {
@@ -117,6 +142,8 @@ impl Env {
             "client" => self.roles.client.as_deref(),
             "provider" => self.roles.provider.as_deref(),
             "peer" => self.roles.peer.as_deref(),
+            "importer" => self.roles.importer.as_deref(),
+            "exporter" => self.roles.exporter.as_deref(),
             _ => None,
         }
         .ok_or_else(|| format!("the topology names no {role}"))?;

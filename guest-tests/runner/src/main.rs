@@ -14,6 +14,7 @@
 mod cases;
 mod console;
 mod devices;
+mod exec;
 mod mem;
 
 use std::time::{Duration, Instant};
@@ -78,6 +79,12 @@ fn main() {
     std::process::exit(run(o));
 }
 
+/// What a name in the run's list stands for.
+enum What<'a> {
+    Case(&'a cases::Case),
+    Exec(&'a devices::ExecConfig),
+}
+
 fn run(o: Opts) -> i32 {
     let mut con = Console::open(&o.tty, o.ack, o.ack_timeout);
     con.line("KTAP version 1");
@@ -103,10 +110,16 @@ fn run(o: Opts) -> i32 {
     let mut failed = 0;
     for (i, name) in names.iter().enumerate() {
         let n = i + 1;
-        let Some(case) = CASES.iter().find(|c| c.name == name) else {
-            con.line(&format!("not ok {n} {name} # unknown case"));
-            failed += 1;
-            continue;
+        let exec = cfg.exec.as_ref().filter(|_| name == exec::NAME);
+        let case = CASES.iter().find(|c| c.name == name);
+        let what = match (exec, case) {
+            (Some(e), _) => What::Exec(e),
+            (None, Some(c)) => What::Case(c),
+            (None, None) => {
+                con.line(&format!("not ok {n} {name} # unknown case"));
+                failed += 1;
+                continue;
+            }
         };
         let mut acked = con.mark("P2PLAB-CASE-BEGIN", name);
         let t0 = Instant::now();
@@ -114,7 +127,10 @@ fn run(o: Opts) -> i32 {
             env: &env,
             con: &mut con,
         };
-        let result = (case.run)(&mut ctx);
+        let result = match what {
+            What::Exec(e) => exec::run(e, &mut ctx),
+            What::Case(c) => (c.run)(&mut ctx),
+        };
         let secs = t0.elapsed().as_secs_f64();
         acked &= con.mark("P2PLAB-CASE-END", name);
         con.line(&format!("# {name}: {secs:.2} s"));

@@ -86,6 +86,50 @@ pub struct Selftest {
     pub contiguous: u32,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct Import {
+    fd: i32,
+    handle: u32,
+    size: u64,
+}
+
+/// `P2PGPU_IOC_IMPORT_COPY`'s argument; the out fields are what a case checks.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct ImportCopy {
+    handle: u32,
+    flags: u32,
+    offset: u64,
+    local: u64,
+    len: u64,
+    timeout_ms: u32,
+    pub status: u32,
+    pub dma_addr: u64,
+    pub maps: u64,
+    pub invalidations: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Invalidate {
+    fd: i32,
+    flags: u32,
+}
+
+/// `P2PGPU_IOC_DMABUF_STATS`: the dma-bufs a device holds, as its driver counts them.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmabufStats {
+    pub exports: u32,
+    pub export_maps: u32,
+    pub imports: u32,
+    pub import_maps: u32,
+}
+
+pub const INFO_P2PMEM: u32 = 1;
+const IMPORT_TO: u32 = 1;
+const INVALIDATE_REVOKE: u32 = 1;
 const SELFTEST_PEER: u32 = 1;
 const CHECKSUM_SHA256: u32 = 1;
 
@@ -101,6 +145,18 @@ const IOC_COPY_FROM_USER: u64 = ioc(IOWR, 3, size_of::<CopyUser>());
 const IOC_COPY_TO_USER: u64 = ioc(IOWR, 4, size_of::<CopyUser>());
 const IOC_EXPORT_DMABUF: u64 = ioc(IOWR, 5, size_of::<ExportDmabuf>());
 const IOC_DMABUF_SELFTEST: u64 = ioc(IOWR, 6, size_of::<Selftest>());
+const IOW: u64 = 1;
+const IOC_IMPORT_DMABUF: u64 = ioc(IOWR, 7, size_of::<Import>());
+const IOC_IMPORT_RELEASE: u64 = ioc(IOW, 8, size_of::<Import>());
+const IOC_IMPORT_COPY: u64 = ioc(IOWR, 9, size_of::<ImportCopy>());
+const IOC_DMABUF_INVALIDATE: u64 = ioc(IOW, 10, size_of::<Invalidate>());
+const IOC_DMABUF_STATS: u64 = ioc(IOR, 11, size_of::<DmabufStats>());
+const _: () = assert!(
+    size_of::<Import>() == 16
+        && size_of::<ImportCopy>() == 64
+        && size_of::<Invalidate>() == 8
+        && size_of::<DmabufStats>() == 16
+);
 const _: () =
     assert!(size_of::<Info>() == 56 && size_of::<Checksum>() == 56 && size_of::<Copy>() == 32);
 const _: () = assert!(
@@ -262,6 +318,63 @@ impl Gpu {
         Ok(st)
     }
 
+    /// Import a dma-buf as this device (dynamic, peer-to-peer, revocable): the handle
+    /// and the dma-buf's size. Nothing is mapped until the first `import_copy`.
+    pub fn import(&self, fd: i32) -> Result<(u32, u64), std::io::Error> {
+        let mut im = Import {
+            fd,
+            ..Default::default()
+        };
+        self.ioctl_raw(IOC_IMPORT_DMABUF, &mut im)?;
+        Ok((im.handle, im.size))
+    }
+
+    pub fn import_release(&self, handle: u32) -> Result<(), String> {
+        let mut im = Import {
+            handle,
+            ..Default::default()
+        };
+        self.ioctl(IOC_IMPORT_RELEASE, &mut im, "IMPORT_RELEASE")
+    }
+
+    /// The copy engine between bus address `local` and `[offset, offset+len)` of an
+    /// import (`to_import`: local → import). The driver maps the import if it is not
+    /// mapped; the result carries the errno of a failed map (a revoked export).
+    pub fn import_copy(
+        &self,
+        handle: u32,
+        to_import: bool,
+        offset: u64,
+        local: u64,
+        len: u64,
+    ) -> (ImportCopy, Result<(), std::io::Error>) {
+        let mut ic = ImportCopy {
+            handle,
+            flags: if to_import { IMPORT_TO } else { 0 },
+            offset,
+            local,
+            len,
+            ..Default::default()
+        };
+        let r = self.ioctl_raw(IOC_IMPORT_COPY, &mut ic);
+        (ic, r)
+    }
+
+    /// Exporter side: invalidate every importer's mapping of `fd` (`revoke`: for good).
+    pub fn invalidate(&self, fd: i32, revoke: bool) -> Result<(), std::io::Error> {
+        let mut inv = Invalidate {
+            fd,
+            flags: if revoke { INVALIDATE_REVOKE } else { 0 },
+        };
+        self.ioctl_raw(IOC_DMABUF_INVALIDATE, &mut inv)
+    }
+
+    pub fn dmabuf_stats(&self) -> Result<DmabufStats, String> {
+        let mut st = DmabufStats::default();
+        self.ioctl(IOC_DMABUF_STATS, &mut st, "DMABUF_STATS")?;
+        Ok(st)
+    }
+
     /// VRAM offset of a p2pmem mapping of this device (checked contiguous, inside BAR2).
     pub fn vram_offset(&self, m: &Mapping) -> Result<u64, String> {
         let phys = phys_contiguous(m)?;
@@ -344,7 +457,7 @@ pub fn phys_contiguous(m: &Mapping) -> Result<u64, String> {
     Ok(first * PAGE)
 }
 
-fn mibs(len: usize, t: Instant) -> String {
+pub fn mibs(len: usize, t: Instant) -> String {
     let s = t.elapsed().as_secs_f64();
     format!(
         "{:.2} s, {:.1} MiB/s",
