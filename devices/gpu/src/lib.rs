@@ -19,14 +19,18 @@
 //! 0x030200).
 //!
 //! # Architecture
-//! A pure state machine, like `p2plab-nvme`: [`GpuDevice::bar_write`] only records work
-//! (a doorbell or a start bit) and never blocks; [`GpuDevice::process`], called by the
-//! host's worker thread until it returns `false`, does one bounded step per engine (one
-//! descriptor fetch plus at most [`copy::CHUNK`] bytes copied, [`checksum::CHUNK`] bytes
-//! hashed). DMA goes through the [`DmaSpace`] the fabric gives the device (which routes
-//! and counts every byte); VRAM as a copy source or destination is addressed by its bus
-//! address (the fabric's self route). No register lock is held across a DMA, so a
-//! relayed DMA that waits on QEMU can never block a vCPU's register access.
+//! A pure state machine, like `p2plab-nvme`, driven through the device contract
+//! [`p2plab_pci::PciFunction`]: `bar_write` only records work (a doorbell, a start bit, a
+//! disable the worker must acknowledge) and returns `true` for it, never blocking;
+//! `process`, called by the host's worker thread until it returns `false` and
+//! `needs_processing` is clear, does one bounded step per engine (one descriptor fetch
+//! plus at most [`copy::CHUNK`] bytes copied, [`checksum::CHUNK`] bytes hashed). DMA goes
+//! through the [`DmaSpace`] the fabric gives the device (which routes and counts every
+//! byte); VRAM as a copy source or destination is addressed by its bus address (the
+//! fabric's self route). No register lock is held across a DMA, so a relayed DMA that
+//! waits on QEMU can never block a vCPU's register access. A function reset (FLR or
+//! conventional) stops both engines: registers to power-on values, whatever the worker
+//! holds abandoned without a completion.
 //!
 //! # What it does not implement
 //! No graphics, no command processor, no page tables: VRAM is flat and the copy engine
@@ -43,6 +47,8 @@ pub mod pci;
 pub mod regs;
 
 use p2plab_memory::{BusAddr, DmaError, DmaSpace, InterruptSink, MmapRegion};
+use p2plab_pci::{ConfigSpace, PciFunction, UNCLAIMED_READ};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -247,9 +253,10 @@ impl Regs {
         }
     }
 
-    /// Apply a dword write; returns a vector to signal, if any.
+    /// Apply a dword write: the vector to signal, if any, and whether it gave the
+    /// worker something to do.
     #[must_use]
-    fn write_reg(&mut self, off: u64, val: u32) -> Option<u16> {
+    fn write_reg(&mut self, off: u64, val: u32) -> RegWrite {
         let set_lo = |r: &mut u64, v: u32| *r = (*r & !0xffff_ffff) | u64::from(v);
         let set_hi = |r: &mut u64, v: u32| *r = (*r & 0xffff_ffff) | (u64::from(v) << 32);
         match off {
@@ -262,9 +269,10 @@ impl Regs {
                 if !self.ce_runnable() {
                     log::debug!("gpu CE_TAIL write {val} while the engine is stopped: ignored");
                 } else if val >= self.ce_size {
-                    return self.ce_halt_with(regs::CE_HALT_BAD_TAIL);
+                    return RegWrite::signal(self.ce_halt_with(regs::CE_HALT_BAD_TAIL));
                 } else {
                     self.ce_tail = val;
+                    return RegWrite::WORK;
                 }
             }
             regs::CE_CTRL => return self.write_ce_ctrl(val),
@@ -277,20 +285,23 @@ impl Regs {
                     self.ck_status = regs::CK_STATUS_BUSY;
                     self.ck_digest = [0; regs::CK_DIGEST_LEN];
                     self.ck_pending = Some((self.ck_offset, self.ck_len));
+                    return RegWrite::WORK;
                 }
             }
             _ => log::trace!("gpu BAR0 write {val:#x} at {off:#x}: read-only or unknown"),
         }
-        None
+        RegWrite::NONE
     }
 
+    /// CE_CTRL: either edge is work (the worker drops what it holds and clears
+    /// CE_STATUS.ACTIVE; an enable starts the ring).
     #[must_use]
-    fn write_ce_ctrl(&mut self, val: u32) -> Option<u16> {
+    fn write_ce_ctrl(&mut self, val: u32) -> RegWrite {
         let was = self.ce_enabled();
         let now = val & regs::CE_CTRL_ENABLE != 0;
         self.ce_ctrl = val & regs::CE_CTRL_ENABLE;
         if was == now {
-            return None;
+            return RegWrite::NONE;
         }
         // Either edge abandons whatever the worker holds and restarts the ring at 0.
         self.ce_generation = self.ce_generation.wrapping_add(1);
@@ -298,7 +309,7 @@ impl Regs {
         self.ce_tail = 0;
         self.ce_halt = 0;
         if !now {
-            return None;
+            return RegWrite::WORK;
         }
         let size = self.ce_ring_size;
         let ring_bytes = u64::from(size) * copy::DESC_SIZE;
@@ -306,11 +317,41 @@ impl Regs {
             && self.ce_ring_base & (regs::CE_RING_ALIGN - 1) == 0
             && self.ce_ring_base.checked_add(ring_bytes).is_some();
         if !valid {
-            return self.ce_halt_with(regs::CE_HALT_BAD_RING);
+            return RegWrite {
+                vector: self.ce_halt_with(regs::CE_HALT_BAD_RING),
+                work: true,
+            };
         }
         self.ce_base = self.ce_ring_base;
         self.ce_size = size;
-        None
+        RegWrite::WORK
+    }
+}
+
+/// What a register write did beyond storing its value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct RegWrite {
+    /// MSI-X vector to signal.
+    vector: Option<u16>,
+    /// The worker has something to do (`process`).
+    work: bool,
+}
+
+impl RegWrite {
+    const NONE: Self = Self {
+        vector: None,
+        work: false,
+    };
+    const WORK: Self = Self {
+        vector: None,
+        work: true,
+    };
+
+    fn signal(vector: Option<u16>) -> Self {
+        Self {
+            vector,
+            work: false,
+        }
     }
 }
 
@@ -330,6 +371,8 @@ pub struct GpuDevice {
     vram: Arc<dyn VramAccess>,
     regs: Mutex<Regs>,
     worker: Mutex<Worker>,
+    /// Work recorded for `process` since it last started (`needs_processing`).
+    work: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -337,8 +380,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl GpuDevice {
+    /// BAR of the registers (64-bit, 64 KiB, trapped).
     pub const REG_BAR: usize = REG_BAR;
+    /// BAR of the VRAM (64-bit prefetchable, memory-backed).
     pub const VRAM_BAR: usize = VRAM_BAR;
+    /// BAR of the MSI-X table and PBA (32-bit, trapped).
     pub const MSIX_BAR: usize = MSIX_BAR;
 
     /// Build a device. `vram` must cover at least `cfg.vram_size` bytes.
@@ -372,19 +418,16 @@ impl GpuDevice {
                 ck: None,
                 buf: vec![0; chunk],
             }),
+            work: AtomicBool::new(false),
         })
     }
 
+    /// The configuration the device was built with.
     pub fn config(&self) -> &GpuConfig {
         &self.cfg
     }
 
-    /// The power-on PCI config space (IDs, BARs, PM, MSI-X, PCIe, DSN, Resizable BAR).
-    pub fn config_space(&self) -> p2plab_pci::ConfigSpace {
-        self.config_space.clone()
-    }
-
-    /// The description [`Self::config_space`] was built from.
+    /// The description the config space was built from.
     pub fn pci_layout(&self) -> pci::PciLayout {
         pci::layout(self.cfg.vram_size, self.cfg.serial)
     }
@@ -399,109 +442,15 @@ impl GpuDevice {
         }
     }
 
-    /// Bus Master Enable from the config space: without it the copy engine does not
-    /// fetch or copy (posted work waits).
-    pub fn set_bus_master(&self, enabled: bool) {
-        lock(&self.regs).bus_master = enabled;
+    /// Records work for `process` (`needs_processing`).
+    fn kick(&self) {
+        self.work.store(true, Ordering::Release);
     }
 
     fn signal(&self, vector: Option<u16>) {
         if let Some(v) = vector {
             self.irq.signal(v);
         }
-    }
-
-    /// A trapped read. Never blocks on DMA. Out-of-range bytes read as all-ones.
-    pub fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
-        buf.fill(0xff);
-        let Some(end) = offset.checked_add(buf.len() as u64) else {
-            return;
-        };
-        if end > self.bar_size(bar) {
-            log::debug!("gpu read outside BAR{bar}: {offset:#x}+{:#x}", buf.len());
-            return;
-        }
-        match bar {
-            REG_BAR => {
-                let r = lock(&self.regs);
-                for (i, b) in buf.iter_mut().enumerate() {
-                    let at = offset + i as u64;
-                    let dword_off = at & !3;
-                    let v = r.read_reg(self.cfg.vram_size, dword_off);
-                    *b = v.to_le_bytes()[(at - dword_off) as usize];
-                }
-            }
-            VRAM_BAR => {
-                if let Err(e) = self.vram.read(offset, buf) {
-                    log::warn!("gpu trapped VRAM read at {offset:#x} failed: {e}");
-                    buf.fill(0xff);
-                }
-            }
-            // QEMU emulates the MSI-X table and PBA; reads that reach us see zeros.
-            MSIX_BAR => buf.fill(0),
-            _ => {}
-        }
-    }
-
-    /// A trapped write. Only records work; never blocks on DMA.
-    pub fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) {
-        let Some(end) = offset.checked_add(data.len() as u64) else {
-            return;
-        };
-        if end > self.bar_size(bar) {
-            log::debug!("gpu write outside BAR{bar}: {offset:#x}+{:#x}", data.len());
-            return;
-        }
-        match bar {
-            REG_BAR => {
-                if offset & 3 != 0 || !(data.len() == 4 || data.len() == 8) {
-                    log::debug!(
-                        "gpu BAR0 write of {} bytes at {offset:#x}: ignored",
-                        data.len()
-                    );
-                    return;
-                }
-                let mut vectors = Vec::new();
-                {
-                    let mut r = lock(&self.regs);
-                    for (i, dw) in data.chunks_exact(4).enumerate() {
-                        let val = u32::from_le_bytes([dw[0], dw[1], dw[2], dw[3]]);
-                        vectors.extend(r.write_reg(offset + 4 * i as u64, val));
-                    }
-                }
-                vectors.into_iter().for_each(|v| self.irq.signal(v));
-            }
-            VRAM_BAR => {
-                if let Err(e) = self.vram.write(offset, data) {
-                    log::warn!("gpu trapped VRAM write at {offset:#x} failed: {e}");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Run one bounded step of each engine. Returns `true` if anything was done (call
-    /// again), `false` when idle. The host calls it after every BAR0 write (a doorbell,
-    /// a start bit, or a disable the worker must acknowledge by clearing
-    /// `CE_STATUS.ACTIVE`) and keeps calling while it returns `true`.
-    pub fn process(&self) -> bool {
-        let mut w = lock(&self.worker);
-        let copied = self.copy_step(&mut w);
-        let hashed = self.checksum_step(&mut w);
-        copied || hashed
-    }
-
-    /// Device reset (DEVICE_RESET): registers to power-on values, in-flight work
-    /// abandoned, Bus Master off until the host calls [`Self::set_bus_master`] again.
-    pub fn reset(&self) {
-        let mut r = lock(&self.regs);
-        let ce_generation = r.ce_generation.wrapping_add(1);
-        let ck_generation = r.ck_generation.wrapping_add(1);
-        *r = Regs {
-            ce_generation,
-            ck_generation,
-            ..Regs::default()
-        };
     }
 
     fn copy_step(&self, w: &mut Worker) -> bool {
@@ -702,5 +651,130 @@ impl GpuDevice {
         drop(r);
         self.signal(vector);
         true
+    }
+}
+
+impl PciFunction for GpuDevice {
+    /// IDs, BARs, PM, MSI-X, PCIe (with FLR), DSN, Resizable BAR; see [`pci`].
+    fn config_space(&self) -> ConfigSpace {
+        self.config_space.clone()
+    }
+
+    /// Registers as [`regs`] says (unknown offsets inside BAR0: 0), trapped VRAM through
+    /// [`VramAccess`], the MSI-X BAR as zeros (QEMU emulates the table and PBA); all
+    /// unclaimed bytes (other BARs, accesses past a BAR's end, a failed VRAM read) as
+    /// all-ones.
+    fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
+        buf.fill(UNCLAIMED_READ);
+        let Some(end) = offset.checked_add(buf.len() as u64) else {
+            return;
+        };
+        if end > self.bar_size(bar) {
+            log::debug!("gpu read outside BAR{bar}: {offset:#x}+{:#x}", buf.len());
+            return;
+        }
+        match bar {
+            REG_BAR => {
+                let r = lock(&self.regs);
+                for (i, b) in buf.iter_mut().enumerate() {
+                    let at = offset + i as u64;
+                    let dword_off = at & !3;
+                    let v = r.read_reg(self.cfg.vram_size, dword_off);
+                    *b = v.to_le_bytes()[(at - dword_off) as usize];
+                }
+            }
+            VRAM_BAR => {
+                if let Err(e) = self.vram.read(offset, buf) {
+                    log::warn!("gpu trapped VRAM read at {offset:#x} failed: {e}");
+                    buf.fill(UNCLAIMED_READ);
+                }
+            }
+            MSIX_BAR => buf.fill(0),
+            _ => {}
+        }
+    }
+
+    /// Records register writes (aligned dwords or qwords); returns whether one gave the
+    /// worker something to do (CE_TAIL, a CE_CTRL edge, a checksum start).
+    fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> bool {
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return false;
+        };
+        if end > self.bar_size(bar) {
+            log::debug!("gpu write outside BAR{bar}: {offset:#x}+{:#x}", data.len());
+            return false;
+        }
+        match bar {
+            REG_BAR => {
+                if offset & 3 != 0 || !(data.len() == 4 || data.len() == 8) {
+                    log::debug!(
+                        "gpu BAR0 write of {} bytes at {offset:#x}: ignored",
+                        data.len()
+                    );
+                    return false;
+                }
+                let mut vectors = Vec::new();
+                let mut work = false;
+                {
+                    let mut r = lock(&self.regs);
+                    for (i, dw) in data.chunks_exact(4).enumerate() {
+                        let val = u32::from_le_bytes([dw[0], dw[1], dw[2], dw[3]]);
+                        let fx = r.write_reg(offset + 4 * i as u64, val);
+                        vectors.extend(fx.vector);
+                        work |= fx.work;
+                    }
+                }
+                if work {
+                    self.kick();
+                }
+                vectors.into_iter().for_each(|v| self.irq.signal(v));
+                work
+            }
+            VRAM_BAR => {
+                if let Err(e) = self.vram.write(offset, data) {
+                    log::warn!("gpu trapped VRAM write at {offset:#x} failed: {e}");
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Without Bus Master Enable the copy engine does not fetch or copy (posted work
+    /// waits); enabling it asks for processing.
+    fn set_bus_master(&self, enabled: bool) {
+        lock(&self.regs).bus_master = enabled;
+        if enabled {
+            self.kick();
+        }
+    }
+
+    /// Function reset (FLR or conventional): registers to power-on values, both engines
+    /// stopped and their in-flight work abandoned (never completed), Bus Master off.
+    fn reset(&self) {
+        let mut r = lock(&self.regs);
+        let ce_generation = r.ce_generation.wrapping_add(1);
+        let ck_generation = r.ck_generation.wrapping_add(1);
+        *r = Regs {
+            ce_generation,
+            ck_generation,
+            ..Regs::default()
+        };
+        drop(r);
+        // The worker must drop what it holds and clear CE_STATUS.ACTIVE.
+        self.kick();
+    }
+
+    /// One bounded step of each engine. Returns `true` if anything was done.
+    fn process(&self) -> bool {
+        self.work.store(false, Ordering::SeqCst);
+        let mut w = lock(&self.worker);
+        let copied = self.copy_step(&mut w);
+        let hashed = self.checksum_step(&mut w);
+        copied || hashed
+    }
+
+    fn needs_processing(&self) -> bool {
+        self.work.load(Ordering::Acquire)
     }
 }

@@ -11,7 +11,7 @@
 //! | 2 | "VRAM" | 64-bit, prefetchable, memfd-backed (mmapped by QEMU) | `GpuConfig::vram_size` |
 //! | 4 | MSI-X table (offset 0) + PBA ([`MSIX_PBA_OFFSET`]) | 32-bit, non-prefetchable, trapped | 4 KiB |
 //!
-//! [`PciLayout::build`] turns the description into a `p2plab_pci::ConfigSpace`.
+//! [`PciLayout::config_space`] turns the description into a `p2plab_pci::ConfigSpace`.
 //!
 //! Capabilities: Power Management, MSI-X ([`crate::regs::MSIX_VECTORS`] vectors), PCI
 //! Express endpoint; extended: Resizable BAR for BAR2 (sizes from 1 MiB up to the VRAM

@@ -65,7 +65,7 @@ pub const CAPS_COPY_ENGINE: u32 = 1 << 0;
 /// CAPS: the checksum engine computes SHA-256.
 pub const CAPS_CHECKSUM_SHA256: u32 = 1 << 1;
 
-/// INTR: a copy descriptor with [`CE_DESC_FLAG_INTERRUPT`] completed successfully.
+/// INTR: a copy descriptor with [`crate::copy::DESC_FLAG_INTERRUPT`] completed successfully.
 pub const INTR_CE_DONE: u32 = 1 << 0;
 /// INTR: a copy descriptor completed with an error, or the ring halted.
 pub const INTR_CE_ERROR: u32 = 1 << 1;

@@ -6,6 +6,7 @@ use p2plab_gpu::{
     checksum, pci, regs, GpuConfig, GpuDevice, GpuError, VramAccess, REG_BAR, VRAM_BAR,
 };
 use p2plab_memory::{BusAddr, DmaError, DmaSpace, RecordingInterrupts, TestDmaSpace};
+use p2plab_pci::{PciFunction, UNCLAIMED_READ};
 use std::sync::{Arc, Mutex};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
@@ -143,11 +144,12 @@ impl Lab {
     fn wr64(&self, lo: u64, val: u64) {
         self.dev.bar_write(REG_BAR, lo, &val.to_le_bytes());
     }
-    /// Run the engines until idle; panics if they never go idle.
+    /// Run the engines as the host's worker does, until `process` is idle and nothing
+    /// asks for more; panics if they never go idle.
     #[track_caller]
     fn run(&self) -> usize {
         for steps in 0..10_000 {
-            if !self.dev.process() {
+            if !self.dev.process() && !self.dev.needs_processing() {
                 return steps;
             }
         }
@@ -580,6 +582,96 @@ fn reset_abandons_work_and_restores_power_on_state() {
         assert_eq!(l.rd(off), 0, "register {off:#x} after reset");
     }
     assert_eq!(l.rd(regs::ID), regs::ID_VALUE);
+}
+
+#[test]
+fn function_level_reset_stops_both_engines_until_bus_master_returns() {
+    let l = lab();
+    l.wr(regs::INTR_ENABLE, regs::INTR_ALL);
+    l.enable_ring();
+    l.post(0, RAM_BASE, VRAM_BASE, 3 << 20, copy::DESC_FLAG_INTERRUPT);
+    l.wr(regs::CE_TAIL, 1);
+    l.wr64(regs::CK_LEN_LO, 2 << 20);
+    l.wr(regs::CK_CTRL, regs::CK_CTRL_START);
+    assert!(l.dev.process(), "first chunk of each engine");
+    assert_ne!(l.rd(regs::CE_STATUS) & regs::CE_STATUS_ACTIVE, 0);
+    l.dev.reset();
+    assert!(
+        l.dev.needs_processing(),
+        "the worker must drop what it holds: the host wakes it"
+    );
+    l.run();
+    assert_eq!(
+        l.rd(regs::CE_STATUS),
+        0,
+        "no descriptor held after the reset"
+    );
+    assert_eq!(l.rd(regs::CK_STATUS), 0, "the checksum run was abandoned");
+    assert_eq!(
+        l.desc_status(0),
+        0,
+        "an abandoned descriptor is never completed"
+    );
+    assert!(l.irq.take().is_empty());
+    // Bus mastering stays off after the reset until the host enables it again.
+    l.bus.ram.poke(RAM_BASE + (1 << 20), &[0x5c; 64]);
+    l.enable_ring();
+    l.post(0, RAM_BASE + (1 << 20), VRAM_BASE, 64, 0);
+    l.wr(regs::CE_TAIL, 1);
+    assert_eq!(l.run(), 0);
+    assert_eq!(l.desc_status(0), 0);
+    l.dev.set_bus_master(true);
+    assert!(l.dev.needs_processing());
+    l.run();
+    assert_eq!(l.desc_status(0), copy::DESC_STATUS_DONE);
+}
+
+#[test]
+fn only_writes_that_start_or_stop_work_ask_for_processing() {
+    let l = lab();
+    l.run(); // the Bus Master Enable of lab() asked for a pass
+    let write = |off: u64, val: u32| l.dev.bar_write(REG_BAR, off, &val.to_le_bytes());
+    assert!(!write(regs::INTR_ENABLE, regs::INTR_ALL));
+    assert!(!write(regs::CE_RING_BASE_LO, RING as u32));
+    assert!(!write(regs::CE_RING_BASE_HI, (RING >> 32) as u32));
+    assert!(!write(regs::CE_RING_SIZE, RING_ENTRIES));
+    assert!(!l.dev.needs_processing());
+    assert!(
+        write(regs::CE_CTRL, regs::CE_CTRL_ENABLE),
+        "enabling the ring"
+    );
+    assert!(l.dev.needs_processing());
+    l.run();
+    assert!(write(regs::CE_TAIL, 0), "a tail");
+    assert!(
+        write(regs::CK_CTRL, regs::CK_CTRL_START),
+        "a checksum start"
+    );
+    l.run();
+    assert!(write(regs::CE_CTRL, 0), "a disable the worker acknowledges");
+    assert!(
+        !l.dev.bar_write(VRAM_BAR, 0, &[1; 8]),
+        "trapped VRAM is no work"
+    );
+}
+
+#[test]
+fn unclaimed_bar_reads_are_all_ones() {
+    let l = lab();
+    let read = |bar: usize, off: u64, len: usize| {
+        let mut b = vec![0x5a; len];
+        l.dev.bar_read(bar, off, &mut b);
+        b
+    };
+    for bar in [1, 3, 5, 6] {
+        assert_eq!(read(bar, 0, 4), vec![UNCLAIMED_READ; 4], "BAR{bar}");
+    }
+    assert_eq!(
+        read(REG_BAR, regs::BAR0_SIZE - 2, 4),
+        vec![UNCLAIMED_READ; 4],
+        "an access past BAR0's end"
+    );
+    assert_eq!(read(REG_BAR, u64::MAX - 1, 4), vec![UNCLAIMED_READ; 4]);
 }
 
 #[test]

@@ -1,4 +1,7 @@
-//! Admin command set (spec §5).
+//! The admin worker: the admin command set (spec §5).
+//!
+//! Executes one command against the shared state ([`crate::state`]) and returns a
+//! [`crate::command::CommandResult`]; the controller's loop fetches and completes it.
 
 use std::time::Instant;
 
@@ -20,10 +23,12 @@ use nvme_spec::{
 use p2plab_memory::DmaSpace;
 use zerocopy::{FromZeros, IntoBytes};
 
-use crate::controller::{Shared, State};
+use crate::command::{CommandResult, Outcome};
 use crate::error::NvmeError;
+use crate::features::Features;
 use crate::prp::{copy_from_guest, copy_to_guest, prp_runs, PAGE_SIZE};
 use crate::queue::{cq_db_index, sq_db_index, CompletionQueue, Shadow, SubmissionQueue};
+use crate::state::{Shared, State};
 
 /// AERL: Asynchronous Event Request Limit (0's based): 4 outstanding.
 pub const AERL: u8 = 3;
@@ -32,66 +37,13 @@ pub const ACL: u8 = 3;
 /// Composite temperature reported in SMART (Kelvin, 35 °C).
 pub const COMPOSITE_TEMPERATURE: u16 = 308;
 
-/// How an admin command completes.
-pub enum AdminOutcome {
-    /// Post a CQE now with this DW0.
-    Complete(u32),
-    /// Completes later (Asynchronous Event Request).
-    Deferred,
-}
-
-/// Current values of the features (§5.21.1); reset by a Controller Reset.
-#[derive(Debug)]
-pub struct Features {
-    pub arbitration: u32,
-    pub power_management: u32,
-    /// [tmpsel 0..=8][over, under].
-    pub temperature_thresholds: [[u16; 2]; 9],
-    pub error_recovery: u32,
-    pub volatile_write_cache: bool,
-    /// Granted I/O queues (0's based NSQA/NCQA), set once by Number of Queues.
-    pub queues: NumberOfQueues,
-    pub interrupt_coalescing: u32,
-    pub write_atomicity: u32,
-    pub async_event_config: u32,
-    /// Host-set timestamp (ms) and when it was set.
-    pub timestamp: Option<(u64, Instant)>,
-    pub keep_alive: u32,
-    pub software_progress_marker: u32,
-}
-
-impl Features {
-    pub fn new(max_io_queues: u16) -> Self {
-        let q = max_io_queues.saturating_sub(1);
-        let mut t = [[0u16; 2]; 9];
-        for th in t.iter_mut() {
-            th[0] = 0xffff; // over-temperature thresholds start disabled-high
-        }
-        t[0][0] = 0x0157; // composite: 70 °C
-        Self {
-            arbitration: 0,
-            power_management: 0,
-            temperature_thresholds: t,
-            error_recovery: 0,
-            volatile_write_cache: true,
-            queues: NumberOfQueues::new().with_nsq(q).with_ncq(q),
-            interrupt_coalescing: 0,
-            write_atomicity: 0,
-            async_event_config: 0,
-            timestamp: None,
-            keep_alive: 0,
-            software_progress_marker: 0,
-        }
-    }
-}
-
 /// Executes admin command `cmd`.
-pub fn handle(sh: &Shared, st: &mut State, cmd: &Command) -> Result<AdminOutcome, NvmeError> {
+pub fn handle(sh: &Shared, st: &mut State, cmd: &Command) -> CommandResult {
     // Admin commands use PRPs only and no fused operations over PCIe (§4.2).
     if cmd.cdw0.psdt() != PSDT_PRP || cmd.cdw0.fuse() != 0 {
         return Err(Status::INVALID_FIELD_IN_COMMAND.into());
     }
-    let done = |dw0: u32| Ok(AdminOutcome::Complete(dw0));
+    let done = |dw0: u32| Ok(Outcome::Complete(dw0));
     match AdminOpcode(cmd.cdw0.opc()) {
         AdminOpcode::IDENTIFY => identify(sh, cmd).and_then(|()| done(0)),
         AdminOpcode::GET_LOG_PAGE => get_log_page(sh, st, cmd).and_then(|()| done(0)),
@@ -106,7 +58,7 @@ pub fn handle(sh: &Shared, st: &mut State, cmd: &Command) -> Result<AdminOutcome
                 return Err(Status::ASYNCHRONOUS_EVENT_REQUEST_LIMIT_EXCEEDED.into());
             }
             st.events.outstanding.push(cmd.cdw0.cid());
-            Ok(AdminOutcome::Deferred)
+            Ok(Outcome::Deferred)
         }
         // Commands run to completion before the next is fetched: nothing is ever left
         // to abort.

@@ -1,15 +1,18 @@
 //! Controller Memory Buffer registers (spec §3.1.11, §3.1.12, §3.1.16, §3.1.17, §8.7).
 //!
-//! The CMB memory itself is not here: it is the memory of BAR [`crate::CMB_BAR`], owned
-//! by the host (a memfd QEMU maps). Queues and PRPs placed in the CMB are reached
+//! The CMB memory itself is not here: it is the memory of BAR [`crate::pci::CMB_BAR`],
+//! owned by the host (a memfd QEMU maps). Queues and PRPs placed in the CMB are reached
 //! through the [`p2plab_memory::DmaSpace`], which routes the device's own BAR addresses
 //! to that memory. This module keeps the NVMe 1.4 register semantics:
 //! - CMBLOC/CMBSZ read as zero until the host sets CMBMSC.CRE;
 //! - CMBMSC.CMSE enables the CMB at CMBMSC.CBA, which must equal the address the guest
 //!   programmed into the CMB BAR, else CMBSTS.CBAI is set and the CMB stays disabled;
-//! - CMBMSC is not reset by a Controller Reset (CC.EN 1→0): Linux writes it once.
+//! - CMBMSC is not reset by a Controller Reset (CC.EN 1→0) nor by a function reset
+//!   (FLR): Linux writes it once per probe.
 
 use nvme_spec::regs::{Cmbloc, Cmbmsc, Cmbsts, Cmbsz, CMBSZ_SZU_1M};
+
+use crate::pci::CMB_BAR;
 
 /// Size unit advertised in CMBSZ.SZU: 1 MiB.
 pub const CMB_UNIT: u64 = 1 << 20;
@@ -38,12 +41,12 @@ impl Cmb {
         self.size != 0
     }
 
-    /// CMBLOC: BAR [`crate::CMB_BAR`], offset 0; zero while CMBMSC.CRE is clear.
+    /// CMBLOC: BAR [`crate::pci::CMB_BAR`], offset 0; zero while CMBMSC.CRE is clear.
     pub fn cmbloc(&self) -> Cmbloc {
         if !self.supported() || !self.msc.cre() {
             return Cmbloc::new();
         }
-        Cmbloc::new().with_bir(crate::CMB_BAR as u8).with_ofst(0)
+        Cmbloc::new().with_bir(CMB_BAR as u8).with_ofst(0)
     }
 
     /// CMBSZ: SQS, LISTS, RDS, WDS (not CQS), size in MiB; zero while CRE is clear.

@@ -1,41 +1,45 @@
-//! The controller: register access from the vfio-user thread, queue processing on the
-//! host's worker thread.
+//! The controller: the register path (vfio-user thread) and the worker loop (host
+//! worker thread) around the admin and I/O command workers.
+//!
+//! Imports run one way: this module uses the workers ([`crate::admin`], [`crate::io`]),
+//! which use the queues, PRP/SGL walkers, namespaces and the shared state
+//! ([`crate::state`], [`crate::features`], [`crate::command`]); nothing below reaches
+//! back up (a unit test checks it).
 //!
 //! Locking: `regs` (register file) and the doorbell atomics are touched by `bar_*`; they
 //! are never held across DMA. `state` (queues, features, async events) belongs to
-//! [`NvmeController::process`] and is held across DMA and file I/O, so nothing a vCPU
+//! [`NvmeController`]'s `process` and is held across DMA and file I/O, so nothing a vCPU
 //! waits for (a register access) ever takes it: CC.EN transitions are recorded and
 //! carried out by the worker.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use nvme_spec::log::LogPageId;
-use nvme_spec::regs::{Cap, CAP_CSS_NVM, CSTS_SHST_COMPLETE};
-use nvme_spec::{
-    AsyncEventCompletion, AsyncEventErrorInfo, AsyncEventType, Completion, CqeStatus, Status,
-};
-use p2plab_memory::{DmaSpace, InterruptSink};
+use nvme_spec::regs::{Cap, CAP_CSS_NVM, CSTS_SHST_COMPLETE, DBS};
+use nvme_spec::{AsyncEventCompletion, AsyncEventErrorInfo, AsyncEventType, Completion, Status};
+use p2plab_memory::{BusAddr, DmaSpace, InterruptSink};
+use p2plab_pci::{ConfigSpace, PciFunction, UNCLAIMED_READ};
 
-use crate::admin::{self, AdminOutcome, Features};
+use crate::admin;
 use crate::cmb::Cmb;
+use crate::command::{status_field, Outcome};
 use crate::error::ConfigError;
+use crate::features::Features;
+use crate::io;
 use crate::namespace::{Deallocate, Namespace, NamespaceConfig};
+use crate::pci::{self, CMB_BAR, MAX_IO_QUEUES, MSIX_BAR, REG_BAR, REG_BAR_SIZE};
 use crate::queue::{
     cq_db_index, sq_db_index, CompletionQueue, Doorbells, SubmissionQueue, DB_ERR_INVALID_REGISTER,
     DB_ERR_INVALID_VALUE,
 };
 use crate::regs::RegFile;
-use crate::{io, pci, CMB_BAR, MAX_IO_QUEUES, MSIX_BAR, REG_BAR, REG_BAR_SIZE};
+use crate::state::{lock, AsyncEvents, Shared, State, Stats, VendorLogSource};
 
-/// Commands taken from the admin SQ per [`NvmeController::process`] pass.
+/// Commands taken from the admin SQ per `process` pass.
 pub const ADMIN_BATCH: usize = 16;
 /// Commands taken from each I/O SQ per pass (bounds latency for the other queues).
 pub const IO_BATCH: usize = 32;
-
-/// The vendor log page 0xC0 source: returns the bytes to report (p2plab counters JSON).
-pub type VendorLogSource = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
 
 /// Controller configuration.
 pub struct NvmeConfig {
@@ -77,134 +81,15 @@ impl NvmeConfig {
     }
 }
 
-/// Counters behind the SMART / Health log.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub read_512: AtomicU64,
-    pub written_512: AtomicU64,
-    pub read_cmds: AtomicU64,
-    pub write_cmds: AtomicU64,
-    pub media_errors: AtomicU64,
-}
-
-/// What the worker and register paths share.
-pub(crate) struct Shared {
-    pub serial: String,
-    pub model: String,
-    pub firmware: String,
-    pub subnqn: String,
-    pub mqes: u16,
-    pub max_io_queues: u16,
-    pub msix_vectors: u16,
-    pub mdts: u8,
-    pub dma: Arc<dyn DmaSpace>,
-    pub irq: Arc<dyn InterruptSink>,
-    pub regs: Mutex<RegFile>,
-    pub doorbells: Doorbells,
-    pub work: AtomicBool,
-    pub bus_master: AtomicBool,
-    pub reset_epoch: AtomicU64,
-    pub msix: Mutex<Vec<u8>>,
-    pub vendor_log: RwLock<Option<VendorLogSource>>,
-    pub namespaces: Vec<Namespace>,
-    pub stats: Stats,
-}
-
-impl Shared {
-    pub fn regs(&self) -> MutexGuard<'_, RegFile> {
-        lock(&self.regs)
-    }
-    /// Largest data transfer in bytes (MDTS).
-    pub fn max_transfer(&self) -> u64 {
-        crate::prp::PAGE_SIZE << self.mdts
-    }
-    pub fn namespace(&self, nsid: u32) -> Option<&Namespace> {
-        let i = usize::try_from(nsid).ok()?.checked_sub(1)?;
-        self.namespaces.get(i)
-    }
-}
-
-/// Async event bookkeeping (§5.2).
-#[derive(Default)]
-pub(crate) struct AsyncEvents {
-    /// CIDs of outstanding Asynchronous Event Request commands.
-    pub outstanding: Vec<u16>,
-    pub pending: VecDeque<AsyncEventCompletion>,
-    /// Event types reported and not yet cleared by reading their log page.
-    pub masked: u8,
-}
-
-impl AsyncEvents {
-    pub fn raise(&mut self, ev: AsyncEventCompletion) {
-        let bit = 1u8 << (ev.aet() & 7);
-        let dup = self.pending.iter().any(|p| p.into_bits() == ev.into_bits());
-        if self.masked & bit == 0 && !dup && self.pending.len() < 16 {
-            self.pending.push_back(ev);
-        }
-    }
-    /// A Get Log Page without RAE for `lid` unmasks its event type.
-    pub fn log_read(&mut self, lid: LogPageId) {
-        let ty = match lid {
-            LogPageId::ERROR_INFORMATION => AsyncEventType::ERROR_STATUS,
-            LogPageId::SMART_HEALTH => AsyncEventType::SMART_HEALTH_STATUS,
-            LogPageId::CHANGED_NAMESPACE_LIST | LogPageId::FIRMWARE_SLOT => AsyncEventType::NOTICE,
-            _ => return,
-        };
-        self.masked &= !(1u8 << (ty.0 & 7));
-    }
-}
-
-/// Worker-owned state.
-pub(crate) struct State {
-    pub epoch: u64,
-    pub enabled: bool,
-    /// CSTS.CFS was set; nothing is processed until a reset.
-    pub failed: bool,
-    pub shutdown_done: bool,
-    /// Index = queue id; 0 is the admin queue.
-    pub sqs: Vec<Option<SubmissionQueue>>,
-    pub cqs: Vec<Option<CompletionQueue>>,
-    pub features: Features,
-    pub events: AsyncEvents,
-    /// Doorbell Buffer Config: (shadow doorbell buffer, EventIdx buffer).
-    pub dbbuf: Option<(u64, u64)>,
-    /// CQs with new entries in this pass (interrupts to raise).
-    pub irq_cqs: Vec<u16>,
-    /// Next I/O SQ to start the round robin at.
-    pub rr: usize,
-    /// Vendor log 0xC0 as taken by the last read at offset 0: reads at a non-zero offset
-    /// (a host fetching the page in chunks) are served from it, so the chunks of one
-    /// fetch come from one snapshot and concatenate to a consistent document.
-    pub vendor_log_snapshot: Option<Vec<u8>>,
-}
-
-impl State {
-    fn new(queues: usize, features: Features) -> Self {
-        Self {
-            epoch: 0,
-            enabled: false,
-            failed: false,
-            shutdown_done: false,
-            sqs: (0..queues).map(|_| None).collect(),
-            cqs: (0..queues).map(|_| None).collect(),
-            features,
-            events: AsyncEvents::default(),
-            dbbuf: None,
-            irq_cqs: Vec::new(),
-            rr: 0,
-            vendor_log_snapshot: None,
-        }
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// An emulated NVMe 1.4 controller with a Controller Memory Buffer.
+///
+/// The host drives it through [`PciFunction`] (register accesses, config events, the
+/// worker's `process`); the inherent methods are construction and identity.
 pub struct NvmeController {
     sh: Shared,
     state: Mutex<State>,
+    /// The power-on config space, built once from [`Self::pci_layout`].
+    config_space: ConfigSpace,
 }
 
 fn ascii_ok(s: &str, max: usize) -> bool {
@@ -291,22 +176,19 @@ impl NvmeController {
             namespaces,
             stats: Stats::default(),
         };
+        let config_space = pci::layout(cfg.cmb_size, msix_vectors, &sh.serial).config_space()?;
         let features = Features::new(cfg.max_io_queues);
         Ok(Self {
             sh,
             state: Mutex::new(State::new(queues, features)),
+            config_space,
         })
     }
 
-    /// The PCI identity, BARs and MSI-X layout the config space must advertise.
+    /// The PCI identity, BARs and MSI-X layout the config space advertises.
     pub fn pci_layout(&self) -> pci::PciLayout {
         let cmb_size = self.sh.regs().cmb.size;
         pci::layout(cmb_size, self.sh.msix_vectors, &self.sh.serial)
-    }
-
-    /// The PCI config space to serve (IDs, BARs, MSI-X, PM, PCIe, DSN; see [`pci`]).
-    pub fn config_space(&self) -> Result<p2plab_pci::ConfigSpace, p2plab_pci::ConfigError> {
-        self.pci_layout().config_space()
     }
 
     /// Number of MSI-X vectors (one per queue pair, vector 0 for the admin queue).
@@ -319,16 +201,6 @@ impl NvmeController {
         self.sh.regs().cmb.size
     }
 
-    /// Whether [`Self::process`] has work: a doorbell, a CC change or a reset arrived
-    /// since it last started. The host wakes its worker when this becomes true.
-    pub fn needs_processing(&self) -> bool {
-        self.sh.work.load(Ordering::Acquire)
-    }
-
-    fn kick(&self) {
-        self.sh.work.store(true, Ordering::Release);
-    }
-
     /// Installs the source of vendor log page 0xC0.
     pub fn set_vendor_log_source(&self, source: VendorLogSource) {
         *self
@@ -338,103 +210,27 @@ impl NvmeController {
             .unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 
-    /// The address the guest programmed into the CMB BAR (None: unassigned or memory
-    /// decoding off). CMBSTS.CBAI is re-evaluated against it.
-    pub fn set_cmb_bar_address(&self, addr: Option<u64>) {
-        self.sh.regs().cmb.set_bar_address(addr);
+    /// Records that the worker has something to do (`needs_processing`).
+    fn kick(&self) {
+        self.sh.work.store(true, Ordering::Release);
     }
 
-    /// The Bus Master Enable bit of the config space; no DMA happens while clear.
-    pub fn set_bus_master(&self, enabled: bool) {
-        self.sh.bus_master.store(enabled, Ordering::Release);
-        if enabled {
-            self.kick();
-        }
-    }
-
-    /// DEVICE_RESET / function-level reset: registers to power-on values (CMBMSC kept),
-    /// all queues deleted by the worker on its next pass. Never blocks on the worker.
-    pub fn reset(&self) {
-        let mut regs = self.sh.regs();
-        regs.reset();
-        self.sh.doorbells.close_all();
-        self.sh.reset_epoch.fetch_add(1, Ordering::AcqRel);
-        drop(regs);
-        lock(&self.sh.msix).fill(0);
-        self.kick();
-    }
-
-    /// A guest read of `buf.len()` bytes at `offset` of BAR `bar`. Unknown BARs and
-    /// offsets read as zero.
-    pub fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
-        buf.fill(0);
+    /// Size of BAR `bar` (0: not implemented).
+    fn bar_size(&self, bar: usize) -> u64 {
         match bar {
-            REG_BAR => {
-                let regs = self.sh.regs();
-                for (i, b) in buf.iter_mut().enumerate() {
-                    let Some(o) = offset.checked_add(i as u64) else {
-                        break;
-                    };
-                    if o >= crate::regs_end() {
-                        break; // doorbells are write-only; reads return 0
-                    }
-                    let dword = regs.read_dword(o & !3);
-                    *b = (dword >> ((o & 3) * 8)) as u8;
-                }
-            }
-            MSIX_BAR => {
-                let msix = lock(&self.sh.msix);
-                copy_out(&msix, offset, buf);
-            }
-            CMB_BAR => {
-                // The host normally serves the CMB from its memfd; this trapped fallback
-                // goes through the DMA space (which routes our own BAR locally).
-                if let Some((base, size)) = self.cmb_bar_window() {
-                    if offset.saturating_add(buf.len() as u64) <= size {
-                        let _ = self
-                            .sh
-                            .dma
-                            .read(p2plab_memory::BusAddr(base.saturating_add(offset)), buf);
-                    }
-                }
-            }
-            _ => {}
+            REG_BAR => REG_BAR_SIZE,
+            CMB_BAR => self.sh.regs().cmb.size,
+            MSIX_BAR => pci::MSIX_BAR_SIZE,
+            _ => 0,
         }
     }
 
-    /// A guest write at `offset` of BAR `bar`. Never blocks on DMA or on the worker.
-    /// Returns whether the worker should run [`Self::process`] (also
-    /// [`Self::needs_processing`]).
-    pub fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> bool {
-        match bar {
-            REG_BAR => self.reg_write(offset, data),
-            MSIX_BAR => {
-                let mut msix = lock(&self.sh.msix);
-                copy_in(&mut msix, offset, data);
-                false
-            }
-            CMB_BAR => {
-                if let Some((base, size)) = self.cmb_bar_window() {
-                    if offset.saturating_add(data.len() as u64) <= size {
-                        let _ = self
-                            .sh
-                            .dma
-                            .write(p2plab_memory::BusAddr(base.saturating_add(offset)), data);
-                    }
-                }
-                false
-            }
-            _ => false,
-        }
-    }
-
-    /// The CMB BAR's programmed address and size, for the trapped fallback. A window
-    /// that would wrap past the end of the address space counts as unassigned.
-    fn cmb_bar_window(&self) -> Option<(u64, u64)> {
-        let regs = self.sh.regs();
-        let base = regs.cmb.bar_addr?;
-        base.checked_add(regs.cmb.size)?;
-        Some((base, regs.cmb.size))
+    /// The bus address of byte `offset` of the CMB BAR as the guest programmed it, for
+    /// the trapped fallback (the host normally serves the CMB from its memfd; the DMA
+    /// space routes the device's own BAR to that memory).
+    fn cmb_bus_address(&self, offset: u64) -> Option<BusAddr> {
+        let base = self.sh.regs().cmb.bar_addr?;
+        base.checked_add(offset).map(BusAddr)
     }
 
     fn reg_write(&self, offset: u64, data: &[u8]) -> bool {
@@ -459,11 +255,11 @@ impl NvmeController {
         };
         let mut kick = false;
         for (off, val) in dwords {
-            if off >= crate::regs_end() {
+            if off >= DBS {
                 if off >= REG_BAR_SIZE {
                     continue;
                 }
-                let index = ((off - nvme_spec::regs::DBS) / 4) as usize;
+                let index = ((off - DBS) / 4) as usize;
                 // Accepted: a new tail/head to service. Rejected: an error event for the
                 // worker to raise. Either way the worker has something to do.
                 self.sh.doorbells.write(index, val);
@@ -486,37 +282,6 @@ impl NvmeController {
             self.kick();
         }
         kick
-    }
-
-    /// Services the controller once: carries out enable/reset/shutdown, then runs the
-    /// admin queue and every I/O SQ for a bounded batch, completes async events and
-    /// raises interrupts. Returns whether any work was done; the host calls it again
-    /// while it returns true (or [`Self::needs_processing`] is set), then sleeps until
-    /// the next [`Self::bar_write`] asks for it.
-    pub fn process(&self) -> bool {
-        let mut st = lock(&self.state);
-        self.sh.work.store(false, Ordering::SeqCst);
-        let mut did = self.sync_enable(&mut st);
-        if !st.enabled || st.failed || !self.sh.bus_master.load(Ordering::Acquire) {
-            return did;
-        }
-        did |= self.doorbell_errors(&mut st);
-        did |= self.service_sq(&mut st, 0, ADMIN_BATCH);
-        let n = st.sqs.len() - 1;
-        let start = st.rr;
-        for k in 0..n {
-            let qid = 1 + (start + k) % n;
-            if st.sqs[qid].is_some() {
-                did |= self.service_sq(&mut st, qid as u16, IO_BATCH);
-            }
-            if st.failed {
-                break;
-            }
-        }
-        st.rr = (start + 1) % n.max(1);
-        did |= self.deliver_async_events(&mut st);
-        self.raise_interrupts(&mut st);
-        did
     }
 
     /// Reconciles the worker state with CC and resets (§7.6.1, §7.6.2).
@@ -712,6 +477,32 @@ impl NvmeController {
         st.sqs[q].as_ref().is_some_and(|s| !s.is_empty())
     }
 
+    /// Whether CQ `cqid` has room for an entry. With a shadow doorbell, refreshing the
+    /// head publishes it as the CQ's EventIdx; after a fence the head is read once more,
+    /// so a head the driver moved meanwhile is either seen here or makes the driver ring
+    /// the MMIO doorbell (it rings when its new head passes EventIdx,
+    /// `nvme_dbbuf_need_event`). Without that re-read a full CQ could wait forever for a
+    /// doorbell the driver saw no reason to ring.
+    fn cq_has_room(&self, st: &mut State, cqid: u16) -> bool {
+        let q = usize::from(cqid);
+        let has_room = |st: &State| st.cqs[q].as_ref().is_some_and(|c| !c.is_full());
+        if has_room(st) {
+            return true;
+        }
+        self.refresh_cq_head(st, cqid);
+        if has_room(st) {
+            return true;
+        }
+        if st.cqs[q].as_ref().is_none_or(|c| c.shadow.is_none()) {
+            return false;
+        }
+        // Our EventIdx store must be visible before the re-read; the driver does the
+        // mirror image (store shadow head, mb(), load EventIdx).
+        fence(Ordering::SeqCst);
+        self.refresh_cq_head(st, cqid);
+        has_room(st)
+    }
+
     fn service_sq(&self, st: &mut State, qid: u16, budget: usize) -> bool {
         let q = usize::from(qid);
         let mut did = false;
@@ -725,12 +516,8 @@ impl NvmeController {
             let Some(cqid) = st.sqs[q].as_ref().map(|s| s.cqid) else {
                 break;
             };
-            let cqi = usize::from(cqid);
-            if st.cqs[cqi].as_ref().is_none_or(|c| c.is_full()) {
-                self.refresh_cq_head(st, cqid);
-                if st.cqs[cqi].as_ref().is_none_or(|c| c.is_full()) {
-                    break;
-                }
+            if !self.cq_has_room(st, cqid) {
+                break;
             }
             let Some(sq) = st.sqs[q].as_mut() else { break };
             let cmd = match sq.pop(&*self.sh.dma) {
@@ -746,14 +533,14 @@ impl NvmeController {
             };
             let sqhd = sq.head;
             did = true;
-            let outcome = if qid == 0 {
+            let result = if qid == 0 {
                 admin::handle(&self.sh, st, &cmd)
             } else {
-                io::handle(&self.sh, &cmd).map(AdminOutcome::Complete)
+                io::handle(&self.sh, &cmd)
             };
-            let (dw0, status) = match outcome {
-                Ok(AdminOutcome::Complete(dw0)) => (dw0, Status::SUCCESS),
-                Ok(AdminOutcome::Deferred) => continue,
+            let (dw0, status) = match result {
+                Ok(Outcome::Complete(dw0)) => (dw0, Status::SUCCESS),
+                Ok(Outcome::Deferred) => continue,
                 Err(e) => {
                     if let Some(src) = &e.source {
                         log::debug!(
@@ -780,42 +567,33 @@ impl NvmeController {
         did
     }
 
-    /// Posts `cqe` to CQ `cqid` (space was checked by the caller).
-    pub(crate) fn post_to(sh: &Shared, st: &mut State, cqid: u16, cqe: Completion) -> bool {
-        if sh.reset_epoch.load(Ordering::Acquire) != st.epoch {
-            return true; // reset meanwhile: the queue is gone
+    /// Posts `cqe` to CQ `cqid` (room was checked by the caller); a CQ the device
+    /// cannot write is fatal (CSTS.CFS).
+    fn post(&self, st: &mut State, cqid: u16, cqe: Completion) {
+        if self.sh.reset_epoch.load(Ordering::Acquire) != st.epoch {
+            return; // reset meanwhile: the queue is gone
         }
         let Some(cq) = st.cqs[usize::from(cqid)].as_mut() else {
-            return true;
+            return;
         };
-        match cq.push(&*sh.dma, cqe) {
+        match cq.push(&*self.sh.dma, cqe) {
             Ok(()) => {
                 if !st.irq_cqs.contains(&cqid) {
                     st.irq_cqs.push(cqid);
                 }
-                true
             }
             Err(e) => {
-                log::warn!("nvme {}: posting to CQ {cqid} failed: {e}", sh.serial);
-                false
+                log::warn!("nvme {}: posting to CQ {cqid} failed: {e}", self.sh.serial);
+                self.fatal(st);
             }
-        }
-    }
-
-    fn post(&self, st: &mut State, cqid: u16, cqe: Completion) {
-        if !Self::post_to(&self.sh, st, cqid, cqe) {
-            self.fatal(st);
         }
     }
 
     fn deliver_async_events(&self, st: &mut State) -> bool {
         let mut did = false;
         while !st.events.outstanding.is_empty() && !st.events.pending.is_empty() {
-            if st.cqs[0].as_ref().is_none_or(|c| c.is_full()) {
-                self.refresh_cq_head(st, 0);
-                if st.cqs[0].as_ref().is_none_or(|c| c.is_full()) {
-                    break;
-                }
+            if !self.cq_has_room(st, 0) {
+                break;
             }
             let (Some(cid), Some(ev)) =
                 (st.events.outstanding.pop(), st.events.pending.pop_front())
@@ -865,13 +643,144 @@ impl NvmeController {
     }
 }
 
-/// A CQE Status Field (phase filled in when posted). Errors set DNR: retrying a
-/// command the model rejected gives the same answer.
-pub(crate) fn status_field(s: Status) -> CqeStatus {
-    CqeStatus::new()
-        .with_sc(s.sc())
-        .with_sct(s.sct().0)
-        .with_dnr(!s.is_success() && s != Status::DATA_TRANSFER_ERROR)
+impl PciFunction for NvmeController {
+    /// IDs, BARs, MSI-X, PM, PCIe (with FLR), DSN; see [`pci`].
+    fn config_space(&self) -> ConfigSpace {
+        self.config_space.clone()
+    }
+
+    /// Registers read as the spec says (reserved and write-only doorbells: 0), the
+    /// MSI-X BAR as last written, the CMB through the DMA space; everything unclaimed
+    /// (other BARs, accesses past a BAR's end, an unreachable CMB) as all-ones.
+    fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
+        buf.fill(UNCLAIMED_READ);
+        let Some(end) = offset.checked_add(buf.len() as u64) else {
+            return;
+        };
+        if end > self.bar_size(bar) {
+            return;
+        }
+        match bar {
+            REG_BAR => {
+                buf.fill(0);
+                let regs = self.sh.regs();
+                for (i, b) in buf.iter_mut().enumerate() {
+                    // offset + i < end: no overflow.
+                    let o = offset + i as u64;
+                    if o >= DBS {
+                        break; // doorbells are write-only; reads return 0
+                    }
+                    let dword = regs.read_dword(o & !3);
+                    *b = (dword >> ((o & 3) * 8)) as u8;
+                }
+            }
+            MSIX_BAR => {
+                let msix = lock(&self.sh.msix);
+                copy_out(&msix, offset, buf);
+            }
+            CMB_BAR => {
+                let read = self
+                    .cmb_bus_address(offset)
+                    .map(|addr| self.sh.dma.read(addr, buf));
+                if !matches!(read, Some(Ok(()))) {
+                    buf.fill(UNCLAIMED_READ);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records a register or doorbell write; returns whether the worker must run
+    /// (a doorbell, a CC change). MSI-X and trapped CMB writes never need it.
+    fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> bool {
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return false;
+        };
+        if end > self.bar_size(bar) {
+            return false;
+        }
+        match bar {
+            REG_BAR => self.reg_write(offset, data),
+            MSIX_BAR => {
+                let mut msix = lock(&self.sh.msix);
+                copy_in(&mut msix, offset, data);
+                false
+            }
+            CMB_BAR => {
+                if let Some(addr) = self.cmb_bus_address(offset) {
+                    let _ = self.sh.dma.write(addr, data);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The CMB BAR's address: CMBSTS.CBAI is re-evaluated against it (CMBMSC.CBA must
+    /// equal it).
+    fn bar_moved(&self, bar: usize, address: Option<u64>) {
+        if bar == CMB_BAR {
+            self.sh.regs().cmb.set_bar_address(address);
+        }
+    }
+
+    fn set_bus_master(&self, enabled: bool) {
+        self.sh.bus_master.store(enabled, Ordering::Release);
+        if enabled {
+            self.kick();
+        }
+    }
+
+    /// A Controller Level Reset (FLR or conventional reset, NVMe 1.4 §7.3.2): registers
+    /// to power-on values, bus mastering off, the MSI-X bytes cleared, all queues deleted
+    /// by the worker on its next pass. CMBMSC is kept, as across a Controller Reset
+    /// (DESIGN.md §4): Linux writes it once per probe, so a reset through the PCI core
+    /// with the driver bound would otherwise lose the CMB. Never blocks on the worker.
+    fn reset(&self) {
+        self.sh.bus_master.store(false, Ordering::Release);
+        let mut regs = self.sh.regs();
+        regs.reset();
+        self.sh.doorbells.close_all();
+        self.sh.reset_epoch.fetch_add(1, Ordering::AcqRel);
+        drop(regs);
+        lock(&self.sh.msix).fill(0);
+        self.kick();
+    }
+
+    /// Services the controller once: carries out enable/reset/shutdown, then runs the
+    /// admin queue and every I/O SQ for a bounded batch, completes async events and
+    /// raises interrupts. Returns whether any work was done.
+    fn process(&self) -> bool {
+        let mut st = lock(&self.state);
+        self.sh.work.store(false, Ordering::SeqCst);
+        let mut did = self.sync_enable(&mut st);
+        if !st.enabled || st.failed || !self.sh.bus_master.load(Ordering::Acquire) {
+            return did;
+        }
+        did |= self.doorbell_errors(&mut st);
+        did |= self.service_sq(&mut st, 0, ADMIN_BATCH);
+        let n = st.sqs.len() - 1;
+        let start = st.rr;
+        for k in 0..n {
+            let qid = 1 + (start + k) % n;
+            if st.sqs[qid].is_some() {
+                did |= self.service_sq(&mut st, qid as u16, IO_BATCH);
+            }
+            if st.failed {
+                break;
+            }
+        }
+        st.rr = (start + 1) % n.max(1);
+        did |= self.deliver_async_events(&mut st);
+        self.raise_interrupts(&mut st);
+        did
+    }
+
+    /// A doorbell, a CC change, a Bus Master Enable or a reset arrived since `process`
+    /// last started.
+    fn needs_processing(&self) -> bool {
+        self.sh.work.load(Ordering::Acquire)
+    }
 }
 
 fn copy_out(src: &[u8], offset: u64, buf: &mut [u8]) {

@@ -66,8 +66,10 @@ pub enum ConfigError {
     CmbSize(u64),
     #[error("MQES {0} must be in 1..=4095")]
     Mqes(u16),
-    #[error("max_io_queues {0} must be in 1..={max}", max = crate::MAX_IO_QUEUES)]
+    #[error("max_io_queues {0} must be in 1..={max}", max = crate::pci::MAX_IO_QUEUES)]
     MaxIoQueues(u16),
     #[error("MDTS {0} must be in 1..=12")]
     Mdts(u8),
+    #[error("the PCI config space declaration is invalid")]
+    PciConfig(#[from] p2plab_pci::ConfigError),
 }

@@ -1,4 +1,4 @@
-//! NVM command set I/O commands (spec §6): Read, Write, Flush, Compare, Write Zeroes,
+//! The I/O worker: NVM command set I/O commands (spec §6): Read, Write, Flush, Compare, Write Zeroes,
 //! Dataset Management.
 //!
 //! Data moves zero-copy: one `DmaSpace::write_from_file` (Read: the device writes guest
@@ -12,23 +12,24 @@ use nvme_spec::{Command, NvmOpcode, Status, PSDT_PRP, PSDT_SGL_MPTR_CONTIG, PSDT
 use p2plab_memory::DmaError;
 use zerocopy::FromBytes;
 
-use crate::controller::Shared;
+use crate::command::{CommandResult, Outcome};
 use crate::error::NvmeError;
 use crate::namespace::Namespace;
 use crate::prp::{copy_from_guest, prp_runs, Run};
 use crate::sgl::sgl_runs;
+use crate::state::Shared;
 
 /// Bytes written per call when Write Zeroes has to write zeroes.
 const ZERO_CHUNK: usize = 1 << 20;
 
-/// Executes I/O command `cmd`; returns the CQE DW0.
-pub fn handle(sh: &Shared, cmd: &Command) -> Result<u32, NvmeError> {
+/// Executes I/O command `cmd`; I/O commands always complete at once (DW0 = 0).
+pub fn handle(sh: &Shared, cmd: &Command) -> CommandResult {
     if cmd.cdw0.fuse() != 0 {
         return Err(Status::INVALID_FIELD_IN_COMMAND.into());
     }
     let op = NvmOpcode(cmd.cdw0.opc());
     if op == NvmOpcode::FLUSH {
-        return flush(sh, cmd.nsid).map(|()| 0);
+        return flush(sh, cmd.nsid).map(|()| Outcome::Complete(0));
     }
     let ns = sh
         .namespace(cmd.nsid)
@@ -41,7 +42,7 @@ pub fn handle(sh: &Shared, cmd: &Command) -> Result<u32, NvmeError> {
         NvmOpcode::DATASET_MANAGEMENT => dataset_management(sh, ns, cmd),
         _ => Err(Status::INVALID_COMMAND_OPCODE.into()),
     }
-    .map(|()| 0)
+    .map(|()| Outcome::Complete(0))
 }
 
 /// The data runs of a transfer of `len` bytes; `to_guest` for reads.

@@ -7,19 +7,31 @@
 //! queue, and a CMB in its own prefetchable BAR so Linux publishes it as p2pmem.
 //!
 //! # Architecture
-//! [`NvmeController`] is driven by the host glue:
-//! - the vfio-user thread calls [`NvmeController::bar_read`] / [`NvmeController::bar_write`];
-//!   they never block on DMA or on the worker (a doorbell write only records the tail);
-//! - the host's worker calls [`NvmeController::process`] while it returns true or
-//!   [`NvmeController::needs_processing`] is set, then sleeps until `bar_write` returns
-//!   true again;
+//! [`NvmeController`] implements the device contract [`p2plab_pci::PciFunction`] and is
+//! driven by the host glue through it:
+//! - the vfio-user thread calls `bar_read` / `bar_write`; they never block on DMA or on
+//!   the worker (a doorbell write only records the tail and returns `true`);
+//! - the host's worker calls `process` while it returns true or `needs_processing` is
+//!   set, then sleeps until `bar_write` returns true again or a config event
+//!   (`set_bus_master`, `reset`) sets `needs_processing`;
+//! - with shadow doorbells the driver rings the MMIO doorbell only when it moves a
+//!   tail/head past the EventIdx the controller published when it found the queue empty
+//!   (or the CQ full), so a sleeping worker never misses work;
 //! - all DMA goes through a [`p2plab_memory::DmaSpace`]; the fabric behind it routes CMB
 //!   addresses (queues, PRP lists, data) to the CMB memory and counts them as `self`, so
 //!   the model has no CMB data path of its own (`cmb` is only the register semantics);
 //! - interrupts go through a [`p2plab_memory::InterruptSink`] (vector = CQ's IV).
 //!
-//! Modules follow the spec: `regs` (register file), `queue`, `prp`, `sgl`, `cmb`,
-//! `admin`, `io`, [`namespace`], [`error`], [`pci`] (IDs and BAR layout).
+//! Modules, imports running one way (openvmm `storage/nvme`):
+//! - `controller`: [`NvmeController`], the register path and the worker loop;
+//! - the command workers `admin` and `io`, each returning the neutral `command::Outcome`;
+//! - the shared state: `state` (what the register path and the worker share, and what
+//!   the worker owns), `features` (Set/Get Features values), `command` (outcome, CQE
+//!   status);
+//! - spec leaves: `regs` (register file), `queue`, `prp`, `sgl`, `cmb`, [`namespace`],
+//!   [`error`], [`pci`] (IDs, BAR layout).
+//!
+//! Nothing below reaches back up; a unit test checks the module imports.
 //!
 //! # What it does not implement
 //! Metadata / protection information, reservations, namespace management, Format NVM,
@@ -33,8 +45,10 @@
 
 mod admin;
 mod cmb;
+mod command;
 mod controller;
 pub mod error;
+mod features;
 mod io;
 pub mod namespace;
 pub mod pci;
@@ -42,25 +56,13 @@ mod prp;
 mod queue;
 mod regs;
 mod sgl;
+mod state;
 
 #[cfg(test)]
 mod tests;
 
-pub use controller::{NvmeConfig, NvmeController, VendorLogSource, ADMIN_BATCH, IO_BATCH};
+pub use controller::{NvmeConfig, NvmeController, ADMIN_BATCH, IO_BATCH};
 pub use error::{ConfigError, NvmeError};
 pub use namespace::{Deallocate, NamespaceConfig};
-pub use pci::{PciLayout, REG_BAR_SIZE};
-
-/// BAR of the registers and doorbells.
-pub const REG_BAR: usize = 0;
-/// BAR of the Controller Memory Buffer.
-pub const CMB_BAR: usize = 2;
-/// BAR of the MSI-X table and PBA.
-pub const MSIX_BAR: usize = 4;
-/// Most I/O queue pairs a controller can be configured with (MSI-X table room).
-pub const MAX_IO_QUEUES: u16 = 127;
-
-/// End of the register block: doorbells start here.
-pub(crate) const fn regs_end() -> u64 {
-    nvme_spec::regs::DBS
-}
+pub use pci::{PciLayout, CMB_BAR, MAX_IO_QUEUES, MSIX_BAR, REG_BAR, REG_BAR_SIZE};
+pub use state::VendorLogSource;

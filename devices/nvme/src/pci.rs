@@ -15,6 +15,15 @@
 //! Capabilities: Power Management, MSI-X (one vector per queue pair), PCI Express
 //! endpoint; extended: Device Serial Number. INTx pin A as a fallback.
 
+/// BAR of the registers and doorbells.
+pub const REG_BAR: usize = 0;
+/// BAR of the Controller Memory Buffer.
+pub const CMB_BAR: usize = 2;
+/// BAR of the MSI-X table and PBA.
+pub const MSIX_BAR: usize = 4;
+/// Most I/O queue pairs a controller can be configured with (MSI-X table room).
+pub const MAX_IO_QUEUES: u16 = 127;
+
 /// Lab-only vendor ID (shared with the GPU-like device).
 pub const VENDOR_ID: u16 = 0x2b2b;
 /// The NVMe controller.
@@ -42,7 +51,7 @@ pub use p2plab_pci::{BarLayout, PciLayout};
 /// The PCI description of a controller.
 pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
     let mut bars = vec![BarLayout {
-        index: crate::REG_BAR,
+        index: REG_BAR,
         size: REG_BAR_SIZE,
         is_64bit: true,
         prefetchable: false,
@@ -50,7 +59,7 @@ pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
     }];
     if cmb_size != 0 {
         bars.push(BarLayout {
-            index: crate::CMB_BAR,
+            index: CMB_BAR,
             size: cmb_size,
             is_64bit: true,
             prefetchable: true,
@@ -58,7 +67,7 @@ pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
         });
     }
     bars.push(BarLayout {
-        index: crate::MSIX_BAR,
+        index: MSIX_BAR,
         size: MSIX_BAR_SIZE,
         is_64bit: false,
         prefetchable: false,
@@ -74,7 +83,7 @@ pub fn layout(cmb_size: u64, msix_vectors: u16, serial: &str) -> PciLayout {
         class: CLASS_CODE,
         bars,
         msix_vectors,
-        msix_bar: crate::MSIX_BAR,
+        msix_bar: MSIX_BAR,
         msix_table_offset: MSIX_TABLE_OFFSET,
         msix_pba_offset: MSIX_PBA_OFFSET,
         dsn,

@@ -2,7 +2,7 @@
 //!
 //! Register writes only change this small state (under a lock never held across DMA)
 //! and report what the worker must do: enabling, resetting and shutting down the
-//! controller happen in [`crate::NvmeController::process`], which sets CSTS.RDY/SHST.
+//! controller happen in the worker's `process` pass, which sets CSTS.RDY/SHST.
 
 use nvme_spec::regs::{self as r, Aqa, Cap, Cc, Csts, CSTS_SHST_OCCURRING, VS_1_4};
 

@@ -21,6 +21,7 @@ use nvme_spec::{
     ABORT_NOT_ABORTED, PSDT_SGL_MPTR_CONTIG,
 };
 use p2plab_memory::{RecordingInterrupts, TestDmaSpace};
+use p2plab_pci::{PciFunction, UNCLAIMED_READ};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::{Deallocate, NamespaceConfig, NvmeConfig, NvmeController, CMB_BAR, REG_BAR};
@@ -482,6 +483,7 @@ fn device_reset_clears_registers_and_queues() {
     let mut h = Harness::new();
     h.ready();
     h.ctrl.reset();
+    h.ctrl.set_bus_master(true);
     h.run();
     assert_eq!(h.csts(), Csts::new());
     assert_eq!(h.r32(r::CC), 0);
@@ -517,6 +519,81 @@ fn nothing_happens_without_bus_master() {
     h.ctrl.set_bus_master(true);
     h.run();
     assert!(h.reap_admin().is_some());
+}
+
+#[test]
+fn bus_master_enable_asks_for_processing() {
+    let mut h = Harness::new();
+    h.enable();
+    h.ctrl.set_bus_master(false);
+    let c = h.cmd(AdminOpcode::KEEP_ALIVE.0);
+    h.submit_admin(&c);
+    h.run();
+    assert!(!h.ctrl.needs_processing());
+    h.ctrl.set_bus_master(true);
+    assert!(
+        h.ctrl.needs_processing(),
+        "queued work may run now: the host must wake its worker"
+    );
+    assert!(h.ctrl.process());
+    assert!(h.reap_admin().is_some());
+}
+
+#[test]
+fn only_doorbells_and_cc_writes_ask_for_processing() {
+    let mut h = Harness::new();
+    h.enable();
+    assert!(!h.w32(r::INTMS, 1), "INTMS is no work for the worker");
+    assert!(!h.w32(r::AQA, 0));
+    assert!(!h.ctrl.bar_write(crate::MSIX_BAR, 0, &[1, 2, 3, 4]));
+    assert!(!h.ctrl.needs_processing());
+    assert!(h.w32(r::cq_head_doorbell(0, 0), 0), "a doorbell is");
+    h.run();
+    assert!(h.w32(r::CC, 0), "a CC.EN change is");
+}
+
+#[test]
+fn function_reset_stops_bus_mastering_until_the_host_enables_it() {
+    let mut h = Harness::new();
+    h.enable();
+    h.ctrl.reset();
+    assert!(h.ctrl.needs_processing(), "the worker must drop the queues");
+    h.enable();
+    let c = h.cmd(AdminOpcode::KEEP_ALIVE.0);
+    h.submit_admin(&c);
+    h.run();
+    assert!(h.reap_admin().is_none(), "no DMA before Bus Master Enable");
+    h.ctrl.set_bus_master(true);
+    h.run();
+    assert!(h.reap_admin().is_some());
+}
+
+#[test]
+fn unclaimed_bar_reads_are_all_ones() {
+    let h = Harness::new();
+    let read = |bar: usize, off: u64, len: usize| {
+        let mut b = vec![0x5a; len];
+        h.ctrl.bar_read(bar, off, &mut b);
+        b
+    };
+    let ones = |len: usize| vec![UNCLAIMED_READ; len];
+    for bar in [1, 3, 5, 6] {
+        assert_eq!(read(bar, 0, 4), ones(4), "BAR{bar} is not implemented");
+    }
+    assert_eq!(
+        read(REG_BAR, crate::REG_BAR_SIZE - 2, 4),
+        ones(4),
+        "an access past BAR0's end"
+    );
+    assert_eq!(read(REG_BAR, u64::MAX - 1, 4), ones(4));
+    assert_eq!(
+        read(CMB_BAR, 0, 8),
+        ones(8),
+        "the CMB BAR has no address yet: nothing to read"
+    );
+    // Inside BAR0, reserved registers and the write-only doorbells read 0 (NVMe §3.1).
+    assert_eq!(read(REG_BAR, 0x40, 4), vec![0; 4]);
+    assert_eq!(read(REG_BAR, r::sq_tail_doorbell(0, 0), 4), vec![0; 4]);
 }
 
 // ---- identify ----
@@ -1233,7 +1310,7 @@ fn cmb_registers_read_zero_until_cre() {
 #[test]
 fn cmb_cba_must_match_the_bar_address() {
     let h = Harness::new();
-    h.ctrl.set_cmb_bar_address(Some(CMB_ADDR));
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
     linux_map_cmb(&h, CMB_ADDR + 0x20_0000);
     let (_, _, msc, sts) = cmb_regs(&h);
     assert!(msc.cmse());
@@ -1243,14 +1320,14 @@ fn cmb_cba_must_match_the_bar_address() {
     assert_eq!(msc.cba_addr(), CMB_ADDR);
     assert!(!sts.cbai());
     // The guest moves the BAR: the programmed CBA no longer matches.
-    h.ctrl.set_cmb_bar_address(Some(CMB_ADDR + 0x40_0000));
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR + 0x40_0000));
     assert!(cmb_regs(&h).3.cbai());
 }
 
 #[test]
 fn cmbmsc_survives_controller_reset() {
     let mut h = Harness::new();
-    h.ctrl.set_cmb_bar_address(Some(CMB_ADDR));
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
     linux_map_cmb(&h, CMB_ADDR);
     h.enable();
     h.w32(r::CC, 0);
@@ -1267,9 +1344,49 @@ fn cmbmsc_survives_controller_reset() {
 }
 
 #[test]
+fn function_level_reset_deletes_queues_clears_cc_csts_and_keeps_cmbmsc() {
+    let mut h = Harness::new();
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
+    linux_map_cmb(&h, CMB_ADDR);
+    h.ready();
+    h.w32(r::INTMS, 1);
+    h.ctrl.bar_write(crate::MSIX_BAR, 0, &[0xaa; 16]);
+    // A command the driver queued before the FLR must never run after it.
+    let mut f = h.cmd(NvmOpcode::FLUSH.0);
+    f.nsid = 1;
+    h.submit_io(&f, true);
+    h.ctrl.reset();
+    h.ctrl.set_bus_master(true);
+    h.run();
+    assert!(h.reap_io().is_none(), "the queued command was dropped");
+    assert_eq!(h.csts(), Csts::new());
+    for reg in [r::CC, r::AQA, r::INTMS] {
+        assert_eq!(h.r32(reg), 0, "register {reg:#x} after FLR");
+    }
+    let mut msix = [0xff; 16];
+    h.ctrl.bar_read(crate::MSIX_BAR, 0, &mut msix);
+    assert_eq!(msix, [0; 16], "MSI-X bytes back to power-on");
+    // CMBMSC survives, as across a Controller Reset (Linux writes it once per probe).
+    let (_, sz, msc, sts) = cmb_regs(&h);
+    assert!(msc.cre() && msc.cmse() && !sts.cbai());
+    assert_eq!(msc.cba_addr(), CMB_ADDR);
+    assert_ne!(sz.into_bits(), 0);
+    // The I/O queues are gone: the driver's re-init creates them afresh.
+    h.enable();
+    assert_eq!(
+        status(&h.create_sq(1, IO_SQ, IO_ENTRIES, 1, true)),
+        Status::COMPLETION_QUEUE_INVALID
+    );
+    assert_eq!(
+        status(&h.create_cq(1, IO_CQ, IO_ENTRIES, 1, true, true)),
+        Status::SUCCESS
+    );
+}
+
+#[test]
 fn sq_and_data_in_the_cmb_work_through_the_dma_space() {
     let mut h = Harness::new();
-    h.ctrl.set_cmb_bar_address(Some(CMB_ADDR));
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
     linux_map_cmb(&h, CMB_ADDR);
     h.enable();
     assert_eq!(
@@ -1295,7 +1412,7 @@ fn sq_and_data_in_the_cmb_work_through_the_dma_space() {
 #[test]
 fn cq_in_the_cmb_is_invalid_use_of_cmb() {
     let mut h = Harness::new();
-    h.ctrl.set_cmb_bar_address(Some(CMB_ADDR));
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
     linux_map_cmb(&h, CMB_ADDR);
     h.enable();
     assert_eq!(
@@ -1335,6 +1452,49 @@ fn shadow_doorbells_use_the_buffer_and_publish_event_idx() {
     h.mem.poke(sq_shadow, &h.io_tail.to_le_bytes());
     h.ctrl.process();
     assert!(h.reap_io().is_some());
+}
+
+/// Linux's `nvme_dbbuf_need_event`: ring the MMIO doorbell when moving from `old` to
+/// `new` passes `event_idx`.
+fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+#[test]
+fn full_cq_with_shadow_doorbells_publishes_its_event_idx() {
+    let mut h = Harness::new();
+    h.enable();
+    let mut c = h.cmd(AdminOpcode::DOORBELL_BUFFER_CONFIG.0);
+    c.dptr = [DBS_BUF, EIS_BUF];
+    h.admin_ok(c);
+    h.create_cq(1, IO_CQ, 2, 1, true, true); // room for one entry
+    h.create_sq(1, IO_SQ, IO_ENTRIES, 1, true);
+    let sq_shadow = DBS_BUF + 8; // SQ1 tail: index 2
+    let cq_shadow = DBS_BUF + 12; // CQ1 head: index 3
+    let cq_ei = EIS_BUF + 12;
+    for _ in 0..2 {
+        let mut f = h.cmd(NvmOpcode::FLUSH.0);
+        f.nsid = 1;
+        h.submit_io(&f, false);
+    }
+    h.mem.poke(sq_shadow, &h.io_tail.to_le_bytes());
+    h.w32(r::sq_tail_doorbell(1, 0), h.io_tail);
+    h.run();
+    let first = Completion::read_from_bytes(&h.mem.peek(IO_CQ, 16)).unwrap();
+    assert!(first.status.p(), "the first command completed");
+    // One entry posted, the CQ is full and the worker is idle: it must have published
+    // the head it saw, so the driver's next head update rings the doorbell.
+    let ei = u32::from_le_bytes(h.mem.peek(cq_ei, 4).try_into().unwrap());
+    assert_eq!(ei, 0);
+    assert!(
+        need_event(ei as u16, 1, 0),
+        "the driver rings on its next head move"
+    );
+    h.mem.poke(cq_shadow, &1u32.to_le_bytes());
+    assert!(h.w32(r::cq_head_doorbell(1, 0), 1));
+    h.run();
+    let second = Completion::read_from_bytes(&h.mem.peek(IO_CQ + 16, 16)).unwrap();
+    assert!(second.status.p(), "the held-back command completed");
 }
 
 #[test]
@@ -1535,23 +1695,28 @@ fn random_register_writes_never_panic() {
     }
 }
 
+/// Every command of a random stream completes exactly once with its own CID, except
+/// Asynchronous Event Requests, which may wait for an event.
 #[test]
-fn random_admin_commands_never_panic() {
+fn random_admin_commands_complete_and_never_panic() {
     let mut rng = XorShift(0xfeed_beef_0bad_cafe);
     let mut h = Harness::new();
     h.enable();
-    for _ in 0..400 {
+    const COMMANDS: usize = 400;
+    let (mut completions, mut deferred) = (0, 0);
+    for _ in 0..COMMANDS {
         let mut raw = [0u8; 64];
         for chunk in raw.chunks_mut(8) {
             chunk.copy_from_slice(&rng.next().to_le_bytes());
         }
         let mut c = Command::read_from_bytes(&raw).unwrap();
-        // Keep opcodes mostly real and pointers mostly inside guest memory.
-        c.cdw0 = c.cdw0.with_opc(
-            [
-                0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x08, 0x09, 0x0a, 0x0c, 0x7c, 0x18,
-            ][(rng.next() % 12) as usize],
-        );
+        // Keep opcodes mostly real and pointers mostly inside guest memory; CIDs unique
+        // so each completion names its command.
+        let opc = [
+            0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x08, 0x09, 0x0a, 0x0c, 0x7c, 0x18,
+        ][(rng.next() % 12) as usize];
+        let cid = h.next_cid();
+        c.cdw0 = c.cdw0.with_opc(opc).with_cid(cid);
         if rng.next() & 1 == 0 {
             c.dptr = [
                 DATA + (rng.next() % 0x10_0000),
@@ -1562,27 +1727,45 @@ fn random_admin_commands_never_panic() {
         // fine; only keep the admin queue itself intact.
         h.submit_admin(&c);
         h.run();
-        while h.reap_admin().is_some() {}
-        if h.csts().cfs() {
-            break;
+        let cqes: Vec<Completion> = std::iter::from_fn(|| h.reap_admin()).collect();
+        completions += cqes.len();
+        let own = cqes.iter().filter(|q| q.cid == cid).count();
+        if opc == AdminOpcode::ASYNC_EVENT_REQUEST.0 && own == 0 {
+            deferred += 1;
+        } else {
+            assert_eq!(
+                own, 1,
+                "admin opcode {opc:#04x} cid {cid}: {own} completions"
+            );
         }
+        assert!(
+            !h.csts().cfs(),
+            "opcode {opc:#04x} cid {cid} made the controller fatal"
+        );
     }
+    assert!(
+        completions >= COMMANDS - deferred,
+        "{completions} completions for {COMMANDS} commands ({deferred} AERs waiting)"
+    );
 }
 
+/// Every command of a random I/O stream completes exactly once with its own CID.
 #[test]
-fn random_io_commands_never_panic() {
+fn random_io_commands_complete_and_never_panic() {
     let mut rng = XorShift(0x0dd_ba11_5eed_1e55);
     let mut h = Harness::new();
     h.ready();
-    for i in 0..400 {
+    const COMMANDS: usize = 400;
+    let (mut completions, mut succeeded) = (0, 0);
+    for i in 0..COMMANDS {
         let mut raw = [0u8; 64];
         for chunk in raw.chunks_mut(8) {
             chunk.copy_from_slice(&rng.next().to_le_bytes());
         }
         let mut c = Command::read_from_bytes(&raw).unwrap();
-        c.cdw0 = c
-            .cdw0
-            .with_opc([0x00, 0x01, 0x02, 0x05, 0x08, 0x09, 0x33][(rng.next() % 7) as usize]);
+        let opc = [0x00, 0x01, 0x02, 0x05, 0x08, 0x09, 0x33][(rng.next() % 7) as usize];
+        let cid = h.next_cid();
+        c.cdw0 = c.cdw0.with_opc(opc).with_cid(cid);
         if i % 2 == 0 {
             c.nsid = 1 + (rng.next() % 2) as u32;
             c.cdw10 = (rng.next() % 20000) as u32;
@@ -1595,17 +1778,24 @@ fn random_io_commands_never_panic() {
         }
         h.submit_io(&c, true);
         h.run();
-        while h.reap_io().is_some() {}
+        let cqes: Vec<Completion> = std::iter::from_fn(|| h.reap_io()).collect();
+        assert_eq!(
+            cqes.iter().map(|q| q.cid).collect::<Vec<_>>(),
+            vec![cid],
+            "I/O opcode {opc:#04x}: exactly one completion, with its CID"
+        );
+        completions += cqes.len();
+        succeeded += cqes.iter().filter(|q| status(q).is_success()).count();
     }
+    assert_eq!(completions, COMMANDS);
+    assert!(
+        succeeded > 0,
+        "no random command succeeded: the stream never exercised a data path"
+    );
     // Still serving after all that.
     let mut f = h.cmd(NvmOpcode::FLUSH.0);
     f.nsid = 1;
-    h.submit_io(&f, true);
-    h.run();
-    let last = std::iter::from_fn(|| h.reap_io())
-        .last()
-        .expect("flush completion");
-    assert_eq!(status(&last), Status::SUCCESS);
+    assert_eq!(h.io(f), Status::SUCCESS);
 }
 
 #[test]
@@ -1644,10 +1834,85 @@ fn config_space_advertises_nvme_class_and_bars() {
     let layout = h.ctrl.pci_layout();
     assert_eq!(layout.class, 0x010802);
     assert_eq!(layout.msix_vectors, 5);
-    let cfg = h.ctrl.config_space().expect("valid config space");
+    let cfg = h.ctrl.config_space();
     assert_eq!(cfg.bar_size(crate::REG_BAR), crate::REG_BAR_SIZE);
     assert_eq!(cfg.bar_size(crate::CMB_BAR), CMB_SIZE);
     let mut b = [0u8; 4];
     cfg.read(0, &mut b);
     assert_eq!(u32::from_le_bytes(b), 0x0002_2b2b);
+}
+
+// ---- structure ----
+
+/// The modules `crate::` paths in `src` name (comment lines skipped).
+fn crate_uses(src: &str) -> Vec<String> {
+    let code: String = src
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.trim()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            out.extend(group[..end].split(',').map(ident));
+        } else {
+            out.push(ident(rest));
+        }
+    }
+    out
+}
+
+#[test]
+fn module_imports_run_one_way() {
+    // (module, rank, source): a module may use only modules of a lower rank, so the
+    // controller uses the workers, the workers use the state and the spec leaves, and
+    // nothing below reaches back up (openvmm `storage/nvme`).
+    const MODULES: &[(&str, u8, &str)] = &[
+        ("pci", 0, include_str!("pci.rs")),
+        ("error", 1, include_str!("error.rs")),
+        ("cmb", 1, include_str!("cmb.rs")),
+        ("prp", 2, include_str!("prp.rs")),
+        ("namespace", 2, include_str!("namespace.rs")),
+        ("regs", 2, include_str!("regs.rs")),
+        ("queue", 2, include_str!("queue.rs")),
+        ("sgl", 3, include_str!("sgl.rs")),
+        ("features", 3, include_str!("features.rs")),
+        ("command", 3, include_str!("command.rs")),
+        ("state", 4, include_str!("state.rs")),
+        ("admin", 5, include_str!("admin.rs")),
+        ("io", 5, include_str!("io.rs")),
+        ("controller", 6, include_str!("controller.rs")),
+    ];
+    for line in include_str!("lib.rs").lines() {
+        let Some(m) = line
+            .trim_start_matches("pub ")
+            .strip_prefix("mod ")
+            .and_then(|m| m.strip_suffix(';'))
+        else {
+            continue;
+        };
+        assert!(
+            m == "tests" || MODULES.iter().any(|x| x.0 == m),
+            "module {m} has no rank in this test"
+        );
+    }
+    for (name, rank, src) in MODULES {
+        for used in crate_uses(src) {
+            if let Some((_, r, _)) = MODULES.iter().find(|m| m.0 == used) {
+                assert!(
+                    r < rank,
+                    "{name} (rank {rank}) uses {used} (rank {r}): imports must run one way"
+                );
+            }
+        }
+    }
 }

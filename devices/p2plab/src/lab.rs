@@ -1,20 +1,36 @@
 //! The lab: the p2plab devices of one topology, their vfio-user servers, the fabric
 //! they sit behind, and the control socket.
 //!
-//! Each device is a pure state machine (`p2plab-nvme`, `p2plab-gpu`); this module is
-//! the host glue around it: the PCI config space, the memfds behind memory BARs, a
-//! worker thread that runs the model's queues, and the vfio-user `Device` adapter that
-//! keeps the fabric informed of BAR windows, Bus Master Enable and the client.
+//! Each device is a pure state machine implementing the device contract
+//! [`PciFunction`] (`p2plab-nvme`, `p2plab-gpu`); this module is the host glue around
+//! it, written once for every function (crosvm's `impl<T: PciDevice> BusDevice for T`):
+//! [`LabDevice`] holds the live PCI config space, the memfds behind memory BARs and the
+//! worker thread that runs the function, and is the vfio-user `Device`. Every config
+//! event is handled in one place, [`LabDevice::config_write`]:
+//! - BAR moves, Command (Memory Space, Bus Master) and PM state (D0/D3hot) resync the
+//!   fabric's windows and Bus Master and the function's view ([`LabDevice::sync_config`]):
+//!   outside D0 or with MSE clear the BARs do not decode (trapped accesses read all-ones,
+//!   writes are dropped; peers no longer reach the memory BARs) and with BME clear or
+//!   outside D0 the device issues no DMA;
+//! - a Function Level Reset resets the function (its queues and engines) as well as the
+//!   config space; QEMU emulates the BAR registers, so their addresses survive an FLR as
+//!   the guest sees them.
+//!
+//! The worker follows the contract of [`p2plab_pci::function`]: it runs
+//! `process` while there is work, polls briefly after a burst, then sleeps until a BAR
+//! write returns `true` or a config event leaves `needs_processing` set. No timer wakes
+//! it.
 
 use crate::config::{DeviceConfig, DeviceKind, Topology};
 use anyhow::Context;
 use p2plab_fabric::{DeviceId, Fabric, HostMemory, HostRoute};
 use p2plab_memory::{memfd_create, DmaError, InterruptSink, MmapRegion};
-use p2plab_pci::ConfigSpace;
+use p2plab_pci::regs::{PCIE_CONFIG_SPACE_SIZE, PCI_BASE_ADDRESS_0, PCI_NUM_BARS};
+use p2plab_pci::{ConfigSpace, PciFunction, UNCLAIMED_READ};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use vfio_user_server as vfu;
 
@@ -27,55 +43,66 @@ pub struct BarWindow {
     pub len: u64,
 }
 
-/// What the glue needs from a device model.
-trait Model: Send + Sync {
-    fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]);
-    fn bar_write(&self, bar: usize, offset: u64, data: &[u8]);
-    /// Run queued work once; true if anything was done.
-    fn process(&self) -> bool;
-    fn reset(&self);
-    fn set_bus_master(&self, enabled: bool);
-    fn bar_moved(&self, _bar: usize, _addr: Option<u64>) {}
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Model for p2plab_nvme::NvmeController {
-    fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
-        p2plab_nvme::NvmeController::bar_read(self, bar, offset, buf)
-    }
-    fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) {
-        p2plab_nvme::NvmeController::bar_write(self, bar, offset, data);
-    }
-    fn process(&self) -> bool {
-        p2plab_nvme::NvmeController::process(self)
-    }
-    fn reset(&self) {
-        p2plab_nvme::NvmeController::reset(self)
-    }
-    fn set_bus_master(&self, enabled: bool) {
-        p2plab_nvme::NvmeController::set_bus_master(self, enabled)
-    }
-    fn bar_moved(&self, bar: usize, addr: Option<u64>) {
-        if bar == p2plab_nvme::NvmeController::CMB_BAR {
-            self.set_cmb_bar_address(addr);
+/// A vfio-user region index of a PCI device, decoded (`VFIO_PCI_*_REGION_INDEX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Region {
+    /// BAR 0..=5.
+    Bar(usize),
+    /// The expansion ROM (none: size 0).
+    Rom,
+    /// The configuration space.
+    Config,
+    /// Legacy VGA ranges (none: size 0).
+    Vga,
+}
+
+impl Region {
+    fn from_index(index: u32) -> Option<Self> {
+        use vfu::proto::{
+            PCI_BAR0_REGION_INDEX as BAR0, PCI_BAR5_REGION_INDEX as BAR5,
+            PCI_CONFIG_REGION_INDEX as CONFIG, PCI_ROM_REGION_INDEX as ROM,
+            PCI_VGA_REGION_INDEX as VGA,
+        };
+        match index {
+            BAR0..=BAR5 => usize::try_from(index - BAR0).ok().map(Region::Bar),
+            ROM => Some(Region::Rom),
+            CONFIG => Some(Region::Config),
+            VGA => Some(Region::Vga),
+            _ => None,
         }
     }
 }
 
-impl Model for p2plab_gpu::GpuDevice {
-    fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
-        p2plab_gpu::GpuDevice::bar_read(self, bar, offset, buf)
-    }
-    fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) {
-        p2plab_gpu::GpuDevice::bar_write(self, bar, offset, data)
-    }
-    fn process(&self) -> bool {
-        p2plab_gpu::GpuDevice::process(self)
-    }
-    fn reset(&self) {
-        p2plab_gpu::GpuDevice::reset(self)
-    }
-    fn set_bus_master(&self, enabled: bool) {
-        p2plab_gpu::GpuDevice::set_bus_master(self, enabled)
+/// A vfio-user IRQ index of a PCI device, decoded (`VFIO_PCI_*_IRQ_INDEX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Irq {
+    Intx,
+    Msi,
+    Msix,
+    /// Error notification (AER).
+    Err,
+    /// Device request (the host wants the device back).
+    Req,
+}
+
+impl Irq {
+    fn from_index(index: u32) -> Option<Self> {
+        use vfu::proto::{
+            PCI_ERR_IRQ_INDEX as ERR, PCI_INTX_IRQ_INDEX as INTX, PCI_MSIX_IRQ_INDEX as MSIX,
+            PCI_MSI_IRQ_INDEX as MSI, PCI_REQ_IRQ_INDEX as REQ,
+        };
+        match index {
+            INTX => Some(Irq::Intx),
+            MSI => Some(Irq::Msi),
+            MSIX => Some(Irq::Msix),
+            ERR => Some(Irq::Err),
+            REQ => Some(Irq::Req),
+            _ => None,
+        }
     }
 }
 
@@ -114,7 +141,8 @@ impl HostMemory for ClientMemory {
     }
 }
 
-/// Wakes the worker thread: a doorbell write, a reset, shutdown.
+/// Wakes the worker thread: a BAR write that recorded work, a config event that left
+/// `needs_processing` set, shutdown.
 #[derive(Default)]
 struct Kick {
     pending: Mutex<bool>,
@@ -123,18 +151,14 @@ struct Kick {
 
 impl Kick {
     fn kick(&self) {
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(&self.pending) = true;
         self.cv.notify_one();
     }
-    /// Wait for a kick or `timeout`; clears the kick.
-    fn wait(&self, timeout: Duration) {
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if !*p {
-            p = self
-                .cv
-                .wait_timeout(p, timeout)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+    /// Sleep until kicked (returns at once if a kick is pending); clears the kick.
+    fn wait(&self) {
+        let mut p = lock(&self.pending);
+        while !*p {
+            p = self.cv.wait(p).unwrap_or_else(|p| p.into_inner());
         }
         *p = false;
     }
@@ -145,87 +169,165 @@ impl Kick {
 const POLL_AFTER_WORK: Duration = Duration::from_micros(300);
 /// Pause between polls while busy.
 const POLL_INTERVAL: Duration = Duration::from_micros(20);
-/// Sleeping worker still looks at the queues this often (shadow doorbells written
-/// without an MMIO kick are the guest's bug, but must not hang it forever).
-const IDLE_RECHECK: Duration = Duration::from_millis(50);
 
-struct MemoryBar {
-    file: Arc<File>,
+/// The worker: `process` while it works or asks for more, a short paced poll after a
+/// burst (shadow doorbells the driver writes meanwhile are picked up without an MMIO
+/// write), then sleep until kicked. Correctness never depends on the poll.
+fn run_worker<F: PciFunction + ?Sized>(function: &F, kick: &Kick, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut last_work = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if function.process() || function.needs_processing() {
+                last_work = Instant::now();
+            } else if last_work.elapsed() > POLL_AFTER_WORK {
+                break;
+            } else {
+                // Paced polling: each pass reads the shadow doorbells in guest RAM; a hot
+                // spin would re-read them ~200k times a second and steal the vCPUs' core
+                // (two cores, TCG).
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
+        kick.wait();
+    }
 }
 
-/// One p2plab device: config space + model + BAR memory, as a vfio-user `Device`.
-struct LabDevice {
+/// One p2plab device: config space + function + BAR memory, as a vfio-user `Device`.
+struct LabDevice<F: PciFunction> {
     name: String,
     fabric: Fabric,
     id: DeviceId,
     cfg: Mutex<ConfigSpace>,
     power_on_cfg: ConfigSpace,
-    model: Arc<dyn Model>,
-    memory_bars: [Option<MemoryBar>; 6],
+    function: Arc<F>,
+    /// The memfd behind each memory-backed BAR (mmapped by QEMU).
+    memory_bars: [Option<Arc<File>>; PCI_NUM_BARS],
     msix_vectors: u32,
     irqs: Arc<ClientIrqs>,
     kick: Arc<Kick>,
     stop: Arc<AtomicBool>,
+    /// Memory Space Enable in D0, as last synced: trapped BAR accesses reach the
+    /// function only while set.
+    decoding: AtomicBool,
 }
 
-use vfu::proto::{
-    PCI_CONFIG_REGION_INDEX as VFIO_PCI_CONFIG_REGION_INDEX,
-    PCI_INTX_IRQ_INDEX as VFIO_PCI_INTX_IRQ_INDEX, PCI_MSIX_IRQ_INDEX as VFIO_PCI_MSIX_IRQ_INDEX,
-    PCI_NUM_IRQS as VFIO_PCI_NUM_IRQS, PCI_NUM_REGIONS as VFIO_PCI_NUM_REGIONS,
-};
+/// The BAR registers (0x10..0x28) as the guest last wrote them.
+type BarRegisters = [u8; 4 * PCI_NUM_BARS];
 
-impl LabDevice {
-    /// Push BAR windows and Bus Master Enable from config space to fabric and model.
+fn bar_registers(cfg: &ConfigSpace) -> BarRegisters {
+    let mut regs = [0; 4 * PCI_NUM_BARS];
+    cfg.read(PCI_BASE_ADDRESS_0 as u64, &mut regs);
+    regs
+}
+
+impl<F: PciFunction + 'static> LabDevice<F> {
+    fn new(name: &str, fabric: &Fabric, wiring: Wiring, function: Arc<F>) -> Arc<Self> {
+        let cfg = function.config_space();
+        let msix_vectors = u32::from(cfg.msix().map_or(0, |m| m.vectors));
+        Arc::new(Self {
+            name: name.to_string(),
+            fabric: fabric.clone(),
+            id: wiring.id,
+            power_on_cfg: cfg.clone(),
+            cfg: Mutex::new(cfg),
+            function,
+            memory_bars: wiring.memory_bars,
+            msix_vectors,
+            irqs: wiring.irqs,
+            kick: Arc::new(Kick::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            decoding: AtomicBool::new(false),
+        })
+    }
+
+    /// Push decoding, BAR windows and Bus Master from config space to fabric and
+    /// function; wake the worker if that gave the function work (queued commands may
+    /// run once Bus Master is back).
     fn sync_config(&self, cfg: &ConfigSpace) {
-        let mse = cfg.memory_enabled();
-        for bar in 0..6 {
+        // memory_enabled and bus_master are both false outside D0 (D3hot).
+        let decoding = cfg.memory_enabled();
+        self.decoding.store(decoding, Ordering::Release);
+        for bar in 0..PCI_NUM_BARS {
             let size = cfg.bar_size(bar);
             if size == 0 {
                 continue;
             }
-            let addr = if mse { cfg.bar_address(bar) } else { None };
-            self.fabric
-                .set_bar_window(self.id, bar, addr.map(|a| (a, size)));
-            self.model.bar_moved(bar, cfg.bar_address(bar));
+            let addr = cfg.bar_address(bar);
+            let window = addr.filter(|_| decoding).map(|a| (a, size));
+            self.fabric.set_bar_window(self.id, bar, window);
+            self.function.bar_moved(bar, addr);
         }
         let bme = cfg.bus_master();
         self.fabric.set_bus_master(self.id, bme);
-        self.model.set_bus_master(bme);
+        self.function.set_bus_master(bme);
+        self.wake_if_asked();
     }
 
-    fn spawn_worker(self: &Arc<Self>) -> anyhow::Result<std::thread::JoinHandle<()>> {
-        let model = self.model.clone();
+    fn wake_if_asked(&self) {
+        if self.function.needs_processing() {
+            self.kick.kick();
+        }
+    }
+
+    /// A guest config write and every event it raises.
+    fn config_write(&self, offset: u64, data: &[u8]) {
+        let mut cfg = lock(&self.cfg);
+        let bars = bar_registers(&cfg);
+        let ev = cfg.write(offset, data);
+        if ev.flr_requested {
+            log::info!("{}: function level reset", self.name);
+            self.function.reset();
+            // The config model reset the BAR registers, as hardware does. But QEMU
+            // emulates them: the guest still sees its addresses, and the PCI core's
+            // restore after the FLR rewrites only registers that read back different, so
+            // it never sends them again. Keep ours in step with the guest's view.
+            cfg.write(PCI_BASE_ADDRESS_0 as u64, &bars);
+        }
+        if ev.command_changed || ev.bars_changed || ev.pm_state_changed || ev.flr_requested {
+            if ev.pm_state_changed {
+                log::info!("{}: power state {:?}", self.name, cfg.pm_state());
+            }
+            self.sync_config(&cfg);
+        }
+    }
+
+    /// Back to `cfg` with the function reset (DEVICE_RESET, client gone).
+    fn reset_to(&self, cfg: Option<&ConfigSpace>) {
+        self.function.reset();
+        let mut live = lock(&self.cfg);
+        match cfg {
+            Some(c) => *live = c.clone(),
+            None => live.reset(),
+        }
+        self.sync_config(&live);
+    }
+
+    fn spawn_worker(&self) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        let function = self.function.clone();
         let kick = self.kick.clone();
         let stop = self.stop.clone();
         Ok(std::thread::Builder::new()
             .name(format!("{}-worker", self.name))
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let mut last_work = Instant::now();
-                    loop {
-                        if model.process() {
-                            last_work = Instant::now();
-                        } else if last_work.elapsed() > POLL_AFTER_WORK {
-                            break;
-                        } else {
-                            // Paced polling: each pass reads the shadow doorbells in guest
-                            // RAM; a hot spin would re-read them ~200k times a second and
-                            // steal the vCPUs' core (two cores, TCG).
-                            std::thread::sleep(POLL_INTERVAL);
-                        }
-                    }
-                    kick.wait(IDLE_RECHECK);
-                }
-            })?)
+            .spawn(move || run_worker(&*function, &kick, &stop))?)
     }
 }
 
-impl vfu::Device for LabDevice {
+fn region(size: u64, flags: u32) -> vfu::RegionInfo {
+    vfu::RegionInfo {
+        size,
+        flags,
+        mmap_areas: vec![],
+        fd: None,
+        fd_offset: 0,
+    }
+}
+
+impl<F: PciFunction + 'static> vfu::Device for LabDevice<F> {
     fn device_info(&self) -> vfu::DeviceInfo {
         vfu::DeviceInfo {
             flags: vfu::proto::DEVICE_FLAGS_PCI | vfu::proto::DEVICE_FLAGS_RESET,
-            num_regions: VFIO_PCI_NUM_REGIONS,
-            num_irqs: VFIO_PCI_NUM_IRQS,
+            num_regions: vfu::proto::PCI_NUM_REGIONS,
+            num_irqs: vfu::proto::PCI_NUM_IRQS,
         }
     }
 
@@ -233,51 +335,25 @@ impl vfu::Device for LabDevice {
         use vfu::proto::{
             REGION_INFO_FLAG_MMAP as MMAP, REGION_INFO_FLAG_READ as R, REGION_INFO_FLAG_WRITE as W,
         };
-        let empty = vfu::RegionInfo {
-            size: 0,
-            flags: 0,
-            mmap_areas: vec![],
-            fd: None,
-            fd_offset: 0,
-        };
-        match index {
-            0..=5 => {
-                let bar = index as usize;
-                let size = self
-                    .cfg
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .bar_size(bar);
-                if size == 0 {
-                    return Some(empty);
-                }
-                Some(match &self.memory_bars[bar] {
-                    Some(m) => vfu::RegionInfo {
+        Some(match Region::from_index(index)? {
+            Region::Bar(bar) => {
+                let size = lock(&self.cfg).bar_size(bar);
+                match (&self.memory_bars[bar], size) {
+                    (_, 0) => region(0, 0),
+                    (Some(file), _) => vfu::RegionInfo {
                         size,
                         flags: R | W | MMAP,
                         mmap_areas: vec![vfu::SparseArea { offset: 0, size }],
-                        fd: Some(m.file.clone()),
+                        fd: Some(file.clone()),
                         fd_offset: 0,
                     },
-                    None => vfu::RegionInfo {
-                        size,
-                        flags: R | W,
-                        mmap_areas: vec![],
-                        fd: None,
-                        fd_offset: 0,
-                    },
-                })
+                    (None, _) => region(size, R | W),
+                }
             }
-            VFIO_PCI_CONFIG_REGION_INDEX => Some(vfu::RegionInfo {
-                size: 4096,
-                flags: R | W,
-                mmap_areas: vec![],
-                fd: None,
-                fd_offset: 0,
-            }),
-            6 | 8 => Some(empty),
-            _ => None,
-        }
+            // QEMU refuses a config region smaller than 4 KiB: no PCIe capability.
+            Region::Config => region(PCIE_CONFIG_SPACE_SIZE as u64, R | W),
+            Region::Rom | Region::Vga => region(0, 0),
+        })
     }
 
     fn irq_info(&self, index: u32) -> Option<vfu::IrqInfo> {
@@ -285,47 +361,33 @@ impl vfu::Device for LabDevice {
             IRQ_INFO_EVENTFD as EVENTFD, IRQ_INFO_MASKABLE as MASKABLE,
             IRQ_INFO_NORESIZE as NORESIZE,
         };
-        match index {
-            VFIO_PCI_INTX_IRQ_INDEX => Some(vfu::IrqInfo {
-                count: 1,
-                flags: EVENTFD | MASKABLE,
-            }),
-            VFIO_PCI_MSIX_IRQ_INDEX => Some(vfu::IrqInfo {
-                count: self.msix_vectors,
-                flags: EVENTFD | NORESIZE,
-            }),
-            // MSI: not offered (MSI-X only). ERR/REQ: one eventfd each, so QEMU can
-            // register its error and request notifiers (nothing raises them yet).
-            1 => Some(vfu::IrqInfo {
-                count: 0,
-                flags: EVENTFD,
-            }),
-            3 | 4 => Some(vfu::IrqInfo {
-                count: 1,
-                flags: EVENTFD,
-            }),
-            _ => None,
-        }
+        let (count, flags) = match Irq::from_index(index)? {
+            Irq::Intx => (1, EVENTFD | MASKABLE),
+            Irq::Msix => (self.msix_vectors, EVENTFD | NORESIZE),
+            // MSI: not offered (MSI-X only).
+            Irq::Msi => (0, EVENTFD),
+            // One eventfd each, so QEMU can register its error and request notifiers
+            // (nothing raises them yet).
+            Irq::Err | Irq::Req => (1, EVENTFD),
+        };
+        Some(vfu::IrqInfo { count, flags })
     }
 
     fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), vfu::Errno> {
-        match index {
-            0..=5 => {
-                self.model.bar_read(index as usize, offset, buf);
+        match Region::from_index(index) {
+            Some(Region::Bar(bar)) => {
+                if !self.decoding.load(Ordering::Acquire) {
+                    // MSE clear or D3hot: the BAR does not decode (master abort).
+                    buf.fill(UNCLAIMED_READ);
+                    return Ok(());
+                }
+                self.function.bar_read(bar, offset, buf);
                 self.fabric.count_cpu_mmio(self.id, buf.len() as u64, 0);
                 Ok(())
             }
-            VFIO_PCI_CONFIG_REGION_INDEX => {
-                if offset
-                    .checked_add(buf.len() as u64)
-                    .is_none_or(|e| e > 4096)
-                {
-                    return Err(vfu::Errno(libc::EINVAL));
-                }
-                self.cfg
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .read(offset, buf);
+            Some(Region::Config) => {
+                check_config_access(offset, buf.len())?;
+                lock(&self.cfg).read(offset, buf);
                 Ok(())
             }
             _ => Err(vfu::Errno(libc::EINVAL)),
@@ -333,25 +395,21 @@ impl vfu::Device for LabDevice {
     }
 
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), vfu::Errno> {
-        match index {
-            0..=5 => {
-                self.model.bar_write(index as usize, offset, data);
+        match Region::from_index(index) {
+            Some(Region::Bar(bar)) => {
+                if !self.decoding.load(Ordering::Acquire) {
+                    return Ok(()); // not decoded: dropped
+                }
+                let work = self.function.bar_write(bar, offset, data);
                 self.fabric.count_cpu_mmio(self.id, 0, data.len() as u64);
-                self.kick.kick();
+                if work {
+                    self.kick.kick();
+                }
                 Ok(())
             }
-            VFIO_PCI_CONFIG_REGION_INDEX => {
-                if offset
-                    .checked_add(data.len() as u64)
-                    .is_none_or(|e| e > 4096)
-                {
-                    return Err(vfu::Errno(libc::EINVAL));
-                }
-                let mut cfg = self.cfg.lock().unwrap_or_else(|p| p.into_inner());
-                let ev = cfg.write(offset, data);
-                if ev.command_changed || ev.bars_changed {
-                    self.sync_config(&cfg);
-                }
+            Some(Region::Config) => {
+                check_config_access(offset, data.len())?;
+                self.config_write(offset, data);
                 Ok(())
             }
             _ => Err(vfu::Errno(libc::EINVAL)),
@@ -360,11 +418,7 @@ impl vfu::Device for LabDevice {
 
     fn reset(&self) {
         log::info!("{}: device reset", self.name);
-        self.model.reset();
-        let mut cfg = self.cfg.lock().unwrap_or_else(|p| p.into_inner());
-        cfg.reset();
-        self.sync_config(&cfg);
-        self.kick.kick();
+        self.reset_to(None);
     }
 
     fn connected(&self, client: Arc<vfu::Client>) {
@@ -378,11 +432,24 @@ impl vfu::Device for LabDevice {
         log::info!("{}: client disconnected; back to power-on state", self.name);
         *self.irqs.0.write().unwrap_or_else(|p| p.into_inner()) = None;
         self.fabric.set_client(self.id, None);
-        self.model.reset();
-        let mut cfg = self.cfg.lock().unwrap_or_else(|p| p.into_inner());
-        *cfg = self.power_on_cfg.clone();
-        self.sync_config(&cfg);
+        self.reset_to(Some(&self.power_on_cfg));
     }
+}
+
+/// A config access must lie inside the 4 KiB config space.
+fn check_config_access(offset: u64, len: usize) -> Result<(), vfu::Errno> {
+    let end = offset.checked_add(len as u64);
+    if end.is_none_or(|e| e > PCIE_CONFIG_SPACE_SIZE as u64) {
+        return Err(vfu::Errno(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// What `start_device` prepared for a function before it is served.
+struct Wiring {
+    id: DeviceId,
+    irqs: Arc<ClientIrqs>,
+    memory_bars: [Option<Arc<File>>; PCI_NUM_BARS],
 }
 
 struct Running {
@@ -390,7 +457,9 @@ struct Running {
     kind: DeviceKind,
     socket: PathBuf,
     server: vfu::Server,
-    device: Arc<LabDevice>,
+    memory_bars: Vec<Arc<File>>,
+    kick: Arc<Kick>,
+    stop: Arc<AtomicBool>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -494,14 +563,7 @@ impl Lab {
     /// touched), and `process.rss_bytes` is this process's resident set.
     pub fn snapshot(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self.fabric.snapshot()).unwrap_or_default();
-        if let Some(devs) = v
-            .get_mut("devices")
-            .and_then(serde_json::Value::as_array_mut)
-        {
-            for (d, (_, resident)) in devs.iter_mut().zip(self.resident_bytes()) {
-                d["bar_resident_bytes"] = resident.into();
-            }
-        }
+        add_resident_bytes(&mut v, &self.resident_bytes());
         v["process"] = serde_json::json!({ "rss_bytes": process_rss_bytes() });
         v
     }
@@ -515,26 +577,22 @@ impl Lab {
     pub fn resident_bytes(&self) -> Vec<(String, u64)> {
         use std::os::unix::fs::MetadataExt;
         // st_blocks of a memfd counts the shmem pages allocated: cheap even for 128 GiB.
-        let allocated = |f: &MemoryBar| f.file.metadata().map_or(0, |m| m.blocks() * 512);
+        let allocated = |f: &Arc<File>| f.metadata().map_or(0, |m| m.blocks() * 512);
         self.devices
             .iter()
-            .map(|d| {
-                (
-                    d.name.clone(),
-                    d.device.memory_bars.iter().flatten().map(allocated).sum(),
-                )
-            })
+            .map(|d| (d.name.clone(), d.memory_bars.iter().map(allocated).sum()))
             .collect()
     }
 
+    /// Stop every device's server and worker and remove the sockets.
     pub fn shutdown(mut self) {
         self.stop_all();
     }
 
     fn stop_all(&mut self) {
         for d in &mut self.devices {
-            d.device.stop.store(true, Ordering::Relaxed);
-            d.device.kick.kick();
+            d.stop.store(true, Ordering::Relaxed);
+            d.kick.kick();
             d.server.shutdown();
             if let Some(w) = d.worker.take() {
                 let _ = w.join();
@@ -549,6 +607,22 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// Adds each device's `bar_resident_bytes` to a counters document, matched by name.
+fn add_resident_bytes(counters: &mut serde_json::Value, resident: &[(String, u64)]) {
+    let Some(devs) = counters
+        .get_mut("devices")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return;
+    };
+    for d in devs {
+        let name = d.get("name").and_then(serde_json::Value::as_str);
+        if let Some((_, bytes)) = resident.iter().find(|(n, _)| Some(n.as_str()) == name) {
+            d["bar_resident_bytes"] = (*bytes).into();
+        }
     }
 }
 
@@ -567,9 +641,12 @@ fn windows_of(f: &Fabric) -> Vec<BarWindow> {
 fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::Result<Running> {
     let id = fabric.add_device(&dc.name, dc.kind.as_str());
     let port = fabric.port(id);
-    let irqs = Arc::new(ClientIrqs::default());
-    let mut memory_bars: [Option<MemoryBar>; 6] = Default::default();
-    let (model, cfg, msix_vectors): (Arc<dyn Model>, ConfigSpace, u32) = match dc.kind {
+    let mut wiring = Wiring {
+        id,
+        irqs: Arc::new(ClientIrqs::default()),
+        memory_bars: Default::default(),
+    };
+    match dc.kind {
         DeviceKind::Nvme => {
             let mut namespaces = Vec::new();
             for (i, ns) in dc.namespaces().iter().enumerate() {
@@ -588,7 +665,7 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
                 cfg.max_io_queues = q;
             }
             let ctrl = Arc::new(
-                p2plab_nvme::NvmeController::new(cfg, port, irqs.clone())
+                p2plab_nvme::NvmeController::new(cfg, port, wiring.irqs.clone())
                     .with_context(|| format!("{}: NVMe controller", dc.name))?,
             );
             let f = fabric.clone();
@@ -598,61 +675,67 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
             if cmb > 0 {
                 let (file, region) = memory_bar(&format!("{}-cmb", dc.name), cmb)?;
                 let bar = p2plab_nvme::NvmeController::CMB_BAR;
-                fabric.set_bar_memory(id, bar, region.clone());
-                memory_bars[bar] = Some(MemoryBar { file });
+                fabric.set_bar_memory(id, bar, region);
+                wiring.memory_bars[bar] = Some(file);
             }
-            let cfg = ctrl
-                .config_space()
-                .with_context(|| format!("{}: config space", dc.name))?;
-            let vectors = u32::from(ctrl.msix_vectors());
-            (ctrl, cfg, vectors)
+            serve(fabric, dc, run_dir, wiring, ctrl)
         }
         DeviceKind::Gpu => {
             let size = dc.vram_size();
             let (file, region) = memory_bar(&format!("{}-vram", dc.name), size)?;
             let bar = p2plab_gpu::GpuDevice::VRAM_BAR;
             fabric.set_bar_memory(id, bar, region.clone());
-            memory_bars[bar] = Some(MemoryBar { file });
+            wiring.memory_bars[bar] = Some(file);
             let cfg = p2plab_gpu::GpuConfig {
                 vram_size: size,
                 serial: p2plab_pci::dsn_from_str(&dc.name),
             };
             let gpu = Arc::new(
-                p2plab_gpu::GpuDevice::new(cfg, port, irqs.clone(), region)
+                p2plab_gpu::GpuDevice::new(cfg, port, wiring.irqs.clone(), region)
                     .with_context(|| format!("{}: GPU device", dc.name))?,
             );
-            let cfg = gpu.config_space();
-            let vectors = u32::from(cfg.msix().map_or(0, |m| m.vectors));
-            (gpu, cfg, vectors)
+            serve(fabric, dc, run_dir, wiring, gpu)
         }
         DeviceKind::QemuNvme => anyhow::bail!("{} is QEMU's own device, not p2plab's", dc.name),
-    };
-    let device = Arc::new(LabDevice {
-        name: dc.name.clone(),
-        fabric: fabric.clone(),
-        id,
-        power_on_cfg: cfg.clone(),
-        cfg: Mutex::new(cfg),
-        model,
-        memory_bars,
-        msix_vectors,
-        irqs,
-        kick: Arc::new(Kick::default()),
-        stop: Arc::new(AtomicBool::new(false)),
-    });
+    }
+}
+
+/// Serve `function` on `run_dir/<name>.sock` with its worker thread: the one adapter
+/// every device kind goes through.
+fn serve<F: PciFunction + 'static>(
+    fabric: &Fabric,
+    dc: &DeviceConfig,
+    run_dir: &Path,
+    wiring: Wiring,
+    function: Arc<F>,
+) -> anyhow::Result<Running> {
+    let device = LabDevice::new(&dc.name, fabric, wiring, function);
     let worker = Some(device.spawn_worker()?);
     let socket = run_dir.join(format!("{}.sock", dc.name));
-    let server = vfu::Server::bind(&socket, device.clone())
-        .with_context(|| format!("{}: binding {}", dc.name, socket.display()))?;
-    server
-        .spawn()
-        .with_context(|| format!("{}: starting its server", dc.name))?;
+    let started = vfu::Server::bind(&socket, device.clone())
+        .with_context(|| format!("{}: binding {}", dc.name, socket.display()))
+        .and_then(|server| {
+            server
+                .spawn()
+                .with_context(|| format!("{}: starting its server", dc.name))?;
+            Ok(server)
+        });
+    let server = match started {
+        Ok(server) => server,
+        Err(e) => {
+            device.stop.store(true, Ordering::Relaxed);
+            device.kick.kick();
+            return Err(e);
+        }
+    };
     Ok(Running {
         name: dc.name.clone(),
         kind: dc.kind,
         socket,
         server,
-        device,
+        memory_bars: device.memory_bars.iter().flatten().cloned().collect(),
+        kick: device.kick.clone(),
+        stop: device.stop.clone(),
         worker,
     })
 }
@@ -741,4 +824,347 @@ pub fn serve_main(config: &Path, dir: Option<PathBuf>) -> anyhow::Result<i32> {
         dir.join("counters.json").display()
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2plab_pci::pcie::{PCI_EXP_DEVCTL, PCI_EXP_DEVCTL_BCR_FLR};
+    use p2plab_pci::pm::{PowerState, PCI_PM_CTRL};
+    use p2plab_pci::regs::{
+        PCI_CAP_ID_EXP, PCI_CAP_ID_PM, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY,
+    };
+    use p2plab_pci::{BarDef, BarKind, PciIds};
+    use vfu::proto::{PCI_BAR0_REGION_INDEX, PCI_CONFIG_REGION_INDEX, PCI_MSIX_IRQ_INDEX};
+    use vfu::Device as _;
+
+    const REG_BAR: usize = 0;
+    const MEM_BAR: usize = 2;
+    const REG_ADDR: u64 = 0xfe00_0000;
+    const MEM_ADDR: u64 = 0x80_0000_0000;
+    const MEM_SIZE: u64 = 2 << 20;
+
+    /// What the glue asked of the function.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Read(usize),
+        Write(usize),
+        BarMoved(usize, Option<u64>),
+        BusMaster(bool),
+        Reset,
+    }
+
+    /// A function that records every call and follows the worker contract: Bus Master
+    /// Enable, a reset and (when `writes_are_work`) a BAR write ask for processing.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<Call>>,
+        work: AtomicBool,
+        writes_are_work: AtomicBool,
+        passes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<Call> {
+            std::mem::take(&mut *lock(&self.calls))
+        }
+        fn record(&self, c: Call) {
+            lock(&self.calls).push(c);
+        }
+    }
+
+    impl PciFunction for Recorder {
+        fn config_space(&self) -> ConfigSpace {
+            let ids = PciIds {
+                vendor: 0x2b2b,
+                device: 0x00ff,
+                class: 0x05_80_00,
+                ..Default::default()
+            };
+            let bar = |size, prefetchable| BarDef {
+                size,
+                kind: BarKind::Mem64,
+                prefetchable,
+            };
+            ConfigSpace::builder(ids)
+                .bar(REG_BAR, bar(4096, false))
+                .bar(MEM_BAR, bar(MEM_SIZE, true))
+                .power_management()
+                .pcie_endpoint()
+                .build()
+                .expect("valid test declaration")
+        }
+        fn bar_read(&self, bar: usize, _offset: u64, buf: &mut [u8]) {
+            self.record(Call::Read(bar));
+            buf.fill(0x11);
+        }
+        fn bar_write(&self, bar: usize, _offset: u64, _data: &[u8]) -> bool {
+            self.record(Call::Write(bar));
+            let work = self.writes_are_work.load(Ordering::SeqCst);
+            if work {
+                self.work.store(true, Ordering::SeqCst);
+            }
+            work
+        }
+        fn bar_moved(&self, bar: usize, address: Option<u64>) {
+            self.record(Call::BarMoved(bar, address));
+        }
+        fn set_bus_master(&self, enabled: bool) {
+            self.record(Call::BusMaster(enabled));
+            if enabled {
+                self.work.store(true, Ordering::SeqCst);
+            }
+        }
+        fn reset(&self) {
+            self.record(Call::Reset);
+            self.work.store(true, Ordering::SeqCst);
+        }
+        fn process(&self) -> bool {
+            self.passes.fetch_add(1, Ordering::SeqCst);
+            self.work.store(false, Ordering::SeqCst);
+            false
+        }
+        fn needs_processing(&self) -> bool {
+            self.work.load(Ordering::SeqCst)
+        }
+    }
+
+    struct Bench {
+        dev: Arc<LabDevice<Recorder>>,
+        fabric: Fabric,
+    }
+
+    fn bench() -> Bench {
+        let fabric = Fabric::new();
+        let id = fabric.add_device("dev0", "test");
+        let wiring = Wiring {
+            id,
+            irqs: Arc::new(ClientIrqs::default()),
+            memory_bars: Default::default(),
+        };
+        let dev = LabDevice::new("dev0", &fabric, wiring, Arc::new(Recorder::default()));
+        Bench { dev, fabric }
+    }
+
+    impl Bench {
+        fn function(&self) -> &Recorder {
+            &self.dev.function
+        }
+        #[track_caller]
+        fn cfg_write(&self, offset: usize, data: &[u8]) {
+            self.dev
+                .region_write(PCI_CONFIG_REGION_INDEX, offset as u64, data)
+                .expect("config write");
+        }
+        #[track_caller]
+        fn cfg_read16(&self, offset: usize) -> u16 {
+            let mut b = [0; 2];
+            self.dev
+                .region_read(PCI_CONFIG_REGION_INDEX, offset as u64, &mut b)
+                .expect("config read");
+            u16::from_le_bytes(b)
+        }
+        fn cap(&self, id: u8) -> usize {
+            lock(&self.dev.cfg)
+                .capability_offset(id)
+                .expect("capability present")
+        }
+        /// What the guest's BIOS and driver do: program both BARs, enable MSE and BME.
+        fn program(&self) {
+            let bar_reg = |bar: usize| PCI_BASE_ADDRESS_0 + 4 * bar;
+            self.cfg_write(bar_reg(REG_BAR), &(REG_ADDR as u32).to_le_bytes());
+            self.cfg_write(bar_reg(REG_BAR + 1), &0u32.to_le_bytes());
+            self.cfg_write(bar_reg(MEM_BAR), &(MEM_ADDR as u32).to_le_bytes());
+            self.cfg_write(
+                bar_reg(MEM_BAR + 1),
+                &((MEM_ADDR >> 32) as u32).to_le_bytes(),
+            );
+            self.command(PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+        }
+        fn command(&self, command: u16) {
+            self.cfg_write(PCI_COMMAND, &command.to_le_bytes());
+        }
+        fn power_state(&self, state: PowerState) {
+            let pmcsr = self.cap(PCI_CAP_ID_PM) + PCI_PM_CTRL;
+            self.cfg_write(pmcsr, &state.bits().to_le_bytes());
+        }
+        /// The fabric's view: (BAR, start, len) windows and Bus Master.
+        fn fabric_view(&self) -> (Vec<(u32, u64, u64)>, bool) {
+            let snap = self.fabric.snapshot();
+            let d = &snap.devices[0];
+            let windows = d.bars.iter().map(|w| (w.bar, w.start, w.len)).collect();
+            (windows, d.bus_master)
+        }
+        fn bar0_read(&self) -> [u8; 4] {
+            let mut b = [0; 4];
+            self.dev
+                .region_read(PCI_BAR0_REGION_INDEX, 0, &mut b)
+                .expect("BAR0 read");
+            b
+        }
+        fn bar0_write(&self) {
+            self.dev
+                .region_write(PCI_BAR0_REGION_INDEX, 0, &[1, 2, 3, 4])
+                .expect("BAR0 write");
+        }
+        /// Whether the worker has been woken (and clears the kick).
+        fn kicked(&self) -> bool {
+            std::mem::take(&mut *lock(&self.dev.kick.pending))
+        }
+    }
+
+    fn decoded() -> Vec<(u32, u64, u64)> {
+        vec![
+            (REG_BAR as u32, REG_ADDR, 4096),
+            (MEM_BAR as u32, MEM_ADDR, MEM_SIZE),
+        ]
+    }
+
+    #[test]
+    fn programmed_bars_decode_and_reach_the_function() {
+        let b = bench();
+        assert_eq!(
+            b.bar0_read(),
+            [UNCLAIMED_READ; 4],
+            "no decoding at power-on"
+        );
+        b.program();
+        assert_eq!(b.fabric_view(), (decoded(), true));
+        let calls = b.function().take();
+        assert!(calls.contains(&Call::BarMoved(MEM_BAR, Some(MEM_ADDR))));
+        assert_eq!(calls.last(), Some(&Call::BusMaster(true)));
+        assert_eq!(b.bar0_read(), [0x11; 4]);
+        assert_eq!(b.function().take(), vec![Call::Read(REG_BAR)]);
+    }
+
+    #[test]
+    fn flr_resets_the_function_and_keeps_the_bar_addresses_the_guest_sees() {
+        let b = bench();
+        b.program();
+        b.function().take();
+        b.kicked();
+        let devctl = b.cap(PCI_CAP_ID_EXP) + PCI_EXP_DEVCTL;
+        let v = b.cfg_read16(devctl) | PCI_EXP_DEVCTL_BCR_FLR;
+        b.cfg_write(devctl, &v.to_le_bytes());
+        let calls = b.function().take();
+        assert_eq!(calls.first(), Some(&Call::Reset), "{calls:?}");
+        assert!(calls.contains(&Call::BusMaster(false)));
+        assert!(b.kicked(), "the worker runs to drop the function's queues");
+        // Command was reset: nothing decodes, no DMA.
+        assert_eq!(b.fabric_view(), (vec![], false));
+        assert_eq!(b.bar0_read(), [UNCLAIMED_READ; 4]);
+        // QEMU keeps showing the guest its BAR addresses; the PCI core's restore writes
+        // only Command back, and the windows return where they were.
+        assert_eq!(lock(&b.dev.cfg).bar_address(MEM_BAR), Some(MEM_ADDR));
+        b.command(PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+        assert_eq!(b.fabric_view(), (decoded(), true));
+    }
+
+    #[test]
+    fn d3hot_stops_dma_and_decoding_until_d0() {
+        let b = bench();
+        b.program();
+        b.function().take();
+        b.kicked();
+        b.power_state(PowerState::D3Hot);
+        assert_eq!(
+            b.fabric_view(),
+            (vec![], false),
+            "no windows, no bus master"
+        );
+        let calls = b.function().take();
+        assert!(calls.contains(&Call::BusMaster(false)), "{calls:?}");
+        assert!(
+            !calls.contains(&Call::Reset),
+            "No_Soft_Reset: D3hot keeps state"
+        );
+        assert_eq!(b.bar0_read(), [UNCLAIMED_READ; 4]);
+        b.bar0_write();
+        assert!(
+            b.function().take().is_empty(),
+            "BAR accesses do not reach it"
+        );
+        b.power_state(PowerState::D0);
+        assert_eq!(b.fabric_view(), (decoded(), true));
+        assert!(b.kicked(), "work queued while in D3hot may run again");
+    }
+
+    #[test]
+    fn bus_master_enable_wakes_the_worker() {
+        let b = bench();
+        b.program();
+        b.command(PCI_COMMAND_MEMORY);
+        b.kicked();
+        b.command(PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+        assert!(b.kicked());
+    }
+
+    #[test]
+    fn bar_writes_wake_the_worker_only_when_they_record_work() {
+        let b = bench();
+        b.program();
+        b.kicked();
+        b.bar0_write();
+        assert!(!b.kicked(), "the function recorded no work");
+        b.function().writes_are_work.store(true, Ordering::SeqCst);
+        b.bar0_write();
+        assert!(b.kicked());
+    }
+
+    #[test]
+    fn idle_worker_sleeps_until_woken() {
+        let b = bench();
+        b.program();
+        let worker = b.dev.spawn_worker().expect("worker thread");
+        let passes = || b.function().passes.load(Ordering::SeqCst);
+        let settle = |min: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while passes() < min && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Past the poll window after the last pass.
+            std::thread::sleep(Duration::from_millis(50));
+            passes()
+        };
+        let idle = settle(1);
+        assert!(idle >= 1, "the Bus Master Enable was processed");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(passes(), idle, "no timer wakes an idle worker");
+        b.function().writes_are_work.store(true, Ordering::SeqCst);
+        b.bar0_write();
+        assert!(settle(idle + 1) > idle, "a BAR write with work wakes it");
+        b.dev.stop.store(true, Ordering::Relaxed);
+        b.dev.kick.kick();
+        worker.join().expect("worker exits");
+    }
+
+    #[test]
+    fn regions_and_irqs_are_decoded_by_name() {
+        assert_eq!(Region::from_index(0), Some(Region::Bar(0)));
+        assert_eq!(Region::from_index(5), Some(Region::Bar(5)));
+        assert_eq!(Region::from_index(6), Some(Region::Rom));
+        assert_eq!(Region::from_index(7), Some(Region::Config));
+        assert_eq!(Region::from_index(8), Some(Region::Vga));
+        assert_eq!(Region::from_index(9), None);
+        assert_eq!(Irq::from_index(0), Some(Irq::Intx));
+        assert_eq!(Irq::from_index(2), Some(Irq::Msix));
+        assert_eq!(Irq::from_index(4), Some(Irq::Req));
+        assert_eq!(Irq::from_index(5), None);
+        let b = bench();
+        let info = |i| b.dev.region_info(i).map(|r| r.size);
+        assert_eq!(info(PCI_CONFIG_REGION_INDEX), Some(4096));
+        assert_eq!(info(PCI_BAR0_REGION_INDEX), Some(4096));
+        assert_eq!(info(1), Some(0), "upper half of the 64-bit BAR0");
+        assert_eq!(info(9), None);
+        assert_eq!(b.dev.irq_info(PCI_MSIX_IRQ_INDEX).map(|i| i.count), Some(0));
+    }
+
+    #[test]
+    fn resident_bytes_are_matched_to_devices_by_name() {
+        let mut counters = serde_json::json!({"devices": [{"name": "gpu0"}, {"name": "nvme0"}]});
+        let resident = [("nvme0".to_string(), 4096), ("gpu0".to_string(), 8192)];
+        add_resident_bytes(&mut counters, &resident);
+        assert_eq!(counters["devices"][0]["bar_resident_bytes"], 8192);
+        assert_eq!(counters["devices"][1]["bar_resident_bytes"], 4096);
+    }
 }

@@ -13,7 +13,7 @@
 //! Initiate FLR (resets config space, reported in [`ConfigEvents`]) and the Resizable BAR
 //! size field (resizes the BAR and its sizing mask). One module per concept: [`regs`]
 //! (header), [`bar`], [`pm`], [`msix`], [`pcie`], [`ext_caps`] (`dsn`, `rebar`), [`config`]
-//! (the space and its builder).
+//! (the space and its builder), [`function`] (the device contract, [`PciFunction`]).
 //!
 //! **What it does not implement.** I/O BARs, expansion ROM (reads 0), MSI, AER and other
 //! extended capabilities, PME, D1/D2, ASPM behaviour, multi-function headers. The MSI-X
@@ -37,6 +37,7 @@
 pub mod bar;
 pub mod config;
 pub mod ext_caps;
+pub mod function;
 pub mod layout;
 pub mod msix;
 pub mod pcie;
@@ -45,6 +46,7 @@ pub mod regs;
 
 pub use bar::{BarDef, BarInfo, BarKind};
 pub use config::{ConfigError, ConfigEvents, ConfigSpace, ConfigSpaceBuilder, PciIds};
+pub use function::{PciFunction, UNCLAIMED_READ};
 pub use layout::{dsn_from_str, BarLayout, PciLayout, ResizableBar};
 pub use msix::MsixInfo;
 pub use pcie::{LinkSpeed, PcieLink};

@@ -1,6 +1,9 @@
-//! pci-config: the guest's view of the p2plab devices' PCI config space (issue #2):
-//! IDs, class, BARs (size, 64-bit, prefetchable), capabilities (PM, MSI-X, PCI Express
-//! endpoint) and extended capabilities (Device Serial Number; Resizable BAR on the GPU).
+//! PCI cases.
+//! - pci-config: the guest's view of the p2plab devices' PCI config space (issue #2):
+//!   IDs, class, BARs (size, 64-bit, prefetchable), capabilities (PM, MSI-X, PCI Express
+//!   endpoint) and extended capabilities (Device Serial Number; Resizable BAR on the GPU).
+//! - flr-reset: a Function Level Reset of the client NVMe controller through sysfs
+//!   (driver unbound), then the driver rebound and the controller working.
 
 use super::Ctx;
 use crate::devices::Found;
@@ -301,4 +304,271 @@ pub fn config(ctx: &mut Ctx) -> Result<(), String> {
     } else {
         Err(errs.join(" | "))
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// flr-reset: a Function Level Reset of the client NVMe controller through sysfs, with its
+// driver unbound, then the driver back and the controller working.
+
+use crate::devices::{DevInfo, Env, RunConfig};
+use crate::mem::{direct_io, open_direct, Mapping, MIB};
+use std::time::{Duration, Instant};
+
+/// BAR0 registers the case reads while no driver owns the controller (NVMe 1.4 §3.1;
+/// Linux `NVME_REG_*`, `NVME_CC_*`, `NVME_CSTS_*`).
+const NVME_REG_CC: usize = 0x14;
+const NVME_REG_CSTS: usize = 0x1c;
+const NVME_CC_ENABLE: u32 = 1 << 0;
+const NVME_CSTS_RDY: u32 = 1 << 0;
+/// The part of BAR0 the case maps (the registers up to the doorbells).
+const NVME_REGS_LEN: usize = 4096;
+
+/// The case's namespace region: after vendor-log (200M + 8M), before fio-verify (256M);
+/// see the region map in cases/nvme.rs.
+const FLR_OFF: u64 = 208 << 20;
+const FLR_LEN: usize = 4 * MIB;
+/// How long the re-probed controller may take to show its namespace again (TCG).
+const REPROBE_WAIT: Duration = Duration::from_secs(30);
+
+fn read_sysfs(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+fn write_sysfs(path: &str, value: &str) -> Result<(), String> {
+    std::fs::write(path, value).map_err(|e| format!("writing '{value}' to {path}: {e}"))
+}
+
+/// The driver bound to PCI function `bdf`, if any.
+fn driver_of(bdf: &str) -> Option<String> {
+    std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+}
+
+/// The first page of a function's BAR0, mapped through sysfs `resource0` (only while no
+/// driver owns it). Every access is a trapped MMIO the device model answers.
+struct Bar0 {
+    ptr: *mut u8,
+}
+
+impl Bar0 {
+    fn map(bdf: &str) -> Result<Bar0, String> {
+        let path = format!("/sys/bus/pci/devices/{bdf}/resource0");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("open {path}: {e}"))?;
+        // SAFETY: a new shared read-only mapping of the BAR's sysfs resource file; the
+        // kernel keeps the mapping valid after the fd is closed.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                NVME_REGS_LEN,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Bar0 { ptr: p.cast() })
+    }
+
+    /// The 32-bit register at `off` (< NVME_REGS_LEN, 4-byte aligned).
+    fn read32(&self, off: usize) -> u32 {
+        // SAFETY: off + 4 <= NVME_REGS_LEN and aligned (the callers' constants); the
+        // mapping is live. A volatile load is one 32-bit MMIO read.
+        unsafe { self.ptr.add(off).cast::<u32>().read_volatile() }
+    }
+
+    /// (CC, CSTS).
+    fn cc_csts(&self) -> (u32, u32) {
+        (self.read32(NVME_REG_CC), self.read32(NVME_REG_CSTS))
+    }
+}
+
+impl Drop for Bar0 {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from a successful mmap of NVME_REGS_LEN bytes, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), NVME_REGS_LEN) };
+    }
+}
+
+/// The device again after its driver re-probed it (controller numbering may change), by
+/// serial as devices.rs finds every NVMe controller, waiting for its namespace.
+fn rediscover(info: &DevInfo) -> Result<crate::devices::Found, String> {
+    // A run configuration naming only this device, in run.json's own terms.
+    let cfg: RunConfig = serde_json::from_value(serde_json::json!({
+        "devices": [{"name": info.name, "kind": info.kind, "serial": info.serial}],
+    }))
+    .map_err(|e| format!("run configuration for {}: {e}", info.name))?;
+    let env = Env::discover(&cfg, REPROBE_WAIT);
+    let d = env
+        .devices
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{} vanished", info.name))?;
+    if d.ctrl.is_none() || d.ns.is_none() {
+        return Err(format!(
+            "{} has no controller or namespace {} s after the rebind",
+            info.name,
+            REPROBE_WAIT.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+/// An Identify Controller through the admin queue (`nvme id-ctrl`): the serial.
+fn identify_serial(ctrl: &str) -> Result<(String, String), String> {
+    let dev = format!("/dev/{ctrl}");
+    let o = std::process::Command::new("nvme")
+        .args(["id-ctrl", &dev, "--output-format=json"])
+        .output()
+        .map_err(|e| format!("cannot run nvme id-ctrl: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "nvme id-ctrl {dev} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .map_err(|e| format!("nvme id-ctrl {dev}: not JSON ({e})"))?;
+    let field = |k: &str| v[k].as_str().map(|s| s.trim().to_string());
+    let sn = field("sn").ok_or_else(|| format!("nvme id-ctrl {dev}: no sn"))?;
+    Ok((sn, field("mn").unwrap_or_default()))
+}
+
+/// A per-boot seed, so data an earlier run left on the namespace never verifies.
+fn boot_seed(tag: u64) -> u64 {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    tag ^ ns.rotate_left(23)
+}
+
+/// The FLR itself, with the driver unbound: through `reset` with `reset_method` = flr,
+/// proved by the controller registers going from the driver's shutdown state to their
+/// power-on values.
+fn reset_unbound(ctx: &mut Ctx, bdf: &str) -> Result<(), String> {
+    let dir = format!("/sys/bus/pci/devices/{bdf}");
+    let before = Bar0::map(bdf)?.cc_csts();
+    ctx.diag(&format!(
+        "{bdf} unbound: CC {:#010x} CSTS {:#010x}",
+        before.0, before.1
+    ));
+    if before.0 & NVME_CC_ENABLE == 0 && before.1 & NVME_CSTS_RDY == 0 {
+        return Err(format!(
+            "CC {:#x} CSTS {:#x} before the FLR: already at power-on, nothing to prove",
+            before.0, before.1
+        ));
+    }
+    let methods = format!("{dir}/reset_method");
+    write_sysfs(&methods, "flr")?;
+    let t = Instant::now();
+    let reset = write_sysfs(&format!("{dir}/reset"), "1");
+    let restored = write_sysfs(&methods, "default");
+    reset?;
+    restored?;
+    let after = Bar0::map(bdf)?.cc_csts();
+    ctx.diag(&format!(
+        "FLR in {:.0} ms: CC {:#010x} CSTS {:#010x}",
+        t.elapsed().as_secs_f64() * 1e3,
+        after.0,
+        after.1
+    ));
+    if after != (0, 0) {
+        return Err(format!(
+            "after the FLR CC is {:#x} and CSTS {:#x}, want both 0 (controller reset)",
+            after.0, after.1
+        ));
+    }
+    Ok(())
+}
+
+/// flr-reset: unbind nvme from the client, FLR it through sysfs, rebind, then Identify
+/// and an O_DIRECT write + read-verify.
+pub fn flr_reset(ctx: &mut Ctx) -> Result<(), String> {
+    let c = ctx.env.role("client")?;
+    if c.info.kind != "nvme" {
+        return Err(format!(
+            "client {} is a {}, not a p2plab NVMe controller",
+            c.info.name, c.info.kind
+        ));
+    }
+    let info = c.info.clone();
+    let (ctrl0, ns0) = (c.ctrl.clone(), c.ns.clone());
+    let bdf = c.bdf.clone().ok_or("client has no PCI address")?;
+    let dir = format!("/sys/bus/pci/devices/{bdf}");
+    let methods = read_sysfs(&format!("{dir}/reset_method"))?;
+    ctx.diag(&format!("{} ({bdf}) reset_method: {methods}", info.name));
+    if !methods.split_whitespace().any(|m| m == "flr") {
+        return Err(format!(
+            "reset_method '{methods}' has no flr (PCIe DEVCAP.FLR not advertised?)"
+        ));
+    }
+    let driver = driver_of(&bdf);
+    if driver.as_deref() != Some("nvme") {
+        return Err(format!("{bdf} is bound to {driver:?}, want nvme"));
+    }
+    write_sysfs(&format!("{dir}/driver/unbind"), &bdf)?;
+    if let Some(d) = driver_of(&bdf) {
+        return Err(format!("{bdf} still bound to {d} after unbind"));
+    }
+    // Rebind whatever happened, so the cases after this one find the controller.
+    let reset = reset_unbound(ctx, &bdf);
+    let t = Instant::now();
+    write_sysfs("/sys/bus/pci/drivers/nvme/bind", &bdf)?;
+    reset?;
+    let d = rediscover(&info)?;
+    let (ctrl, ns) = (
+        d.ctrl.clone().unwrap_or_default(),
+        d.ns.clone().unwrap_or_default(),
+    );
+    let state = read_sysfs(&format!("/sys/class/nvme/{ctrl}/state"))?;
+    ctx.diag(&format!(
+        "rebound: {ctrl} {ns} state {state} after {:.2} s",
+        t.elapsed().as_secs_f64()
+    ));
+    if state != "live" {
+        return Err(format!(
+            "{ctrl} state is '{state}' after the rebind, want live"
+        ));
+    }
+    let (sn, mn) = identify_serial(&ctrl)?;
+    ctx.diag(&format!("Identify Controller: sn '{sn}' mn '{mn}'"));
+    if sn != info.serial.trim() {
+        return Err(format!("Identify says sn '{sn}', want '{}'", info.serial));
+    }
+    let seed = boot_seed(0x666c_7272);
+    let f = open_direct(&ns)?;
+    let out = Mapping::ram(FLR_LEN)?;
+    out.fill(seed);
+    let t = Instant::now();
+    direct_io(&f, &out, FLR_OFF, MIB, true).map_err(|e| format!("pwrite {ns}: {e}"))?;
+    let back = Mapping::ram(FLR_LEN)?;
+    back.fill(!seed);
+    direct_io(&f, &back, FLR_OFF, MIB, false).map_err(|e| format!("pread {ns}: {e}"))?;
+    back.verify(seed)
+        .map_err(|e| format!("{ns} read back after the FLR: {e}"))?;
+    ctx.diag(&format!(
+        "O_DIRECT write + read-verify of {} MiB at {}M: {:.2} s",
+        FLR_LEN / MIB,
+        FLR_OFF >> 20,
+        t.elapsed().as_secs_f64()
+    ));
+    // The run's other cases use the names found at boot.
+    if d.ctrl != ctrl0 || d.ns != ns0 {
+        return Err(format!(
+            "the client came back as {ctrl} {ns}, the run's other cases use {} {}",
+            ctrl0.as_deref().unwrap_or("?"),
+            ns0.as_deref().unwrap_or("?")
+        ));
+    }
+    Ok(())
 }
