@@ -71,6 +71,19 @@ pub const RULES: &[Rule] = &[
             Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
         ],
     },
+    // FLR of the client (guest-tests/runner/src/cases/pci.rs): once reset and rebound the
+    // controller reaches guest RAM and its own CMB directly again (its BAR windows came
+    // back), so nothing is relayed; the 4 MiB write read RAM, the read-back wrote it.
+    Rule {
+        case: "flr-reset",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 4 * NV_MIB),
+            Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 4 * NV_MIB),
+            Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
     Rule {
         case: "nvme-nvme-copy",
         needs_p2plab_roles: true,
@@ -236,6 +249,39 @@ pub const RULES: &[Rule] = &[
             Expect::Eq("devices[{importer}].dma.client_relay.write_bytes", 0),
         ],
     },
+    // Block I/O into a dma-buf (the io_uring series; SKIPped cases are not checked):
+    // the NVMe DMAs straight into the exporter's VRAM, guest RAM carries no data.
+    Rule {
+        case: "uring-dmabuf-read",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast(
+                "devices[{client}].dma.peers.{exporter}.write_bytes",
+                64 * NV_MIB,
+            ),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB - 1),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    Rule {
+        case: "uring-dmabuf-write",
+        needs_p2plab_roles: true,
+        expect: &[
+            Expect::AtLeast(
+                "devices[{client}].dma.peers.{exporter}.read_bytes",
+                64 * NV_MIB,
+            ),
+            Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
+        ],
+    },
+    Rule {
+        case: "uring-dmabuf-refused",
+        needs_p2plab_roles: true,
+        expect: &[Expect::Eq(
+            "devices[{client}].dma.peers.{provider}.write_bytes",
+            0,
+        )],
+    },
 ];
 
 /// Two counters of a case's delta that must be equal (e.g. what one device wrote to a
@@ -282,6 +328,16 @@ pub const SAME_RULES: &[SameRule] = &[
         case: "io-uring-p2p",
         a: "devices[{provider}].inbound.peers.{client}.read_bytes",
         b: "devices[{client}].dma.peers.{provider}.read_bytes",
+    },
+    SameRule {
+        case: "uring-dmabuf-read",
+        a: "devices[{exporter}].inbound.peers.{client}.write_bytes",
+        b: "devices[{client}].dma.peers.{exporter}.write_bytes",
+    },
+    SameRule {
+        case: "uring-dmabuf-write",
+        a: "devices[{exporter}].inbound.peers.{client}.read_bytes",
+        b: "devices[{client}].dma.peers.{exporter}.read_bytes",
     },
     SameRule {
         case: "dmabuf-peer-copy",
@@ -471,6 +527,13 @@ pub const CPU_RULES: &[CpuRule] = &[
     // exporter's VRAM.
     CpuRule {
         case: "dmabuf-peer-copy",
+        when: CpuWhen::HasExporter,
+        device: "{exporter}",
+        bar: 2,
+        expect: &[Expect::Eq("loads", 0), Expect::Eq("stores", 0)],
+    },
+    CpuRule {
+        case: "uring-dmabuf-read",
         when: CpuWhen::HasExporter,
         device: "{exporter}",
         bar: 2,

@@ -415,14 +415,18 @@ mod tests {
 
     #[test]
     fn pageless_roles_and_p2pmem_are_gpu_settings() {
-        let t: Topology = toml::from_str(
-            "[roles]\nexporter='n'\n[[device]]\nname='n'\nkind='nvme'\n",
-        )
-        .unwrap();
-        assert!(t.validate().unwrap_err().contains("roles.exporter: n is not a gpu"));
+        let t: Topology =
+            toml::from_str("[roles]\nexporter='n'\n[[device]]\nname='n'\nkind='nvme'\n").unwrap();
+        assert!(t
+            .validate()
+            .unwrap_err()
+            .contains("roles.exporter: n is not a gpu"));
         let t: Topology =
             toml::from_str("[[device]]\nname='n'\nkind='nvme'\np2pmem=false\n").unwrap();
-        assert!(t.validate().unwrap_err().contains("p2pmem is a gpu setting"));
+        assert!(t
+            .validate()
+            .unwrap_err()
+            .contains("p2pmem is a gpu setting"));
         let t = Topology::load(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../qemu-configs/two-gpu.toml"),
         )

@@ -341,7 +341,20 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     // GPU and their target the exporter's VRAM; the others' the client NVMe and the
     // provider's BAR.
     let pageless = case.starts_with("dmabuf-");
-    let (client, provider) = if pageless {
+    let uring_dmabuf = case.starts_with("uring-dmabuf-");
+    let (client, provider) = if uring_dmabuf {
+        (
+            topo.roles
+                .client
+                .clone()
+                .context("topology has no client role")?,
+            topo.roles
+                .exporter
+                .clone()
+                .or_else(|| topo.roles.provider.clone())
+                .context("topology has no exporter or provider role")?,
+        )
+    } else if pageless {
         (
             topo.roles
                 .importer

@@ -10,6 +10,7 @@ mod nvme;
 mod p2p;
 mod pci;
 mod uring;
+mod uring_dmabuf;
 
 use crate::console::Console;
 use crate::devices::Env;
@@ -49,9 +50,19 @@ pub struct Case {
 pub struct Ctx<'a> {
     pub env: &'a Env,
     pub con: &'a mut Console,
+    /// Set by [`Ctx::skip`]: the case could not run on this kernel (reported
+    /// `ok N name # SKIP reason`, counted as skipped, never as passed).
+    pub skipped: Option<String>,
 }
 
 impl Ctx<'_> {
+    /// End the case as skipped: `return ctx.skip("why")`.
+    pub fn skip(&mut self, why: &str) -> Result<(), String> {
+        self.diag(&format!("SKIP: {why}"));
+        self.skipped = Some(why.to_string());
+        Ok(())
+    }
+
     /// A KTAP diagnostic line.
     pub fn diag(&mut self, s: &str) {
         self.con.line(&format!("# {s}"));
@@ -156,6 +167,14 @@ pub const CASES: &[Case] = &[
         run: pci::config,
     },
     Case {
+        name: "flr-reset",
+        description: "the client NVMe controller, nvme unbound, goes through an FLR (sysfs reset, reset_method flr): registers back to power-on; rebound, Identify and a 4 MiB O_DIRECT write+read verify work",
+        when: When::Any,
+        roles: &["client"],
+        tools: &[],
+        run: pci::flr_reset,
+    },
+    Case {
         name: "copy-engine",
         description: "GPU copy engine: RAM -> VRAM -> client CMB -> VRAM -> RAM (64 MiB), verified in RAM and by the checksum engine",
         when: When::P2pAllowed,
@@ -212,6 +231,62 @@ pub const CASES: &[Case] = &[
         run: dmabuf::unbind,
     },
     Case {
+        name: "uring-dmabuf-read",
+        description: "series: a p2pgpu dma-buf registered as an io_uring buffer for the client namespace; 64 MiB READ_FIXED at QD 1/8/32 and shifted offsets, checked by the checksum engine (SKIP without the series)",
+        when: When::Any,
+        roles: &["client", "exporter"],
+        tools: &[],
+        run: uring_dmabuf::read,
+    },
+    Case {
+        name: "uring-dmabuf-write",
+        description: "series: WRITE_FIXED 64 MiB from the dma-buf to the namespace, read back through RAM and compared (SKIP without the series)",
+        when: When::Any,
+        roles: &["client", "exporter"],
+        tools: &[],
+        run: uring_dmabuf::write,
+    },
+    Case {
+        name: "uring-dmabuf-invalidate",
+        description: "series: the exporter invalidates during 64 MiB of reads (all complete, right data, -EAGAIN reissued, mapping rebuilt); revoke -> ENODEV; unregister -> 0 maps (SKIP without the series)",
+        when: When::Any,
+        roles: &["client", "exporter"],
+        tools: &[],
+        run: uring_dmabuf::invalidate,
+    },
+    Case {
+        name: "uring-dmabuf-errors",
+        description: "series: refused registrations (not a dma-buf, tmpfs target, size/reserved set, bad fd) and I/O (past/straddling the end, misaligned, another fd) fail with the series' errnos (SKIP without the series)",
+        when: When::Any,
+        roles: &["client", "exporter"],
+        tools: &[],
+        run: uring_dmabuf::errors,
+    },
+    Case {
+        name: "uring-dmabuf-refused",
+        description: "series: client and GPU on separate root ports: the first READ_FIXED into the dma-buf fails with EINVAL, nothing moves (SKIP without the series)",
+        when: When::P2pRefused,
+        roles: &["client", "provider"],
+        tools: &[],
+        run: uring_dmabuf::refused,
+    },
+    Case {
+        name: "uring-dmabuf-buffered",
+        description: "series regression: O_DIRECT cleared after registration: READ/WRITE_FIXED must fail or move the right bytes (VRAM and the disk block checked) (SKIP without the series)",
+        when: When::Any,
+        roles: &["client", "exporter"],
+        tools: &[],
+        run: uring_dmabuf::buffered,
+    },
+    Case {
+        name: "uring-dmabuf-large",
+        description: "series regression: 4 and 8 MiB inline READ/WRITE_FIXED, then revoke within 30 s (a hang is reported with the blocked tasks, the run goes on) (SKIP without the series)",
+        when: When::Any,
+        roles: &["client", "exporter"],
+        tools: &[],
+        run: uring_dmabuf::large,
+    },
+    Case {
         name: "bench",
         description: "throughput figures for `p2plab bench` (NVMe<->RAM, P2P read/write, own CMB, CPU on p2pmem); on request only",
         when: When::Any,
@@ -236,10 +311,18 @@ pub const NEEDS: &[(&str, &[&str])] = &[
     ("nvme-nvme-copy", &["p2plab-client", "p2plab-peer"]),
     ("p2p-host-bridge", &["root-ports"]),
     ("pci-config", &["p2plab-device"]),
+    ("flr-reset", &["p2plab-client"]),
     ("copy-engine", &["gpu-provider", "client-cmb"]),
     ("dmabuf-export", &["gpu-provider"]),
     ("io-uring-p2p", &["gpu-provider"]),
     ("cpu-copy", &["gpu-provider"]),
+    ("uring-dmabuf-read", &["p2plab-client"]),
+    ("uring-dmabuf-write", &["p2plab-client"]),
+    ("uring-dmabuf-invalidate", &["p2plab-client"]),
+    ("uring-dmabuf-errors", &["p2plab-client"]),
+    ("uring-dmabuf-refused", &["p2plab-client", "gpu-provider"]),
+    ("uring-dmabuf-buffered", &["p2plab-client"]),
+    ("uring-dmabuf-large", &["p2plab-client"]),
     ("bench", &["on-request"]),
 ];
 

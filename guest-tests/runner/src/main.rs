@@ -126,16 +126,21 @@ fn run(o: Opts) -> i32 {
         let mut ctx = Ctx {
             env: &env,
             con: &mut con,
+            skipped: None,
         };
         let result = match what {
             What::Exec(e) => exec::run(e, &mut ctx),
             What::Case(c) => (c.run)(&mut ctx),
         };
+        let skipped = ctx.skipped.take();
         let secs = t0.elapsed().as_secs_f64();
         acked &= con.mark("P2PLAB-CASE-END", name);
         con.line(&format!("# {name}: {secs:.2} s"));
         match (result, acked) {
-            (Ok(()), true) => con.line(&format!("ok {n} {name}")),
+            (Ok(()), true) => match skipped {
+                Some(why) => con.line(&format!("ok {n} {name} # SKIP {}", why.replace('\n', " "))),
+                None => con.line(&format!("ok {n} {name}")),
+            },
             (Ok(()), false) => {
                 failed += 1;
                 con.line(&format!(

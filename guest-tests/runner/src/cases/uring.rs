@@ -72,30 +72,30 @@ const _: () = assert!(size_of::<Params>() == 120);
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
-struct Sqe {
-    opcode: u8,
-    flags: u8,
-    ioprio: u16,
-    fd: i32,
-    off: u64,
-    addr: u64,
-    len: u32,
-    rw_flags: u32,
-    user_data: u64,
-    buf_index: u16,
-    personality: u16,
-    splice_fd_in: i32,
-    addr3: u64,
-    pad: u64,
+pub(super) struct Sqe {
+    pub opcode: u8,
+    pub flags: u8,
+    pub ioprio: u16,
+    pub fd: i32,
+    pub off: u64,
+    pub addr: u64,
+    pub len: u32,
+    pub rw_flags: u32,
+    pub user_data: u64,
+    pub buf_index: u16,
+    pub personality: u16,
+    pub splice_fd_in: i32,
+    pub addr3: u64,
+    pub pad: u64,
 }
 const _: () = assert!(size_of::<Sqe>() == 64);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Cqe {
-    user_data: u64,
-    res: i32,
-    flags: u32,
+pub(super) struct Cqe {
+    pub user_data: u64,
+    pub res: i32,
+    pub flags: u32,
 }
 
 /// A shared mapping of the ring fd, unmapped on drop.
@@ -132,6 +132,10 @@ impl Map {
     }
 }
 
+// SAFETY: the mapping is shared memory of the process, valid until the owner unmaps it
+// on drop; moving the owner to another thread (a case's I/O thread) moves that duty.
+unsafe impl Send for Map {}
+
 impl Drop for Map {
     fn drop(&mut self) {
         // SAFETY: p/len came from a successful mmap and are unmapped once.
@@ -139,7 +143,7 @@ impl Drop for Map {
     }
 }
 
-struct Ring {
+pub(super) struct Ring {
     // Field order: the maps go before the fd closes.
     sq: Map,
     cq: Map,
@@ -149,7 +153,7 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(entries: u32) -> Result<Ring, String> {
+    pub(super) fn new(entries: u32) -> Result<Ring, String> {
         let mut p = Params::default();
         // SAFETY: io_uring_setup reads and fills `p`, a live io_uring_params.
         let fd = unsafe {
@@ -195,7 +199,7 @@ impl Ring {
     }
 
     /// Queue one SQE (the caller keeps at most sq_entries in flight).
-    fn push(&self, sqe: Sqe) {
+    pub(super) fn push(&self, sqe: Sqe) {
         let tail = self
             .atomic(&self.sq, self.p.sq_off.tail)
             .load(Ordering::Relaxed);
@@ -214,7 +218,7 @@ impl Ring {
             .store(tail.wrapping_add(1), Ordering::Release);
     }
 
-    fn enter(&self, submit: u32, wait: u32) -> Result<(), std::io::Error> {
+    pub(super) fn enter(&self, submit: u32, wait: u32) -> Result<(), std::io::Error> {
         loop {
             // SAFETY: io_uring_enter on our ring fd without a signal mask.
             let r = unsafe {
@@ -239,7 +243,7 @@ impl Ring {
     }
 
     /// Pop every available CQE.
-    fn reap(&self, out: &mut Vec<Cqe>) {
+    pub(super) fn reap(&self, out: &mut Vec<Cqe>) {
         let head_a = self.atomic(&self.cq, self.p.cq_off.head);
         let tail = self
             .atomic(&self.cq, self.p.cq_off.tail)
@@ -258,6 +262,35 @@ impl Ring {
             head = head.wrapping_add(1);
         }
         head_a.store(head, Ordering::Release);
+    }
+
+    /// `io_uring_register(fd, opcode, arg, nr_args)`: its non-negative result.
+    pub(super) fn register<T>(
+        &self,
+        opcode: u32,
+        arg: &mut T,
+        nr_args: u32,
+    ) -> Result<i32, std::io::Error> {
+        // SAFETY: `arg` is the exclusively borrowed structure this opcode reads (and for
+        // some, writes); nr_args is what the opcode expects for it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.fd.as_raw_fd(),
+                opcode,
+                std::ptr::from_mut(arg),
+                nr_args,
+            )
+        };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r as i32)
+        }
+    }
+
+    pub(super) fn sq_entries(&self) -> u32 {
+        self.p.sq_entries
     }
 
     /// Move `m` to/from `f` at `off` in CHUNK-sized READ/WRITE SQEs, DEPTH in flight.
