@@ -32,7 +32,7 @@ case $# in
 esac
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-sources=(p2pgpu.c p2pgpu_uapi.h Kbuild Makefile)
+sources=(p2pgpu.c p2pgpu_regs.h p2pgpu_uapi.h Kbuild Makefile)
 toolroot=$(cd "$toolroot" && pwd)
 mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)

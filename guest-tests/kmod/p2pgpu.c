@@ -44,58 +44,14 @@
 #include <linux/wait.h>
 #include <linux/xarray.h>
 
+#include "p2pgpu_regs.h"
 #include "p2pgpu_uapi.h"
 
-/* BAR0 registers (p2plab-gpu src/regs.rs has the same names). */
-#define P2PGPU_REG_ID			0x000
-#define P2PGPU_REG_VERSION		0x004
-#define P2PGPU_REG_VRAM_SIZE_LO		0x008
-#define P2PGPU_REG_VRAM_SIZE_HI		0x00c
-#define P2PGPU_REG_STATUS		0x010
-#define P2PGPU_REG_INTR_STATUS		0x020
-#define P2PGPU_REG_INTR_ENABLE		0x024
-#define P2PGPU_REG_CE_RING_BASE_LO	0x100
-#define P2PGPU_REG_CE_RING_BASE_HI	0x104
-#define P2PGPU_REG_CE_RING_SIZE		0x108
-#define P2PGPU_REG_CE_HEAD		0x10c
-#define P2PGPU_REG_CE_TAIL		0x110
-#define P2PGPU_REG_CE_CTRL		0x114
-#define P2PGPU_REG_CE_STATUS		0x118
-#define P2PGPU_REG_CK_OFFSET_LO		0x200
-#define P2PGPU_REG_CK_OFFSET_HI		0x204
-#define P2PGPU_REG_CK_LEN_LO		0x208
-#define P2PGPU_REG_CK_LEN_HI		0x20c
-#define P2PGPU_REG_CK_CTRL		0x210
-#define P2PGPU_REG_CK_STATUS		0x214
-#define P2PGPU_REG_CK_ALGO		0x218
-#define P2PGPU_REG_CK_DIGEST		0x240
-
-#define P2PGPU_ID_VALUE			0x47503250	/* "P2PG" */
 #define P2PGPU_VERSION_MAJOR(v)		((v) >> 16)
-
-#define P2PGPU_INTR_CE_DONE		BIT(0)
-#define P2PGPU_INTR_CE_ERROR		BIT(1)
-#define P2PGPU_INTR_CK_DONE		BIT(2)
-#define P2PGPU_INTR_CK_ERROR		BIT(3)
 #define P2PGPU_INTR_CE			(P2PGPU_INTR_CE_DONE | P2PGPU_INTR_CE_ERROR)
 #define P2PGPU_INTR_CK			(P2PGPU_INTR_CK_DONE | P2PGPU_INTR_CK_ERROR)
-
-#define P2PGPU_VECTOR_CE		0
-#define P2PGPU_VECTOR_CK		1
+/* MSI-X vectors the driver uses (the device has more). */
 #define P2PGPU_NR_VECTORS		2
-
-#define P2PGPU_CE_CTRL_ENABLE		BIT(0)
-#define P2PGPU_CE_STATUS_HALTED		BIT(2)
-#define P2PGPU_CE_STATUS_ACTIVE		BIT(3)
-
-#define P2PGPU_CK_CTRL_START		BIT(0)
-#define P2PGPU_CK_STATUS_BUSY		BIT(0)
-#define P2PGPU_CK_STATUS_DONE		BIT(1)
-#define P2PGPU_CK_STATUS_ERROR		BIT(2)
-
-#define P2PGPU_DESC_FLAG_INTERRUPT	BIT(0)
-#define P2PGPU_DESC_STATUS_DONE		BIT(0)
-#define P2PGPU_DESC_STATUS_ERROR	BIT(1)
 
 #define P2PGPU_RING_ENTRIES		64
 /* Extra time per MiB moved or hashed on top of the base timeout. */
@@ -110,7 +66,7 @@ struct p2pgpu_desc {
 	__le32 status;
 };
 
-static_assert(sizeof(struct p2pgpu_desc) == 32);
+static_assert(sizeof(struct p2pgpu_desc) == P2PGPU_DESC_SIZE);
 
 struct p2pgpu_dev {
 	struct kref ref;

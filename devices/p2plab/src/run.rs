@@ -58,7 +58,7 @@ pub struct RunArgs {
     /// Default: the toolroot's kernel, decompressed to a cached vmlinux.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// Module tree for that kernel (a /lib/modules/<release> dir or an INSTALL_MOD_PATH):
+    /// Module tree for that kernel (a `/lib/modules/<release>` dir or an INSTALL_MOD_PATH):
     /// nvme and its dependencies are taken from there. Default: the toolroot's.
     #[arg(long)]
     pub modules: Option<PathBuf>,
