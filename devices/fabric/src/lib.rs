@@ -133,9 +133,6 @@ pub struct DeviceSnapshot {
     pub inbound: InboundSnapshot,
     pub bars: Vec<WindowSnapshot>,
     pub bus_master: bool,
-    /// Device-specific extras (e.g. NVMe SQEs fetched from the CMB).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
-    pub extra: BTreeMap<String, u64>,
 }
 
 /// The counter contract: one object per device.
@@ -167,7 +164,6 @@ struct Device {
     peers: RwLock<Vec<Arc<Dir>>>,
     inbound: RwLock<Vec<Arc<Dir>>>,
     cpu_mmio: Dir,
-    extra: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
 }
 
 struct Inner {
@@ -222,7 +218,6 @@ impl Fabric {
             peers: RwLock::new(Vec::new()),
             inbound: RwLock::new(Vec::new()),
             cpu_mmio: Dir::default(),
-            extra: RwLock::new(BTreeMap::new()),
         });
         devs.push(dev);
         for d in devs.iter() {
@@ -273,13 +268,6 @@ impl Fabric {
         let d = self.dev(id);
         d.cpu_mmio.read_bytes.fetch_add(read_bytes, Relaxed);
         d.cpu_mmio.write_bytes.fetch_add(write_bytes, Relaxed);
-    }
-
-    /// A device-specific counter (e.g. "cmb_sqe_fetches"), shown under `extra`.
-    pub fn extra_counter(&self, id: DeviceId, name: &str) -> Arc<AtomicU64> {
-        let d = self.dev(id);
-        let c = write(&d.extra).entry(name.to_string()).or_default().clone();
-        c
     }
 
     /// The DMA view of device `id` (hand it to the device model).
@@ -350,10 +338,6 @@ impl Fabric {
                         })
                     })
                     .collect();
-                let extra = read(&d.extra)
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.load(Relaxed)))
-                    .collect();
                 DeviceSnapshot {
                     name: d.name.clone(),
                     kind: d.kind.clone(),
@@ -361,7 +345,6 @@ impl Fabric {
                     inbound: inb,
                     bars,
                     bus_master: d.bus_master.load(Relaxed),
-                    extra,
                 }
             })
             .collect();

@@ -1,38 +1,59 @@
 //! Host-side assertions: what each case's counter delta must show.
 //!
 //! `check(case, topology, delta)` returns one message per failed expectation, naming the
-//! counter, the expected and the seen value. The suite (issue #6) fills `RULES`; a case
-//! without rules passes on the guest's verdict alone.
+//! counter, the expected and the seen value. A case without rules passes on the guest's
+//! verdict alone. A rule applies only where every role device its paths name is a p2plab
+//! device (QEMU's built-in NVMe has no counters).
 
 use crate::config::Topology;
 use crate::counters::leaf;
 use serde_json::Value;
 
 /// What a counter must be. Paths use `counters::leaf` syntax; `{client}`,
-/// `{provider}` and `{peer}` are replaced by the topology's role devices.
+/// `{provider}`, `{peer}`, `{importer}` and `{exporter}` are replaced by the topology's
+/// role devices.
 #[derive(Debug, Clone, Copy)]
-#[allow(dead_code, reason = "the suite issue adds rules of every kind")]
 pub enum Expect {
     Eq(&'static str, i64),
     AtLeast(&'static str, i64),
     AtMost(&'static str, i64),
 }
 
+impl Expect {
+    /// The path (or witness field) the expectation is about.
+    pub fn path(self) -> &'static str {
+        match self {
+            Expect::Eq(p, _) | Expect::AtLeast(p, _) | Expect::AtMost(p, _) => p,
+        }
+    }
+
+    /// `Err("expected >= 64, seen 3")` unless `seen` satisfies it (`None`: not counted).
+    pub fn check(self, seen: Option<i64>) -> Result<(), String> {
+        let (ok, want) = match self {
+            Expect::Eq(_, v) => (seen == Some(v), format!("== {v}")),
+            Expect::AtLeast(_, v) => (seen.is_some_and(|s| s >= v), format!(">= {v}")),
+            Expect::AtMost(_, v) => (seen.is_some_and(|s| s <= v), format!("<= {v}")),
+        };
+        match (ok, seen) {
+            (true, _) => Ok(()),
+            (false, Some(s)) => Err(format!("expected {want}, seen {s}")),
+            (false, None) => Err(format!("expected {want}, seen nothing")),
+        }
+    }
+}
+
 pub struct Rule {
     pub case: &'static str,
-    /// Only on topologies whose p2plab devices can count (qemu-nvme has no counters).
-    pub needs_p2plab_roles: bool,
     pub expect: &'static [Expect],
 }
 
 const NV_MIB: i64 = 1 << 20;
 
-/// The table (issue #6).
+/// The counter rules, by case.
 pub const RULES: &[Rule] = &[
     // NVMe-side cases (guest-tests/runner/src/cases/nvme.rs).
     Rule {
         case: "cmb-read",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast("devices[{client}].dma.self.write_bytes", 64 * NV_MIB),
             Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB - 1),
@@ -41,7 +62,6 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         case: "sqs-in-cmb",
-        needs_p2plab_roles: true,
         expect: &[
             // 1000 reads (+ the staging writes): one 64-byte SQE each, fetched from the CMB.
             Expect::AtLeast("devices[{client}].dma.self.read_bytes", 64 * 1000),
@@ -51,7 +71,6 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         case: "vendor-log",
-        needs_p2plab_roles: true,
         expect: &[Expect::AtLeast(
             "devices[{client}].dma.host_memory.write_bytes",
             8 * NV_MIB,
@@ -59,7 +78,6 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         case: "fio-verify",
-        needs_p2plab_roles: true,
         expect: &[
             // Two 256 MiB write passes from RAM and two verify passes back into RAM.
             Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 512 * NV_MIB),
@@ -76,7 +94,6 @@ pub const RULES: &[Rule] = &[
     // back), so nothing is relayed; the 4 MiB write read RAM, the read-back wrote it.
     Rule {
         case: "flr-reset",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 4 * NV_MIB),
             Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 4 * NV_MIB),
@@ -86,7 +103,6 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         case: "nvme-nvme-copy",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{peer}.write_bytes",
@@ -99,7 +115,6 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         case: "p2p-refused",
-        needs_p2plab_roles: true,
         expect: &[Expect::Eq(
             "devices[{client}].dma.peers.{provider}.write_bytes",
             0,
@@ -107,7 +122,6 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         case: "p2p-host-bridge",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.write_bytes",
@@ -125,7 +139,6 @@ pub const RULES: &[Rule] = &[
     // NVMe -> provider BAR: every data byte went to the peer, none to guest RAM or the relay.
     Rule {
         case: "p2p-read",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.write_bytes",
@@ -140,7 +153,6 @@ pub const RULES: &[Rule] = &[
     // nothing else) landed in RAM.
     Rule {
         case: "p2p-write",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.read_bytes",
@@ -160,7 +172,6 @@ pub const RULES: &[Rule] = &[
     // GPU copy engine: RAM -> VRAM A (self) -> client CMB (peer) -> VRAM B (self) -> RAM.
     Rule {
         case: "copy-engine",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{provider}].dma.host_memory.read_bytes",
@@ -188,7 +199,6 @@ pub const RULES: &[Rule] = &[
     // of the pattern (RAM -> ns) touches guest RAM.
     Rule {
         case: "io-uring-p2p",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.write_bytes",
@@ -210,7 +220,6 @@ pub const RULES: &[Rule] = &[
     // The CPU moved the data, no device did (the checksum engine reads VRAM locally).
     Rule {
         case: "cpu-copy",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::Eq("devices[{provider}].dma.self.write_bytes", 0),
             Expect::Eq("devices[{provider}].dma.host_memory.read_bytes", 0),
@@ -221,7 +230,6 @@ pub const RULES: &[Rule] = &[
     // exporter's VRAM through the imported mapping; guest RAM carries only the ring.
     Rule {
         case: "dmabuf-peer-copy",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{importer}].dma.peers.{exporter}.write_bytes",
@@ -240,7 +248,6 @@ pub const RULES: &[Rule] = &[
     // moves nothing.
     Rule {
         case: "dmabuf-revoke",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::Eq(
                 "devices[{importer}].dma.peers.{exporter}.write_bytes",
@@ -253,7 +260,6 @@ pub const RULES: &[Rule] = &[
     // the NVMe DMAs straight into the exporter's VRAM, guest RAM carries no data.
     Rule {
         case: "uring-dmabuf-read",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{exporter}.write_bytes",
@@ -265,7 +271,6 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         case: "uring-dmabuf-write",
-        needs_p2plab_roles: true,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{exporter}.read_bytes",
@@ -276,7 +281,6 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         case: "uring-dmabuf-refused",
-        needs_p2plab_roles: true,
         expect: &[Expect::Eq(
             "devices[{client}].dma.peers.{provider}.write_bytes",
             0,
@@ -453,36 +457,36 @@ fn fmt_opt(v: Option<i64>) -> String {
     v.map_or_else(|| "nothing (no such counter)".into(), |v| v.to_string())
 }
 
+/// The role placeholders a path names (`{client}` …).
+const ROLES: &[&str] = &[
+    "{client}",
+    "{provider}",
+    "{peer}",
+    "{importer}",
+    "{exporter}",
+];
+
+/// Every role device `paths` name is a p2plab device (which counts).
+fn roles_are_p2plab<'a>(topo: &Topology, paths: impl IntoIterator<Item = &'a str>) -> bool {
+    paths.into_iter().all(|p| {
+        ROLES.iter().filter(|r| p.contains(**r)).all(|r| {
+            let name = subst_roles(topo, r);
+            topo.device(&name).is_some_and(|d| d.kind.is_p2plab())
+        })
+    })
+}
+
 fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
-    let role_is_p2plab = |r: &Option<String>| {
-        r.as_deref()
-            .and_then(|n| topo.device(n))
-            .is_some_and(|d| d.kind.is_p2plab())
-    };
-    let subst = |p: &str| subst_roles(topo, p);
     let mut fails = vec![];
     for r in rules.iter().filter(|r| r.case == case) {
-        if r.needs_p2plab_roles
-            && !(role_is_p2plab(&topo.roles.client) && role_is_p2plab(&topo.roles.provider))
-        {
+        if !roles_are_p2plab(topo, r.expect.iter().map(|e| e.path())) {
             continue;
         }
         for e in r.expect {
-            let (path, ok, want): (&str, fn(i64, i64) -> bool, String) = match *e {
-                Expect::Eq(p, v) => (p, |s, v| s == v, format!("== {v}")),
-                Expect::AtLeast(p, v) => (p, |s, v| s >= v, format!(">= {v}")),
-                Expect::AtMost(p, v) => (p, |s, v| s <= v, format!("<= {v}")),
-            };
-            let v = match *e {
-                Expect::Eq(_, v) | Expect::AtLeast(_, v) | Expect::AtMost(_, v) => v,
-            };
-            let path = subst(path);
-            match leaf(delta, &path) {
-                Some(seen) if ok(seen, v) => {}
-                Some(seen) => fails.push(format!("counter {path}: expected {want}, seen {seen}")),
-                None => fails.push(format!(
-                    "counter {path}: expected {want}, seen nothing (no such counter)"
-                )),
+            let path = subst_roles(topo, e.path());
+            if let Err(why) = e.check(leaf(delta, &path)) {
+                let why = why.replace("seen nothing", "seen nothing (no such counter)");
+                fails.push(format!("counter {path}: {why}"));
             }
         }
     }
@@ -506,7 +510,7 @@ pub enum CpuWhen {
 pub struct CpuRule {
     pub case: &'static str,
     pub when: CpuWhen,
-    /// Device name, or `{client}` / `{provider}`.
+    /// Device name, or a role placeholder (`{provider}`, `{exporter}` …).
     pub device: &'static str,
     pub bar: u32,
     pub expect: &'static [Expect],
@@ -579,34 +583,10 @@ fn check_cpu_rules(rules: &[CpuRule], case: &str, topo: &Topology, cpu: &Value) 
             })
         });
         for e in r.expect {
-            let (field, want, ok): (&str, String, bool);
-            let seen = |f: &str| window.and_then(|w| w.get(f)).and_then(Value::as_i64);
-            let s = match *e {
-                Expect::Eq(f, v) => {
-                    (field, want) = (f, format!("== {v}"));
-                    let s = seen(f);
-                    ok = s == Some(v);
-                    s
-                }
-                Expect::AtLeast(f, v) => {
-                    (field, want) = (f, format!(">= {v}"));
-                    let s = seen(f);
-                    ok = s.is_some_and(|s| s >= v);
-                    s
-                }
-                Expect::AtMost(f, v) => {
-                    (field, want) = (f, format!("<= {v}"));
-                    let s = seen(f);
-                    ok = s.is_some_and(|s| s <= v);
-                    s
-                }
-            };
-            if !ok {
-                let name = format!("cpu {device} bar {} {field}", r.bar);
-                fails.push(match s {
-                    Some(s) => format!("{name}: expected {want}, seen {s}"),
-                    None => format!("{name}: expected {want}, seen nothing (window not witnessed)"),
-                });
+            let seen = window.and_then(|w| w.get(e.path())).and_then(Value::as_i64);
+            if let Err(why) = e.check(seen) {
+                let why = why.replace("seen nothing", "seen nothing (window not witnessed)");
+                fails.push(format!("cpu {device} bar {} {}: {why}", r.bar, e.path()));
             }
         }
     }
@@ -683,10 +663,21 @@ mod tests {
     }
 
     #[test]
+    fn rules_apply_only_where_the_named_roles_count() {
+        let mut q: Topology = toml::from_str(
+            "[roles]\nclient='q0'\nprovider='q1'\n[[device]]\nname='q0'\nkind='qemu-nvme'\n[[device]]\nname='q1'\nkind='qemu-nvme'\n",
+        )
+        .unwrap();
+        q.name = "q".into();
+        let none = json!({"devices": []});
+        assert!(check("p2p-read", &q, &none).is_empty());
+        assert!(!check("p2p-read", &topo(), &none).is_empty());
+    }
+
+    #[test]
     fn failure_names_counter_expected_and_seen() {
         const R: &[Rule] = &[Rule {
             case: "p2p-read",
-            needs_p2plab_roles: true,
             expect: &[Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.write_bytes",
                 64,

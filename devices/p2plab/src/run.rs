@@ -860,7 +860,7 @@ struct CaseRun {
     output: Vec<String>,
 }
 
-#[allow(
+#[expect(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename these"
 )]
