@@ -437,10 +437,6 @@ impl NvmeController {
         let posted = (cq.tail + n - cq.head) % n;
         if v < n && (v + n - cq.head) % n <= posted {
             cq.head = v;
-            if let Some(s) = cq.shadow {
-                // Ask for a doorbell write once the head moves past what we have seen.
-                let _ = s.write_ei(&*self.sh.dma, v);
-            }
         } else {
             self.sh.doorbells.note_error(DB_ERR_INVALID_VALUE);
         }
@@ -463,9 +459,16 @@ impl NvmeController {
         let Some(shadow) = sq.shadow else {
             return false;
         };
-        let tail = sq.tail;
-        // EventIdx = the tail we have consumed up to: the driver rings the MMIO doorbell
-        // only when it moves its tail past this (nvme_dbbuf_need_event).
+        let (tail, entries) = (sq.tail, sq.entries);
+        if !st.armed {
+            // The worker polls: EventIdx one behind the tail, which the driver's next
+            // tail never passes, so it submits through the shadow doorbell alone and the
+            // next poll picks the command up (no trapped write, no vfio-user message).
+            let _ = shadow.write_ei(&*self.sh.dma, (tail + entries - 1) % entries);
+            return false;
+        }
+        // Armed (the worker is going to sleep): EventIdx = the tail we have consumed up
+        // to; the driver rings the MMIO doorbell when it moves its tail past this.
         if shadow.write_ei(&*self.sh.dma, tail).is_err() {
             return false;
         }
@@ -491,13 +494,29 @@ impl NvmeController {
         }
         self.refresh_cq_head(st, cqid);
         if has_room(st) {
+            // No CQ head doorbell wanted while the queue has room: EventIdx one behind
+            // the head is never passed by the driver's next head (nvme_dbbuf_need_event).
+            if let Some((shadow, head, n)) = st.cqs[q]
+                .as_ref()
+                .and_then(|c| c.shadow.map(|s| (s, c.head, c.entries)))
+            {
+                let _ = shadow.write_ei(&*self.sh.dma, (head + n - 1) % n);
+            }
             return true;
         }
-        if st.cqs[q].as_ref().is_none_or(|c| c.shadow.is_none()) {
+        let Some((shadow, head)) = st.cqs[q]
+            .as_ref()
+            .and_then(|c| c.shadow.map(|s| (s, c.head)))
+        else {
+            return false;
+        };
+        // Full: ask for a head doorbell (EventIdx = the head we have seen), so a driver
+        // that frees entries while the worker sleeps rings the MMIO doorbell. The store
+        // must be visible before the re-read; the driver does the mirror image (store
+        // shadow head, mb(), load EventIdx).
+        if shadow.write_ei(&*self.sh.dma, head).is_err() {
             return false;
         }
-        // Our EventIdx store must be visible before the re-read; the driver does the
-        // mirror image (store shadow head, mb(), load EventIdx).
         fence(Ordering::SeqCst);
         self.refresh_cq_head(st, cqid);
         has_room(st)
@@ -753,6 +772,7 @@ impl PciFunction for NvmeController {
     fn process(&self) -> bool {
         let mut st = lock(&self.state);
         self.sh.work.store(false, Ordering::SeqCst);
+        st.armed = false;
         let mut did = self.sync_enable(&mut st);
         if !st.enabled || st.failed || !self.sh.bus_master.load(Ordering::Acquire) {
             return did;
@@ -780,6 +800,24 @@ impl PciFunction for NvmeController {
     /// last started.
     fn needs_processing(&self) -> bool {
         self.sh.work.load(Ordering::Acquire)
+    }
+
+    /// Publishes EventIdx = tail on every I/O SQ with a shadow doorbell (the driver's next
+    /// submission then traps) and reports whether a command slipped in before that.
+    fn arm_notifications(&self) -> bool {
+        let mut st = lock(&self.state);
+        st.armed = true;
+        if !st.enabled || st.failed || !self.sh.bus_master.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut work = false;
+        for qid in 1..st.sqs.len() {
+            let Ok(qid) = u16::try_from(qid) else { break };
+            if st.sqs[usize::from(qid)].is_some() {
+                work |= self.sq_has_work(&mut st, qid);
+            }
+        }
+        work
     }
 }
 

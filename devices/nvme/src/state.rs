@@ -130,6 +130,11 @@ pub(crate) struct State {
     pub irq_cqs: Vec<u16>,
     /// Next I/O SQ to start the round robin at.
     pub rr: usize,
+    /// The worker is about to sleep (`arm_notifications`): empty shadow-doorbell SQs
+    /// publish EventIdx = tail, so the driver's next submission rings the MMIO
+    /// doorbell. While the worker polls (cleared by `process`), EventIdx trails the
+    /// tail and the driver submits without trapping.
+    pub armed: bool,
     /// Vendor log 0xC0 as taken by the last read at offset 0: reads at a non-zero offset
     /// (a host fetching the page in chunks) are served from it, so the chunks of one
     /// fetch come from one snapshot and concatenate to a consistent document.
@@ -144,6 +149,7 @@ impl State {
             enabled: false,
             failed: false,
             shutdown_done: false,
+            armed: false,
             sqs: (0..queues).map(|_| None).collect(),
             cqs: (0..queues).map(|_| None).collect(),
             features,

@@ -1424,6 +1424,25 @@ fn cq_in_the_cmb_is_invalid_use_of_cmb() {
 // ---- shadow doorbells ----
 
 #[test]
+fn arming_reports_a_submission_that_slipped_in() {
+    let mut h = Harness::new();
+    h.ready();
+    let mut c = h.cmd(AdminOpcode::DOORBELL_BUFFER_CONFIG.0);
+    c.dptr = [DBS_BUF, EIS_BUF];
+    h.admin_ok(c);
+    h.run();
+    // The driver posts through the shadow doorbell while the worker polls (no MMIO).
+    let mut f = h.cmd(NvmOpcode::FLUSH.0);
+    f.nsid = 1;
+    h.submit_io(&f, false);
+    h.mem.poke(DBS_BUF + 8, &h.io_tail.to_le_bytes());
+    // The worker arms before sleeping: it must notice the command instead of sleeping.
+    assert!(h.ctrl.arm_notifications());
+    h.run();
+    assert!(h.reap_io().is_some());
+}
+
+#[test]
 fn shadow_doorbells_use_the_buffer_and_publish_event_idx() {
     let mut h = Harness::new();
     h.ready();
@@ -1443,8 +1462,20 @@ fn shadow_doorbells_use_the_buffer_and_publish_event_idx() {
     h.run();
     assert!(h.reap_io().is_some());
     assert!(h.reap_io().is_some());
+    // While the worker polls, EventIdx trails the consumed tail (2): the driver's next
+    // submission (tail 2 -> 3) does not ring the MMIO doorbell.
     let ei = u32::from_le_bytes(h.mem.peek(sq_ei, 4).try_into().unwrap());
-    assert_eq!(ei, 2, "EventIdx = the tail the controller has consumed");
+    assert_eq!(ei, 1, "polling: EventIdx one behind the consumed tail");
+    assert!(!need_event(ei as u16, 3, 2));
+    // Before the worker sleeps it arms: EventIdx = the consumed tail, so the next
+    // submission rings.
+    assert!(!h.ctrl.arm_notifications(), "no work slipped in");
+    let ei = u32::from_le_bytes(h.mem.peek(sq_ei, 4).try_into().unwrap());
+    assert_eq!(
+        ei, 2,
+        "armed: EventIdx = the tail the controller has consumed"
+    );
+    assert!(need_event(ei as u16, 3, 2));
     // A later tail seen only in the shadow buffer is picked up on the next pass.
     let mut f = h.cmd(NvmOpcode::FLUSH.0);
     f.nsid = 1;

@@ -180,6 +180,12 @@ fn run_worker<F: PciFunction + ?Sized>(function: &F, kick: &Kick, stop: &AtomicB
             if function.process() || function.needs_processing() {
                 last_work = Instant::now();
             } else if last_work.elapsed() > POLL_AFTER_WORK {
+                // From here on the guest's submissions trap (and wake us); one that
+                // slipped in while arming is served before sleeping.
+                if function.arm_notifications() {
+                    last_work = Instant::now();
+                    continue;
+                }
                 break;
             } else {
                 // Paced polling: each pass reads the shadow doorbells in guest RAM; a hot

@@ -18,9 +18,11 @@
 //! [`PciFunction::process`] on its worker thread until it returns `false` and
 //! [`PciFunction::needs_processing`] is clear, and sleeps until the next `true` from
 //! `bar_write` or until `needs_processing` is set after a call into the function
-//! ([`PciFunction::set_bus_master`], [`PciFunction::reset`]). Nothing else makes work
-//! appear, so a sleeping worker needs no timer. The host may call `process` more often
-//! (e.g. poll briefly after a burst); that is never required for progress.
+//! ([`PciFunction::set_bus_master`], [`PciFunction::reset`]). Before it sleeps the host
+//! calls [`PciFunction::arm_notifications`], which makes every later guest submission a
+//! trapped write (and reports work that slipped in), so a sleeping worker needs no
+//! timer. The host may call `process` more often (e.g. poll briefly after a burst);
+//! while it does, the function may let the guest submit without trapping.
 //!
 //! # Unclaimed accesses
 //! A read of bytes the function does not claim — a BAR it does not implement, an access
@@ -81,6 +83,16 @@ pub trait PciFunction: Send + Sync {
     /// [`Self::bar_write`] that returned `true`, a [`Self::set_bus_master`] that lets
     /// queued work run, a [`Self::reset`]; cleared when `process` starts.
     fn needs_processing(&self) -> bool;
+
+    /// The host's worker is about to sleep: ask the guest to notify the function of new
+    /// work through a trapped write from now on (e.g. publish NVMe EventIdx values so the
+    /// driver rings the MMIO doorbell), then report whether work arrived meanwhile — if
+    /// so the host runs [`Self::process`] instead of sleeping. While the worker polls,
+    /// a function may let the guest post work silently (shadow doorbells) and pick it up
+    /// on the next `process`; the default has nothing to arm.
+    fn arm_notifications(&self) -> bool {
+        false
+    }
 }
 
 // The contract is object safe: a host may also hold `Arc<dyn PciFunction>`.
