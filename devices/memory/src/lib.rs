@@ -9,7 +9,12 @@
 //!   zero-copy file transfers the NVMe model uses (`pread` straight into the target).
 //! - [`InterruptSink`]: how a device raises an MSI-X vector.
 //! - [`MmapRegion`]: a shared mapping of a file descriptor (a guest-RAM memfd handed over
-//!   by QEMU, or a BAR's own memfd) with bounds-checked copy and file I/O.
+//!   by QEMU, or a BAR's own memfd) with bounds-checked copy and file I/O, kept out of
+//!   core dumps (`MADV_DONTDUMP`).
+//! - File seals ([`seal_against_shrink`], [`memfd_create_sealed`]): a file another process
+//!   holds cannot be truncated under our mapping (which would raise SIGBUS and kill the
+//!   lab); a client file that cannot be sealed is mapped with a size check before each
+//!   access ([`MmapRegion::new_size_checked`]).
 //!
 //! # Architecture
 //! Device crates forbid `unsafe`; they only see the traits here. This is the one crate
@@ -27,7 +32,9 @@ use std::fs::File;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 mod mmap;
+mod seal;
 pub use mmap::{memfd_create, MmapRegion};
+pub use seal::{memfd_create_sealed, seal_against_shrink, seals, SIZE_SEALS};
 
 /// A bus address (guest physical address) as seen by a DMA master.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -71,6 +78,10 @@ pub enum DmaError {
     /// The transfer moved fewer bytes than asked.
     #[error("partial transfer: expected {expected} bytes, completed {completed}")]
     Partial { expected: usize, completed: usize },
+    /// The file behind a mapping (a client's memfd) was truncated below the bytes the
+    /// access needs (file offset `offset`, `len` bytes); touching them would fault.
+    #[error("the file behind the mapping shrank to {size:#x} bytes, below {offset:#x}+{len:#x}")]
+    BackingShrunk { offset: u64, len: u64, size: u64 },
 }
 
 /// Direction-neutral view of a bus as one DMA master sees it.

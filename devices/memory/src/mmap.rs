@@ -4,24 +4,60 @@ use crate::DmaError;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 /// A `MAP_SHARED` mapping of `len` bytes of an fd at `fd_offset`.
 ///
 /// The memory is shared with other processes (QEMU, the guest), so it is only ever
-/// accessed through raw-pointer copies, never through Rust references.
+/// accessed through raw-pointer copies, never through Rust references. Every mapping is
+/// `MADV_DONTDUMP`: it holds guest RAM or a BAR's memory, which a core dump of the lab
+/// must not carry.
 pub struct MmapRegion {
     ptr: NonNull<u8>,
     len: usize,
     writable: bool,
+    /// Set for a file another process may shrink: checked before every access.
+    size_check: Option<SizeCheck>,
+}
+
+/// The file behind a mapping that can shrink under us (a client's unsealed memfd).
+struct SizeCheck {
+    file: Arc<File>,
+    /// File offset of the mapping's first byte.
+    map_offset: u64,
+}
+
+impl SizeCheck {
+    /// Whether mapping bytes `off..off+len` still lie inside the file (one `fstat`).
+    fn covers(&self, off: usize, len: usize) -> Result<(), DmaError> {
+        let size = self
+            .file
+            .metadata()
+            .map_err(|e| DmaError::Io(e.to_string()))?
+            .len();
+        let offset = self.map_offset.saturating_add(off as u64);
+        if offset.saturating_add(len as u64) > size {
+            return Err(DmaError::BackingShrunk {
+                offset,
+                len: len as u64,
+                size,
+            });
+        }
+        Ok(())
+    }
 }
 
 // SAFETY: the mapping is plain shared memory; every access is a bounds-checked raw copy,
 // so concurrent use from several threads is no different from DMA by several masters.
 unsafe impl Send for MmapRegion {}
-// SAFETY: as above; no interior state besides the immutable pointer and length.
+// SAFETY: as above; no interior state besides the immutable pointer and length (and
+// the size check's file, which is only fstat'ed).
 unsafe impl Sync for MmapRegion {}
 
 /// Create an anonymous memfd of `size` bytes (sparse: costs nothing until touched).
+///
+/// It cannot be sealed; memory handed to another process while the lab maps it too
+/// should come from [`memfd_create_sealed`](crate::memfd_create_sealed).
 pub fn memfd_create(name: &str, size: u64) -> std::io::Result<File> {
     let cname = std::ffi::CString::new(name).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     // SAFETY: cname is a valid NUL-terminated string; flags are constants.
@@ -37,43 +73,54 @@ pub fn memfd_create(name: &str, size: u64) -> std::io::Result<File> {
 
 impl MmapRegion {
     /// Map `len` bytes of `fd` at `fd_offset`, shared; read-only unless `writable`.
+    ///
+    /// For files whose size nobody else can change: the lab's own memfds, or a client's
+    /// memfd sealed with `F_SEAL_SHRINK` ([`seal_against_shrink`](crate::seal_against_shrink)).
     pub fn new(
         fd: &impl AsRawFd,
         fd_offset: u64,
         len: usize,
         writable: bool,
     ) -> std::io::Result<Self> {
-        if len == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "zero-length mapping",
-            ));
-        }
-        let off = libc::off_t::try_from(fd_offset).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large")
-        })?;
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a fresh mapping at a kernel-chosen address; fd validity is checked by
-        // the kernel; we never alias existing Rust memory.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
-        Ok(Self { ptr, len, writable })
+        let ptr = map(fd, fd_offset, len, writable)?;
+        Ok(Self {
+            ptr,
+            len,
+            writable,
+            size_check: None,
+        })
+    }
+
+    /// Map `len` bytes of `file` at `fd_offset` like [`MmapRegion::new`], for a file
+    /// another process may shrink (a client's memfd that cannot be sealed): every access
+    /// first compares the file's current size (`fstat`) with the bytes it touches and
+    /// fails with [`DmaError::BackingShrunk`] instead of faulting. The region keeps
+    /// `file` open for that.
+    ///
+    /// The check narrows the hazard but cannot close it: a truncation that lands between
+    /// the check and the copy still raises SIGBUS. Sealing is the complete answer.
+    pub fn new_size_checked(
+        file: Arc<File>,
+        fd_offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> std::io::Result<Self> {
+        let ptr = map(&*file, fd_offset, len, writable)?;
+        Ok(Self {
+            ptr,
+            len,
+            writable,
+            size_check: Some(SizeCheck {
+                file,
+                map_offset: fd_offset,
+            }),
+        })
+    }
+
+    /// Whether every access checks the backing file's size first
+    /// ([`MmapRegion::new_size_checked`]).
+    pub fn is_size_checked(&self) -> bool {
+        self.size_check.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -102,6 +149,9 @@ impl MmapRegion {
         let end = off.checked_add(len).ok_or(bad.clone())?;
         if end > self.len {
             return Err(bad);
+        }
+        if let Some(sc) = &self.size_check {
+            sc.covers(off, len)?;
         }
         Ok(off)
     }
@@ -252,6 +302,53 @@ impl MmapRegion {
     }
 }
 
+/// `mmap` `len` bytes of `fd` at `fd_offset`, shared, and keep them out of core dumps.
+fn map(
+    fd: &impl AsRawFd,
+    fd_offset: u64,
+    len: usize,
+    writable: bool,
+) -> std::io::Result<NonNull<u8>> {
+    if len == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "zero-length mapping",
+        ));
+    }
+    let off = libc::off_t::try_from(fd_offset)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"))?;
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: a fresh mapping at a kernel-chosen address; fd validity is checked by
+    // the kernel; we never alias existing Rust memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            off,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Guest memory stays out of core dumps (libvfio-user does the same for every
+    // client mapping): a crash report must not carry the guest's data.
+    // SAFETY: p..p+len is the mapping just created; madvise only changes its flags.
+    if unsafe { libc::madvise(p, len, libc::MADV_DONTDUMP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: p/len came from the successful mmap above; nobody else has seen it.
+        unsafe { libc::munmap(p, len) };
+        return Err(e);
+    }
+    NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)
+}
+
 impl Drop for MmapRegion {
     fn drop(&mut self) {
         // SAFETY: ptr/len came from a successful mmap and are unmapped exactly once.
@@ -305,5 +402,67 @@ mod tests {
         assert_eq!(m.resident_bytes(), 0);
         m.fill(0, 8192, 0xaa).unwrap();
         assert_eq!(m.resident_bytes(), 8192);
+    }
+
+    /// The `VmFlags` of the mapping that starts at `addr`, from /proc/self/smaps.
+    fn vm_flags(addr: *mut u8) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{:x}-", addr as usize);
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        assert!(lines.next().is_some(), "mapping {start} not in smaps");
+        let flags = lines
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .expect("VmFlags line");
+        flags.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn mappings_are_left_out_of_core_dumps() {
+        let f = memfd_create("t", 8192).unwrap();
+        let m = MmapRegion::new(&f, 0, 8192, true).unwrap();
+        assert!(vm_flags(m.as_ptr()).contains(&"dd".to_string()));
+        let c = MmapRegion::new_size_checked(Arc::new(f), 4096, 4096, false).unwrap();
+        assert!(vm_flags(c.as_ptr()).contains(&"dd".to_string()));
+    }
+
+    #[test]
+    fn a_shrunk_file_fails_the_access_instead_of_faulting() {
+        let f = Arc::new(memfd_create("t", 3 * 4096).unwrap());
+        let m = MmapRegion::new_size_checked(f.clone(), 4096, 2 * 4096, true).unwrap();
+        assert!(m.is_size_checked());
+        m.write(4096, b"tail").unwrap();
+        f.set_len(2 * 4096).unwrap(); // the mapping's second page is gone
+        let mut b = [0u8; 4];
+        m.read(0, &mut b).expect("first page still backed");
+        let gone = DmaError::BackingShrunk {
+            offset: 2 * 4096,
+            len: 4,
+            size: 2 * 4096,
+        };
+        assert_eq!(m.read(4096, &mut b), Err(gone.clone()));
+        assert_eq!(m.write(4096, b"tail"), Err(gone));
+        assert!(matches!(
+            m.fill(4000, 200, 0),
+            Err(DmaError::BackingShrunk { .. })
+        ));
+        let src = memfd_create("src", 4096).unwrap();
+        assert!(matches!(
+            m.read_from_file(4096, &src, 0, 16),
+            Err(DmaError::BackingShrunk { .. })
+        ));
+        assert!(matches!(
+            m.write_to_file(4096, &src, 0, 16),
+            Err(DmaError::BackingShrunk { .. })
+        ));
+        let own = MmapRegion::new(&src, 0, 4096, true).unwrap();
+        assert!(!own.is_size_checked());
+        assert!(matches!(
+            m.copy_to(4096, &own, 0, 16),
+            Err(DmaError::BackingShrunk { .. })
+        ));
+        assert!(matches!(
+            own.copy_to(0, &m, 4096, 16),
+            Err(DmaError::BackingShrunk { .. })
+        ));
     }
 }

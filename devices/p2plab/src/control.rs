@@ -3,32 +3,92 @@
 //!
 //! Commands: `stats` (the counter contract: `{"devices": [...]}`), `windows` (decoded
 //! memory BAR windows, for the CPU witness), `ping`.
+//!
+//! It is behind the same door as the device sockets (`vfio_user_server::bind_private`,
+//! `PeerPolicy`): mode 0600, only the lab's owner and root are answered.
 
 use anyhow::Context;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use vfio_user_server::{bind_private, PeerPolicy};
 
 pub type Handler = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// Serve `handler` on `path` from a background thread (one short-lived thread per client).
-pub fn spawn(path: &Path, handler: Handler) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding control socket {}", path.display()))?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let h = handler.clone();
-                let _ = std::thread::Builder::new()
-                    .name("control-client".into())
-                    .spawn(move || serve_client(conn, h));
+/// A running control socket; [`Control::shutdown`] (or drop) stops it and unlinks the
+/// socket if it is still the one this lab bound.
+pub struct Control {
+    path: PathBuf,
+    /// (dev, ino) of our socket file.
+    ident: (u64, u64),
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Serve `handler` on `path` from a background thread (one short-lived thread per
+/// client). The socket is the lab's like its device sockets: mode 0600, a stale one
+/// replaced, a live one refused, and only the lab's owner (and root) admitted.
+pub fn spawn(path: &Path, handler: Handler) -> anyhow::Result<Control> {
+    let listener = bind_private(path).context("control socket")?;
+    let m = std::fs::symlink_metadata(path)
+        .with_context(|| format!("control socket {}", path.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (stop, path) = (stop.clone(), path.to_path_buf());
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || accept_loop(&listener, &path, &handler, &stop))?
+    };
+    Ok(Control {
+        path: path.to_path_buf(),
+        ident: (m.dev(), m.ino()),
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn accept_loop(listener: &UnixListener, path: &Path, handler: &Handler, stop: &AtomicBool) {
+    let peers = PeerPolicy::current_user();
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(conn) = conn else { continue };
+        if !peers.admit(&conn, path) {
+            continue; // logged; dropping the stream closes it
+        }
+        let h = handler.clone();
+        let _ = std::thread::Builder::new()
+            .name("control-client".into())
+            .spawn(move || serve_client(conn, h));
+    }
+}
+
+impl Control {
+    /// Stop accepting and unlink the socket (only if it is still ours).
+    pub fn shutdown(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::Release);
+        // Wake the blocked accept().
+        let _ = UnixStream::connect(&self.path);
+        let _ = thread.join();
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if (m.dev(), m.ino()) == self.ident {
+                let _ = std::fs::remove_file(&self.path);
             }
-        })?;
-    Ok(())
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }
 
 fn serve_client(conn: UnixStream, handler: Handler) {
@@ -83,19 +143,49 @@ pub fn stats_main(target: &Path) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
+    fn stats_only() -> Handler {
+        Arc::new(|c: &str| (c == "stats").then(|| "{\"devices\":[]}".to_string()))
+    }
+
     #[test]
     fn answers_commands_and_unknowns() {
         let dir = std::env::temp_dir().join(format!("p2plab-ctl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("control.sock");
-        spawn(
-            &sock,
-            Arc::new(|c: &str| (c == "stats").then(|| "{\"devices\":[]}".to_string())),
-        )
-        .unwrap();
+        let mut control = spawn(&sock, stats_only()).unwrap();
         assert_eq!(request(&sock, "stats").unwrap(), "{\"devices\":[]}");
         assert_eq!(request(&sock, "ping").unwrap(), "\"pong\"");
         assert!(request(&sock, "bogus").unwrap().contains("unknown command"));
+        control.shutdown();
+        assert!(!sock.exists(), "unlinked at shutdown");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_live_control_socket_is_not_taken_and_a_stale_one_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("p2plab-ctl2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("control.sock");
+        drop(UnixListener::bind(&sock).unwrap()); // stale
+        let first = spawn(&sock, stats_only()).unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let e = spawn(&sock, stats_only())
+            .err()
+            .expect("live socket refused");
+        assert!(
+            format!("{e:#}").contains("a live process is listening"),
+            "{e:#}"
+        );
+        drop(e);
+        assert_eq!(
+            request(&sock, "ping").unwrap(),
+            "\"pong\"",
+            "first undisturbed"
+        );
+        drop(first);
+        assert!(!sock.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,6 +16,11 @@
 //!   config space; QEMU emulates the BAR registers, so their addresses survive an FLR as
 //!   the guest sees them.
 //!
+//! The lab keeps its door shut: a run directory it creates is 0700, its sockets are
+//! 0600 and admit only the owner's (and root's) connections, a stale socket left by a
+//! killed lab is replaced while a live lab's is never taken, and the BAR memfds QEMU
+//! receives are size-sealed so it cannot truncate them under our own mappings.
+//!
 //! The worker follows the contract of [`p2plab_pci::function`]: it runs
 //! `process` while there is work, polls briefly after a burst, then sleeps until a BAR
 //! write returns `true` or a config event leaves `needs_processing` set. No timer wakes
@@ -24,10 +29,11 @@
 use crate::config::{DeviceConfig, DeviceKind, Topology};
 use anyhow::Context;
 use p2plab_fabric::{DeviceId, Fabric, HostMemory, HostRoute};
-use p2plab_memory::{memfd_create, DmaError, InterruptSink, MmapRegion};
+use p2plab_memory::{memfd_create_sealed, DmaError, InterruptSink, MmapRegion};
 use p2plab_pci::regs::{PCIE_CONFIG_SPACE_SIZE, PCI_BASE_ADDRESS_0, PCI_NUM_BARS};
 use p2plab_pci::{ConfigSpace, PciFunction, UNCLAIMED_READ};
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -473,7 +479,39 @@ struct Running {
 pub struct Lab {
     fabric: Fabric,
     devices: Vec<Running>,
-    dir: PathBuf,
+    control: Option<crate::control::Control>,
+}
+
+/// Mode of a directory the lab creates for its sockets: the owner's only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Create `dir` (and missing parents) with mode 0700, so nobody else can even reach
+/// the sockets inside. An existing directory is used as it is (it may be the user's):
+/// a warning says so if others may write to it, since they could then replace our
+/// sockets with their own (the sockets themselves are 0600 and check peer uids).
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            let mode = m.permissions().mode();
+            let sticky = mode & 0o1000 != 0;
+            if mode & 0o022 != 0 && !sticky {
+                log::warn!(
+                    "{}: others may write to this directory (mode {:o}); they could replace \
+                     the lab's sockets",
+                    dir.display(),
+                    mode & 0o7777
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a directory", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR_MODE)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
 }
 
 fn open_namespace(path: &Path, size: u64) -> anyhow::Result<File> {
@@ -492,9 +530,11 @@ fn open_namespace(path: &Path, size: u64) -> anyhow::Result<File> {
     Ok(f)
 }
 
+/// A memory BAR's memfd, size-sealed (QEMU receives the fd and could otherwise truncate
+/// it under our own mapping), and our mapping of it.
 fn memory_bar(name: &str, size: u64) -> anyhow::Result<(Arc<File>, Arc<MmapRegion>)> {
-    let file =
-        memfd_create(name, size).with_context(|| format!("memfd for {name} ({size} bytes)"))?;
+    let file = memfd_create_sealed(name, size)
+        .with_context(|| format!("memfd for {name} ({size} bytes)"))?;
     let len = usize::try_from(size).context("BAR larger than the address space")?;
     let region = MmapRegion::new(&file, 0, len, true).with_context(|| format!("mapping {name}"))?;
     Ok((Arc::new(file), Arc::new(region)))
@@ -528,29 +568,29 @@ impl p2plab_nvme::Deallocate for PunchHole {
 
 impl Lab {
     /// Start servers for every p2plab device of `topo`; sockets at `run_dir/<name>.sock`,
-    /// the control socket at `run_dir/control.sock`.
+    /// the control socket at `run_dir/control.sock`. A missing `run_dir` is created
+    /// 0700 ([`create_private_dir`]); sockets are 0600, a stale one (left by a killed
+    /// lab) is replaced and a live one refused. If any piece fails, what was started is
+    /// stopped again.
     pub fn start(topo: &Topology, run_dir: &Path) -> anyhow::Result<Lab> {
-        std::fs::create_dir_all(run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
-        let fabric = Fabric::new();
-        let mut devices = Vec::new();
-        for dc in topo.devices.iter().filter(|d| d.kind.is_p2plab()) {
-            devices.push(start_device(&fabric, dc, run_dir)?);
-        }
-        let lab = Lab {
-            fabric,
-            devices,
-            dir: run_dir.to_path_buf(),
+        create_private_dir(run_dir)?;
+        let mut lab = Lab {
+            fabric: Fabric::new(),
+            devices: Vec::new(),
+            control: None,
         };
+        for dc in topo.devices.iter().filter(|d| d.kind.is_p2plab()) {
+            lab.devices.push(start_device(&lab.fabric, dc, run_dir)?);
+        }
         let f = lab.fabric.clone();
-        crate::control::spawn(
+        lab.control = Some(crate::control::spawn(
             &run_dir.join("control.sock"),
             Arc::new(move |cmd: &str| match cmd {
                 "stats" => serde_json::to_string(&f.snapshot()).ok(),
                 "windows" => serde_json::to_string(&windows_of(&f)).ok(),
                 _ => None,
             }),
-        )?;
+        )?);
         Ok(lab)
     }
 
@@ -595,6 +635,8 @@ impl Lab {
         self.stop_all();
     }
 
+    /// Stop everything this lab started; sockets are unlinked only while they are
+    /// still the ones it bound (never another lab's).
     fn stop_all(&mut self) {
         for d in &mut self.devices {
             d.stop.store(true, Ordering::Relaxed);
@@ -603,10 +645,11 @@ impl Lab {
             if let Some(w) = d.worker.take() {
                 let _ = w.join();
             }
-            let _ = std::fs::remove_file(&d.socket);
             log::debug!("{} ({}) stopped", d.name, d.kind.as_str());
         }
-        let _ = std::fs::remove_file(self.dir.join("control.sock"));
+        if let Some(mut c) = self.control.take() {
+            c.shutdown();
+        }
     }
 }
 
@@ -760,8 +803,9 @@ pub fn process_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Block SIGINT/SIGTERM in this thread (inherited by threads spawned later) and return
-/// a waiter that sleeps until one arrives.
+/// Block SIGINT/SIGTERM/SIGHUP in this thread (inherited by threads spawned later) and
+/// return a waiter that sleeps until one arrives: the process then ends through its
+/// normal path, which runs every cleanup.
 pub fn block_termination_signals() -> impl FnOnce() -> i32 {
     // SAFETY: sigset manipulation on a local, zero-initialised set; pthread_sigmask only
     // changes this thread's mask.
@@ -770,6 +814,7 @@ pub fn block_termination_signals() -> impl FnOnce() -> i32 {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
@@ -781,13 +826,59 @@ pub fn block_termination_signals() -> impl FnOnce() -> i32 {
     }
 }
 
+/// A run directory `p2plab serve` made for itself (no `--dir`): created 0700 under the
+/// temporary directory, and removed with everything in it (sockets, sparse namespace
+/// images) when dropped — on a signal, a normal return, an error return or an
+/// unwinding panic alike. Only a directory this process created is ever removed.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// `$TMPDIR/p2plab-serve-<pid>[-<n>]`, created exclusively (never an existing one).
+    pub fn create() -> anyhow::Result<ScratchDir> {
+        let base = std::env::temp_dir().join(format!("p2plab-serve-{}", std::process::id()));
+        for n in 0..100 {
+            let p = match n {
+                0 => base.clone(),
+                n => PathBuf::from(format!("{}-{n}", base.display())),
+            };
+            match std::fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(&p) {
+                Ok(()) => return Ok(ScratchDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+            }
+        }
+        anyhow::bail!("no free run directory name at {}", base.display())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => log::info!("removed {}", self.0.display()),
+            Err(e) => log::warn!("removing {}: {e}", self.0.display()),
+        }
+    }
+}
+
 /// `p2plab serve --config FILE [--dir DIR]`.
+///
+/// With `--dir` the directory and what the lab put there (namespace images,
+/// `counters.json`) stay; without, the lab runs in a [`ScratchDir`] that is removed at
+/// exit, and the final counters go to stdout instead.
 pub fn serve_main(config: &Path, dir: Option<PathBuf>) -> anyhow::Result<i32> {
     let wait = block_termination_signals();
     let topo = Topology::load(config)?;
-    let dir = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("p2plab-serve-{}", std::process::id())),
+    // Declared before the lab, so it is dropped (removed) after the lab has stopped.
+    let (dir, scratch) = match dir {
+        Some(d) => (d, None),
+        None => {
+            let s = ScratchDir::create()?;
+            (s.path().to_path_buf(), Some(s))
+        }
     };
     let lab = Lab::start(&topo, &dir)?;
     println!(
@@ -820,15 +911,24 @@ pub fn serve_main(config: &Path, dir: Option<PathBuf>) -> anyhow::Result<i32> {
             skipped.join(", ")
         );
     }
+    if scratch.is_some() {
+        println!("  (a scratch directory: removed at exit; --dir DIR keeps one)");
+    }
     let sig = wait();
     log::info!("signal {sig}: shutting down");
-    let counters = serde_json::to_string_pretty(&lab.snapshot())?;
-    std::fs::write(dir.join("counters.json"), counters + "\n")?;
+    let counters = serde_json::to_string_pretty(&lab.snapshot())? + "\n";
     lab.shutdown();
-    println!(
-        "p2plab: stopped; counters in {}",
-        dir.join("counters.json").display()
-    );
+    if let Some(scratch) = scratch {
+        print!("p2plab: final counters:\n{counters}");
+        drop(scratch);
+        println!("p2plab: stopped; removed {}", dir.display());
+    } else {
+        std::fs::write(dir.join("counters.json"), counters)?;
+        println!(
+            "p2plab: stopped; counters in {}",
+            dir.join("counters.json").display()
+        );
+    }
     Ok(0)
 }
 
@@ -1172,5 +1272,137 @@ mod tests {
         add_resident_bytes(&mut counters, &resident);
         assert_eq!(counters["devices"][0]["bar_resident_bytes"], 8192);
         assert_eq!(counters["devices"][1]["bar_resident_bytes"], 4096);
+    }
+
+    /// nvme0 (2 MiB CMB, 1 MiB namespace) and gpu0 (2 MiB VRAM): a lab that starts fast.
+    fn tiny_topology() -> Topology {
+        let t: Topology = toml::from_str(
+            "[[device]]\nname = 'nvme0'\nkind = 'nvme'\ncmb_size = '2M'\n\
+             namespaces = [{ size = '1M', lba_size = 512 }]\n\
+             [[device]]\nname = 'gpu0'\nkind = 'gpu'\nvram_size = '2M'\n",
+        )
+        .expect("valid toml");
+        t.validate().expect("valid topology");
+        t
+    }
+
+    /// A fresh, not yet existing directory for one test.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("p2plab-lab-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    const SOCKETS: [&str; 3] = ["nvme0.sock", "gpu0.sock", "control.sock"];
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn a_lab_keeps_its_directory_and_sockets_to_its_owner() {
+        use std::os::unix::fs::FileTypeExt;
+        let top = fresh_dir("private");
+        let dir = top.join("run");
+        let lab = Lab::start(&tiny_topology(), &dir).expect("lab starts");
+        assert_eq!(mode(&dir), PRIVATE_DIR_MODE);
+        assert_eq!(mode(&top), PRIVATE_DIR_MODE, "missing parents too");
+        for s in SOCKETS {
+            let p = dir.join(s);
+            assert!(std::fs::symlink_metadata(&p)
+                .unwrap()
+                .file_type()
+                .is_socket());
+            assert_eq!(mode(&p), 0o600, "{s}");
+        }
+        // QEMU receives the BAR memfds: it must not be able to truncate them under us.
+        let bars: Vec<_> = lab.devices.iter().flat_map(|d| &d.memory_bars).collect();
+        assert_eq!(bars.len(), 2, "nvme0's CMB and gpu0's VRAM");
+        for f in bars {
+            assert_eq!(f.set_len(0).unwrap_err().raw_os_error(), Some(libc::EPERM));
+        }
+        lab.shutdown();
+        for s in SOCKETS {
+            assert!(!dir.join(s).exists(), "{s} unlinked at shutdown");
+        }
+        assert!(
+            dir.join("nvme0n1.img").exists(),
+            "the lab leaves its images"
+        );
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn an_existing_directory_keeps_its_mode() {
+        let dir = fresh_dir("existing");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let lab = Lab::start(&tiny_topology(), &dir).expect("lab starts");
+        assert_eq!(mode(&dir), 0o755, "the user's directory is not changed");
+        assert_eq!(mode(&dir.join("nvme0.sock")), 0o600);
+        lab.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_lab_in_the_same_directory_is_refused_and_the_first_serves_on() {
+        let dir = fresh_dir("twice");
+        let first = Lab::start(&tiny_topology(), &dir).expect("first lab");
+        let e = Lab::start(&tiny_topology(), &dir)
+            .err()
+            .expect("the second lab is refused");
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("nvme0.sock") && msg.contains("a live process is listening"),
+            "{msg}"
+        );
+        drop(e);
+        for s in SOCKETS {
+            assert!(dir.join(s).exists(), "{s} still there");
+        }
+        assert_eq!(
+            crate::control::request(&dir.join("control.sock"), "ping").unwrap(),
+            "\"pong\""
+        );
+        std::os::unix::net::UnixStream::connect(dir.join("gpu0.sock")).expect("gpu0 serves");
+        first.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_killed_labs_stale_sockets_are_replaced() {
+        let dir = fresh_dir("stale");
+        create_private_dir(&dir).unwrap();
+        for s in SOCKETS {
+            // What SIGKILL leaves behind: socket files nobody listens on.
+            drop(std::os::unix::net::UnixListener::bind(dir.join(s)).unwrap());
+        }
+        let lab = Lab::start(&tiny_topology(), &dir).expect("stale sockets are replaced");
+        assert_eq!(
+            crate::control::request(&dir.join("control.sock"), "ping").unwrap(),
+            "\"pong\""
+        );
+        lab.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_start_stops_what_it_started() {
+        let dir = fresh_dir("partial");
+        create_private_dir(&dir).unwrap();
+        // gpu0 comes second: nvme0 starts, then gpu0's path is taken.
+        std::fs::write(dir.join("gpu0.sock"), b"not a socket").unwrap();
+        let e = Lab::start(&tiny_topology(), &dir).err().expect("refused");
+        assert!(format!("{e:#}").contains("is not a socket"), "{e:#}");
+        assert!(!dir.join("nvme0.sock").exists(), "nvme0 was stopped again");
+        assert_eq!(
+            std::fs::read(dir.join("gpu0.sock")).unwrap(),
+            b"not a socket"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

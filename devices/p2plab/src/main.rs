@@ -35,7 +35,9 @@ enum Cmd {
         /// Topology file (qemu-configs/*.toml).
         #[arg(long, default_value = "qemu-configs/switch.toml")]
         config: PathBuf,
-        /// Directory for sockets, namespace images and counters.json (default: a fresh one).
+        /// Directory for sockets, namespace images and counters.json, kept at exit
+        /// (default: a fresh private one under $TMPDIR, removed at exit with everything
+        /// in it; the final counters then go to stdout).
         #[arg(long)]
         dir: Option<PathBuf>,
     },

@@ -516,7 +516,8 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             std::process::id()
         )),
     };
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // The lab's sockets live here: a directory we create is the owner's only (0700).
+    crate::lab::create_private_dir(&run_dir)?;
     let run_dir = run_dir.canonicalize()?;
     let _ = std::fs::remove_dir_all(run_dir.join("cases"));
     for f in [

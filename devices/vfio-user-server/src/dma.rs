@@ -4,13 +4,25 @@
 //! `memory-backend-memfd,share=on`) are mmapped and accessed directly; maps without
 //! one (anonymous guest RAM, BARs of vfio-user devices, ROM) are reached with
 //! VFIO_USER_DMA_READ/WRITE messages ("relay").
+//!
+//! # A client's file must not fault the lab
+//! The client keeps the file it mapped and may truncate it; touching a page of our
+//! mapping past the file's new end would raise SIGBUS and kill every device of the
+//! process. So a regular file is sealed with `F_SEAL_SHRINK` when it allows that (QEMU's
+//! `memory-backend-memfd` is created sealed by default, `seal=on`); one that cannot be
+//! sealed (`seal=off`, a tmpfs file of `memory-backend-file`) is mapped with a size
+//! check before every access ([`MmapRegion::new_size_checked`]), and a DMA into a
+//! truncated part fails with [`DmaError::BackingShrunk`]. Such files stay open while
+//! mapped: maps of one file share a descriptor, and at most [`MAX_CHECKED_FILES`]
+//! distinct unsealable files are accepted per connection.
 
 use crate::link::Link;
 use crate::Errno;
 use p2plab_memory::{BusAddr, DmaError, DmaSpace, MmapRegion};
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -39,12 +51,21 @@ impl std::fmt::Debug for Resolved {
     }
 }
 
+/// Most distinct files per connection that could not be sealed against shrinking (each
+/// stays open while mapped, so a client must not be able to pile up descriptors).
+pub const MAX_CHECKED_FILES: usize = 64;
+
+/// A file's identity: (st_dev, st_ino).
+type FileId = (u64, u64);
+
 struct MapEntry {
     size: u64,
     flags: u32,
     /// The mapping and the offset of `iova` inside it (fd offsets need not be page
     /// aligned; the mapping starts at the page below).
     backing: Option<(Arc<MmapRegion>, u64)>,
+    /// The client's file, kept open for the mapping's size check (unsealable files only).
+    checked_file: Option<(FileId, Arc<File>)>,
 }
 
 /// One DMA map as recorded (for diagnostics and tests).
@@ -56,6 +77,8 @@ pub struct DmaMapInfo {
     pub flags: u32,
     /// The map came with an fd and is accessed directly.
     pub fd_backed: bool,
+    /// Its file could not be sealed against shrinking: every access checks its size.
+    pub size_checked: bool,
 }
 
 /// The DMA view of one client connection: its map table and the relay.
@@ -70,6 +93,10 @@ pub struct ClientDma {
     layout: DmaRwLayout,
     /// Most data bytes per DMA_READ (see [`vfio_user_proto::QEMU_SAFE_DMA_READ`]).
     max_read: usize,
+    /// Add `F_SEAL_SHRINK` to the client's files where possible ([`ServerConfig::seal_dma_fds`]).
+    ///
+    /// [`ServerConfig::seal_dma_fds`]: crate::ServerConfig::seal_dma_fds
+    seal_fds: bool,
 }
 
 const PAGE: u64 = 4096;
@@ -81,6 +108,7 @@ impl ClientDma {
         unmap_wait: Duration,
         layout: DmaRwLayout,
         max_read: usize,
+        seal_fds: bool,
     ) -> Self {
         ClientDma {
             link,
@@ -89,6 +117,7 @@ impl ClientDma {
             unmap_wait,
             layout,
             max_read: max_read.max(1),
+            seal_fds,
         }
     }
 
@@ -189,6 +218,7 @@ impl ClientDma {
                 size: e.size,
                 flags: e.flags,
                 fd_backed: e.backing.is_some(),
+                size_checked: e.checked_file.is_some(),
             })
             .collect()
     }
@@ -218,6 +248,7 @@ impl ClientDma {
             return Err(Errno::EEXIST);
         }
         // Map outside the table lock: mmap of a large range can take a while.
+        let mut checked_file = None;
         let backing = match fd {
             None => None,
             Some((fd, fd_offset)) => {
@@ -225,13 +256,17 @@ impl ClientDma {
                 let len = size.checked_add(delta).ok_or(Errno::EINVAL)?;
                 let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
                 let file = File::from(fd);
-                check_fd_covers(&file, fd_offset, size)?;
-                let region = MmapRegion::new(
-                    &file,
-                    fd_offset - delta,
-                    len,
-                    flags & DMA_MAP_FLAG_WRITE != 0,
-                )
+                let meta = file.metadata().map_err(Errno::from)?;
+                check_fd_covers(&meta, fd_offset, size)?;
+                let writable = flags & DMA_MAP_FLAG_WRITE != 0;
+                let map_offset = fd_offset - delta;
+                let region = if self.needs_size_check(&file, &meta) {
+                    let (id, file) = self.checked_file(file, &meta)?;
+                    checked_file = Some((id, file.clone()));
+                    MmapRegion::new_size_checked(file, map_offset, len, writable)
+                } else {
+                    MmapRegion::new(&file, map_offset, len, writable)
+                }
                 .map_err(Errno::from)?;
                 Some((Arc::new(region), delta))
             }
@@ -249,9 +284,56 @@ impl ClientDma {
                 size,
                 flags,
                 backing,
+                checked_file,
             },
         );
         Ok(())
+    }
+
+    /// Whether a map of `file` needs a size check before each access: a regular file
+    /// that carries no `F_SEAL_SHRINK` and could not be given one. Other fd types
+    /// (device files) have no size that could shrink under the mapping.
+    fn needs_size_check(&self, file: &File, meta: &Metadata) -> bool {
+        if !meta.file_type().is_file() {
+            return false;
+        }
+        let sealed = if self.seal_fds {
+            p2plab_memory::seal_against_shrink(file)
+        } else {
+            p2plab_memory::seals(file).map(|s| s & libc::F_SEAL_SHRINK as u32 != 0)
+        };
+        match sealed {
+            Ok(sealed) => !sealed,
+            Err(e) => {
+                log::debug!("reading the seals of a DMA map's fd: {e}");
+                true
+            }
+        }
+    }
+
+    /// The open file a size-checked map keeps: shared with the maps of the same file
+    /// already recorded, or `file` itself if it is new and the per-connection limit
+    /// ([`MAX_CHECKED_FILES`]) allows one more.
+    fn checked_file(&self, file: File, meta: &Metadata) -> Result<(FileId, Arc<File>), Errno> {
+        let id = (meta.dev(), meta.ino());
+        let maps = self.read_maps();
+        let mut known = Vec::new();
+        for (fid, f) in maps.values().filter_map(|e| e.checked_file.as_ref()) {
+            if *fid == id {
+                return Ok((id, f.clone()));
+            }
+            if !known.contains(fid) {
+                known.push(*fid);
+            }
+        }
+        if known.len() >= MAX_CHECKED_FILES {
+            log::warn!(
+                "DMA map refused: the client shares more than {MAX_CHECKED_FILES} files that \
+                 cannot be sealed against shrinking (F_SEAL_SHRINK)"
+            );
+            return Err(Errno::ENOSPC);
+        }
+        Ok((id, Arc::new(file)))
     }
 
     fn overlaps(&self, iova: u64, end: u64) -> bool {
@@ -303,10 +385,10 @@ impl ClientDma {
 
 /// A map must lie inside its file: pages of a shared mapping past the end of a regular
 /// file (a memfd) raise SIGBUS on access, which would kill every device in the process
-/// the first time the device DMAs there. Other fd types (device files) report no
+/// the first time the device DMAs there (a later truncation is handled by sealing or
+/// the size check, see the module docs). Other fd types (device files) report no
 /// meaningful size and are left to mmap to refuse.
-fn check_fd_covers(file: &File, fd_offset: u64, size: u64) -> Result<(), Errno> {
-    let meta = file.metadata().map_err(Errno::from)?;
+fn check_fd_covers(meta: &Metadata, fd_offset: u64, size: u64) -> Result<(), Errno> {
     if !meta.file_type().is_file() {
         return Ok(());
     }

@@ -2,13 +2,18 @@
 //! `vfio-user-pci`.
 //!
 //! # What it is
-//! - [`Server`]: binds a socket (removing a stale one), accepts one client at a time and
-//!   accepts the next after a disconnect, without restart. Several servers (devices)
-//!   live in one process, each with its own socket and threads.
+//! - [`Server`]: binds a socket (mode 0600; a stale one is replaced, a live one never
+//!   taken: [`bind_private`]), admits only its owner's and root's connections
+//!   ([`PeerPolicy`], `SO_PEERCRED`), accepts one client at a time and accepts the next
+//!   after a disconnect, without restart. Several servers (devices) live in one process,
+//!   each with its own socket and threads.
 //! - [`Device`]: what a device model provides (regions, interrupts, reset).
 //! - [`Client`]: one connection as the device sees it: [`ClientDma`] (the client's DMA
 //!   maps, direct access to fd-backed guest RAM, and server→client DMA_READ/DMA_WRITE
 //!   "relay"), and [`Irqs`] (eventfds from SET_IRQS; an [`InterruptSink`](p2plab_memory::InterruptSink)).
+//!   A client's fd-backed map cannot fault the process when the client truncates the
+//!   file: it is sealed (`F_SEAL_SHRINK`) or size-checked before each access; every
+//!   mapping is left out of core dumps (`MADV_DONTDUMP`).
 //!
 //! # Architecture
 //! Each connection has one reader thread which runs the pipeline: read the header →
@@ -38,6 +43,8 @@
 #![deny(unsafe_code)]
 
 mod dma;
+#[expect(unsafe_code, reason = "SO_PEERCRED and geteuid have no stable std API")]
+mod door;
 mod irq;
 mod link;
 mod server;
@@ -52,7 +59,10 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use dma::{ClientDma, DmaMapInfo, Resolved};
+pub use dma::{ClientDma, DmaMapInfo, Resolved, MAX_CHECKED_FILES};
+pub use door::{
+    bind_private, peer_credentials, BindError, PeerCredentials, PeerPolicy, SOCKET_MODE,
+};
 pub use irq::Irqs;
 pub use server::{serve_connection, Server};
 pub use socket::SocketTransport;
@@ -174,6 +184,12 @@ pub struct ServerConfig {
     /// `max_data_xfer_size`). QEMU cannot send a reply larger than its socket buffer
     /// in one piece and then loses the stream; see [`QEMU_SAFE_DMA_READ`].
     pub max_dma_read: usize,
+    /// Add `F_SEAL_SHRINK` to a DMA_MAP's file when it allows sealing, so the client
+    /// cannot truncate it under our mapping (the seal stays on the client's file).
+    /// Unsealed files are mapped with a size check before each access instead.
+    pub seal_dma_fds: bool,
+    /// Who may connect (checked with `SO_PEERCRED` on every accepted connection).
+    pub peers: PeerPolicy,
 }
 
 impl Default for ServerConfig {
@@ -187,6 +203,8 @@ impl Default for ServerConfig {
             unmap_wait: Duration::from_secs(1),
             dma_rw_layout: DmaRwLayout::Spec,
             max_dma_read: QEMU_SAFE_DMA_READ,
+            seal_dma_fds: true,
+            peers: PeerPolicy::current_user(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The accept loop and the per-connection reader loop.
 
+use crate::door::{bind_private, BindError};
 use crate::link::Link;
 use crate::session::Session;
 use crate::socket::SocketTransport;
@@ -7,7 +8,7 @@ use crate::transport::{recv_full, Transport};
 use crate::{Device, Errno, ServerConfig};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -211,40 +212,33 @@ pub struct Server {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Server {
-    /// Bind `path` (a stale socket file is removed; a live one is `AddrInUse`; any
-    /// other file is `AlreadyExists`) with the default [`ServerConfig`].
-    pub fn bind(path: impl AsRef<Path>, device: Arc<dyn Device>) -> io::Result<Server> {
+    /// Bind `path` with the default [`ServerConfig`]: mode 0600; a stale socket is
+    /// replaced, a live one or any other file is refused ([`bind_private`]).
+    pub fn bind(path: impl AsRef<Path>, device: Arc<dyn Device>) -> Result<Server, BindError> {
         Self::bind_with_config(path, device, ServerConfig::default())
     }
 
+    /// [`Server::bind`] with `config`; only peers that `config.peers` allows are served.
     pub fn bind_with_config(
         path: impl AsRef<Path>,
         device: Arc<dyn Device>,
         config: ServerConfig,
-    ) -> io::Result<Server> {
+    ) -> Result<Server, BindError> {
         let path = path.as_ref().to_path_buf();
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_socket() => {
-                if UnixStream::connect(&path).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "a server is already listening there",
-                    ));
-                }
-                std::fs::remove_file(&path)?;
-            }
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "path exists and is not a socket",
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(&path)?;
-        let m = std::fs::symlink_metadata(&path)?;
+        let listener = bind_private(&path)?;
+        let m = std::fs::symlink_metadata(&path).map_err(|source| BindError::Bind {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Server {
             inner: Arc::new(Inner {
                 path,
@@ -320,6 +314,14 @@ fn accept_loop(inner: &Inner) {
                 continue;
             }
         };
+        if inner.shutdown.load(Ordering::Acquire) {
+            break;
+        }
+        // A refused peer is only logged and closed: the device, and the client being
+        // served next, never hear of it.
+        if !inner.config.peers.admit(&stream, &inner.path) {
+            continue;
+        }
         let t: Arc<dyn Transport> = Arc::new(SocketTransport::new(stream));
         {
             let mut cur = inner.current.lock().unwrap_or_else(|p| p.into_inner());

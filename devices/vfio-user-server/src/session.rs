@@ -67,6 +67,7 @@ impl Session {
             config.unmap_wait,
             config.dma_rw_layout,
             config.max_dma_read,
+            config.seal_dma_fds,
         ));
         Session {
             device,

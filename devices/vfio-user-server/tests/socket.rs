@@ -6,61 +6,13 @@ mod support;
 use p2plab_memory::{BusAddr, DmaSpace, InterruptSink};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use support::*;
 use vfio_user_proto::wire::*;
 use vfio_user_proto::*;
-use vfio_user_server::{Server, ServerConfig, SocketTransport};
+use vfio_user_server::{BindError, Server, ServerConfig, SocketTransport, SOCKET_MODE};
 use zerocopy::{FromBytes, IntoBytes};
-
-fn sock_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vfu-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-struct Running {
-    server: Server,
-    dev: Arc<TestDevice>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn raw(&self) -> RawClient {
-        RawClient::new(Arc::new(SocketTransport::new(
-            UnixStream::connect(self.server.path()).unwrap(),
-        )))
-    }
-    fn stop(mut self) {
-        self.server.shutdown();
-        self.thread.take().unwrap().join().unwrap();
-    }
-}
-
-fn serve(name: &str, config: ServerConfig) -> Running {
-    let dev = TestDevice::new();
-    let server = Server::bind_with_config(sock_path(name), dev.clone(), config).unwrap();
-    let thread = Some(server.spawn().unwrap());
-    Running {
-        server,
-        dev,
-        thread,
-    }
-}
-
-#[track_caller]
-fn wait_for(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 #[test]
 fn vfio_user_crate_client_drives_the_device() {
@@ -122,25 +74,69 @@ fn vfio_user_crate_client_drives_the_device() {
 fn stale_socket_is_replaced_and_shutdown_unlinks() {
     let path = sock_path("stale.sock");
     let _ = std::fs::remove_file(&path);
+    // What a killed lab leaves: a socket file nobody listens on.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
+    assert_eq!(
+        UnixStream::connect(&path).unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
     let dev = TestDevice::new();
     let server = Server::bind(&path, dev).unwrap();
     let t = server.spawn().unwrap();
-    assert!(
-        Server::bind(&path, TestDevice::new()).is_err(),
-        "a live socket is not stale"
-    );
+    let mut c = RawClient::new(Arc::new(SocketTransport::new(
+        UnixStream::connect(&path).unwrap(),
+    )));
+    c.handshake();
+    drop(c);
     server.shutdown();
     t.join().unwrap();
     assert!(!path.exists());
 }
 
 #[test]
+fn a_live_socket_is_never_taken_over() {
+    let r = serve("live.sock", ServerConfig::default());
+    let mut c = r.raw();
+    c.handshake();
+    let e = Server::bind(r.server.path(), TestDevice::new()).unwrap_err();
+    assert!(matches!(e, BindError::InUse { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("live.sock") && msg.contains("a live process is listening"),
+        "{msg}"
+    );
+    // The running server and its client did not notice.
+    assert!(r.server.path().exists());
+    c.region_read(7, 0, 4).ok();
+    let mut c2 = {
+        drop(c);
+        r.raw()
+    };
+    c2.handshake();
+    r.stop();
+}
+
+#[test]
+fn sockets_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = serve("mode.sock", ServerConfig::default());
+    let mode = std::fs::metadata(r.server.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, SOCKET_MODE);
+    assert_eq!(SOCKET_MODE, 0o600);
+    r.stop();
+}
+
+#[test]
 fn bind_refuses_a_regular_file() {
     let path = sock_path("regular.sock");
     std::fs::write(&path, b"x").unwrap();
-    assert!(Server::bind(&path, TestDevice::new()).is_err());
+    let e = Server::bind(&path, TestDevice::new()).unwrap_err();
+    assert!(matches!(e, BindError::NotASocket { .. }), "{e:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"x", "left alone");
     std::fs::remove_file(&path).unwrap();
 }
 

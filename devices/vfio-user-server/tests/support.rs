@@ -3,13 +3,17 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use vfio_user_proto::wire::*;
 use vfio_user_proto::*;
 use vfio_user_server::{
-    Client, Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SparseArea, Transport,
+    Client, Device, DeviceInfo, Errno, IrqInfo, RegionInfo, Server, ServerConfig, SocketTransport,
+    SparseArea, Transport,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -162,6 +166,68 @@ impl Device for TestDevice {
         self.disconnects.fetch_add(1, Ordering::SeqCst);
         *self.client.lock().unwrap() = None;
     }
+}
+
+/// A socket path in this test process's own directory.
+pub fn sock_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vfu-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A [`TestDevice`] served on a socket by a spawned accept loop.
+pub struct Running {
+    pub server: Server,
+    pub dev: Arc<TestDevice>,
+    pub thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn raw(&self) -> RawClient {
+        RawClient::new(Arc::new(SocketTransport::new(
+            UnixStream::connect(self.server.path()).unwrap(),
+        )))
+    }
+    pub fn stop(mut self) {
+        self.server.shutdown();
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+/// Serve a fresh [`TestDevice`] on `sock_path(name)`.
+pub fn serve(name: &str, config: ServerConfig) -> Running {
+    let dev = TestDevice::new();
+    let server = Server::bind_with_config(sock_path(name), dev.clone(), config).unwrap();
+    let thread = Some(server.spawn().unwrap());
+    Running {
+        server,
+        dev,
+        thread,
+    }
+}
+
+#[track_caller]
+pub fn wait_for(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A memfd of `size` bytes created with `MFD_ALLOW_SEALING` (as QEMU's
+/// `memory-backend-memfd` creates guest RAM), unlike [`p2plab_memory::memfd_create`].
+pub fn sealable_memfd(name: &std::ffi::CStr, size: u64) -> File {
+    // SAFETY: name is NUL-terminated; flags are constants.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was just created and is owned by nobody else.
+    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.set_len(size).unwrap();
+    f
 }
 
 /// A received message.
