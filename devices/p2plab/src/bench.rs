@@ -1,13 +1,19 @@
-//! `p2plab bench`: throughput of the lab against the reference measured in the same run.
+//! `p2plab bench`: the lab against the reference, measured in the same run.
 //!
-//! Boots the baseline topology (QEMU's built-in NVMe with CMB, `qemu-nvme-reference`)
-//! and the p2plab topology (`switch`) one after the other, runs the guest `bench` case
-//! in each, and prints every metric side by side with the ratio p2plab / baseline.
-//! Figures are MiB/s, best of three, measured in the guest under the same accelerator.
-//! `OUT/bench.json` keeps them, with the lab process's RSS and BAR residency.
+//! Measures the host limits first (this process, no guest running: [`limits`]), then
+//! boots the baseline topology (QEMU's built-in NVMe with CMB, `qemu-nvme-reference`) and
+//! the p2plab topology (`switch`) one after the other and runs the guest `bench` case in
+//! each. The guest prints every sample of every metric (`# BENCH <metric> <value>`, at
+//! least five per metric, all in one boot); this prints the median with min..max of each
+//! side, the ratio of the medians p2plab / baseline, and each figure's fraction of the host
+//! limit it is set against. `OUT/bench.json` keeps all of it with the lab process's RSS,
+//! and `OUT/bench.svg` draws it ([`chart`]).
+
+mod chart;
+mod limits;
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -27,32 +33,175 @@ pub struct BenchArgs {
     accel: String,
 }
 
-const METRICS: &[(&str, &str)] = &[
-    ("p2p_read", "NVMe → provider p2pmem, O_DIRECT read (P2P)"),
-    ("p2p_write", "provider p2pmem → NVMe, O_DIRECT write (P2P)"),
-    ("own_cmb_read", "NVMe → its own CMB, O_DIRECT read"),
-    ("nvme_to_ram", "NVMe → guest RAM, O_DIRECT read"),
-    ("ram_to_nvme", "guest RAM → NVMe, O_DIRECT write"),
-    ("cpu_store_p2pmem", "CPU stores to provider p2pmem"),
-    ("cpu_load_p2pmem", "CPU loads from provider p2pmem"),
+/// A guest metric as `p2plab bench` reports it.
+struct Metric {
+    /// Name in the guest's `# BENCH` lines and in `bench.json`.
+    name: &'static str,
+    unit: &'static str,
+    what: &'static str,
+    /// The host limit the figure is set against, if any.
+    limit: Option<&'static str>,
+}
+
+impl Metric {
+    /// Latencies: a smaller figure (a ratio below 1) is better.
+    fn lower_is_better(&self) -> bool {
+        self.unit == "µs"
+    }
+}
+
+const fn metric(
+    name: &'static str,
+    unit: &'static str,
+    what: &'static str,
+    limit: Option<&'static str>,
+) -> Metric {
+    Metric {
+        name,
+        unit,
+        what,
+        limit,
+    }
+}
+
+const PREAD4K: Option<&str> = Some("host_pread4k_ops");
+const PREAD_MEMFD: Option<&str> = Some("host_pread_memfd");
+const MEMCPY: Option<&str> = Some("host_memcpy");
+
+/// The guest metrics, in print order (the guest's `bench` case measures them).
+const METRICS: &[Metric] = &[
+    metric(
+        "rr4k_qd1_iops",
+        "IOPS",
+        "fio 4 KiB randread, psync QD 1",
+        PREAD4K,
+    ),
+    metric(
+        "rr4k_qd1_p50_us",
+        "µs",
+        "fio 4 KiB randread, psync QD 1: completion latency p50",
+        None,
+    ),
+    metric(
+        "rr4k_qd1_p99_us",
+        "µs",
+        "fio 4 KiB randread, psync QD 1: completion latency p99",
+        None,
+    ),
+    metric(
+        "rr4k_qd32_iops",
+        "IOPS",
+        "fio 4 KiB randread, io_uring QD 32",
+        PREAD4K,
+    ),
+    metric(
+        "seq128k_read",
+        "MiB/s",
+        "fio 128 KiB sequential read, io_uring QD 8",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "seq128k_write",
+        "MiB/s",
+        "fio 128 KiB sequential write, io_uring QD 8",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "p2p_read",
+        "MiB/s",
+        "NVMe → provider p2pmem, O_DIRECT 1 MiB reads",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "p2p_write",
+        "MiB/s",
+        "provider p2pmem → NVMe, O_DIRECT 1 MiB writes",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "nvme_to_ram",
+        "MiB/s",
+        "NVMe → guest RAM, O_DIRECT 1 MiB reads",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "ram_to_nvme",
+        "MiB/s",
+        "guest RAM → NVMe, O_DIRECT 1 MiB writes",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "own_cmb_read",
+        "MiB/s",
+        "NVMe → its own CMB, O_DIRECT 1 MiB reads",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "cpu_store_p2pmem",
+        "MiB/s",
+        "CPU 64-bit stores to provider p2pmem",
+        MEMCPY,
+    ),
+    metric(
+        "cpu_load_p2pmem",
+        "MiB/s",
+        "CPU 64-bit loads from provider p2pmem",
+        MEMCPY,
+    ),
 ];
 
-/// `# BENCH <metric> <value>` lines of a console log.
-pub fn parse_bench(console: &str) -> BTreeMap<String, f64> {
-    console
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.trim().strip_prefix("# BENCH ")?.split_whitespace();
-            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+/// Every `# BENCH <metric> <value>` line of a console log: the samples of each metric,
+/// in the order printed.
+pub fn parse_bench(console: &str) -> BTreeMap<String, Vec<f64>> {
+    let mut m: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for l in console.lines() {
+        let Some(rest) = l.trim().strip_prefix("# BENCH ") else {
+            continue;
+        };
+        let mut it = rest.split_whitespace();
+        let (Some(name), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<f64>().ok()))
+        else {
+            continue;
+        };
+        if v.is_finite() {
+            m.entry(name.to_string()).or_default().push(v);
+        }
+    }
+    m
+}
+
+/// Median, min and max of some samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    /// `None` for no samples; the median of an even count is the mean of the middle two.
+    pub fn of(samples: &[f64]) -> Option<Stats> {
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => s[n / 2],
+            _ => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+        };
+        Some(Stats {
+            median,
+            min: s[0],
+            max: s[n - 1],
         })
-        .collect()
+    }
 }
 
 fn run_one(
     config: &Path,
     out: &Path,
     accel: &str,
-) -> anyhow::Result<(BTreeMap<String, f64>, Value)> {
+) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Value)> {
     let exe = std::env::current_exe().context("locating p2plab")?;
     let status = std::process::Command::new(exe)
         .args(["run", "--cases", "bench", "--accel", accel, "--config"])
@@ -83,87 +232,343 @@ fn run_one(
     Ok((figures, counters))
 }
 
+/// A figure for the table: whole numbers from 100 on, one decimal below.
+fn fmt(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// `median [min..max]`, or `-`.
+fn fmt_stats(s: Option<Stats>) -> String {
+    s.map_or("-".into(), |s| {
+        format!("{} [{}..{}]", fmt(s.median), fmt(s.min), fmt(s.max))
+    })
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+const HOST_CACHING: &str = "Host page cache: each side's namespace is a regular file on the host, read and written through the host page cache (QEMU's drive with its default cache=writeback; p2plab's namespace file opened without O_DIRECT), so caching applies to both sides equally; O_DIRECT in the guest bypasses only the guest's page cache.";
+
+/// The comparison of the two sides and the host limits: the printout, `bench.json` and the
+/// chart rows.
+struct Report {
+    json: Map<String, Value>,
+    rows: Vec<chart::Row>,
+    table: String,
+}
+
+fn compare(
+    base: &BTreeMap<String, Vec<f64>>,
+    ours: &BTreeMap<String, Vec<f64>>,
+    host: &[limits::Limit],
+) -> Report {
+    use std::fmt::Write;
+    let limit_value = |name: &str| {
+        host.iter()
+            .find(|l| l.name == name)
+            .and_then(|l| Stats::of(&l.samples))
+            .map(|s| s.median)
+    };
+    let mut json = Map::new();
+    let mut rows = Vec::new();
+    let mut t = String::new();
+    let rule = "-".repeat(124);
+    let _ = writeln!(
+        t,
+        "{:<17} {:<6} {:>24} {:>24} {:>7}  of host limit (baseline / p2plab)",
+        "metric", "unit", "baseline [min..max]", "p2plab [min..max]", "ratio"
+    );
+    let _ = writeln!(t, "{rule}");
+    let empty = Vec::new();
+    for m in METRICS {
+        let bs = base.get(m.name).unwrap_or(&empty);
+        let os = ours.get(m.name).unwrap_or(&empty);
+        let (b, o) = (Stats::of(bs), Stats::of(os));
+        let ratio = match (b, o) {
+            (Some(b), Some(o)) if b.median > 0.0 => Some(o.median / b.median),
+            _ => None,
+        };
+        let lim = m.limit.and_then(|n| limit_value(n).map(|v| (n, v)));
+        let frac =
+            |s: Option<Stats>| lim.and_then(|(_, v)| s.filter(|_| v > 0.0).map(|s| s.median / v));
+        let (bf, of) = (frac(b), frac(o));
+        let _ = writeln!(
+            t,
+            "{:<17} {:<6} {:>24} {:>24} {:>7}  {}",
+            m.name,
+            m.unit,
+            fmt_stats(b),
+            fmt_stats(o),
+            ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            lim.map_or(String::new(), |(n, _)| format!(
+                "{} / {} of {n}",
+                percent(bf),
+                percent(of)
+            ))
+        );
+        let mut e = json!({
+            "unit": m.unit,
+            "what": m.what,
+            "baseline": b.map(|s| s.median),
+            "p2plab": o.map(|s| s.median),
+            "ratio": ratio,
+            "min": {"baseline": b.map(|s| s.min), "p2plab": o.map(|s| s.min)},
+            "max": {"baseline": b.map(|s| s.max), "p2plab": o.map(|s| s.max)},
+            "samples": {"baseline": bs, "p2plab": os},
+            "lower_is_better": m.lower_is_better(),
+        });
+        if let Some((n, _)) = lim {
+            e["limit"] = n.into();
+            e["fraction_of_limit"] = json!({"baseline": bf, "p2plab": of});
+        }
+        json.insert(m.name.into(), e);
+        let bar = |s: Option<Stats>| {
+            s.map(|s| chart::Bar {
+                median: s.median,
+                min: s.min,
+                max: s.max,
+            })
+        };
+        rows.push(chart::Row {
+            label: format!(
+                "{} ({}{})",
+                m.name,
+                m.unit,
+                if m.lower_is_better() {
+                    ", lower is better"
+                } else {
+                    ""
+                }
+            ),
+            baseline: bar(b),
+            p2plab: bar(o),
+            ratio,
+            limit: lim.map(|(_, v)| v),
+            host: None,
+        });
+    }
+    let _ = writeln!(t, "{rule}");
+    for l in host {
+        let s = Stats::of(&l.samples);
+        let _ = writeln!(
+            t,
+            "{:<17} {:<6} {:>24}  host: {}",
+            l.name,
+            l.unit,
+            fmt_stats(s),
+            l.what
+        );
+        json.insert(
+            l.name.into(),
+            json!({"value": s.map(|s| s.median), "unit": l.unit, "what": l.what, "samples": l.samples}),
+        );
+        rows.push(chart::Row {
+            label: format!("{} ({})", l.name, l.unit),
+            baseline: None,
+            p2plab: None,
+            ratio: None,
+            limit: None,
+            host: s.map(|s| s.median),
+        });
+    }
+    let _ = writeln!(t, "{rule}");
+    for m in METRICS {
+        let _ = writeln!(t, "{:<17} {}", m.name, m.what);
+    }
+    // Metrics the guest printed that this table does not know (a newer guest).
+    for (side, figs) in [("baseline", base), ("p2plab", ours)] {
+        for (k, v) in figs {
+            if !METRICS.iter().any(|m| m.name == k) {
+                let _ = writeln!(t, "{side} also printed {k}: {}", fmt_stats(Stats::of(v)));
+            }
+        }
+    }
+    Report {
+        json,
+        rows,
+        table: t,
+    }
+}
+
+/// The default output directory: `$P2PLAB_HOME/bench/<unix time>`.
+fn default_out() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("P2PLAB_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/p2plab")
+        });
+    Ok(home.join("bench").join(format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    )))
+}
+
 pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     let out = match args.out {
         Some(o) => o,
-        None => {
-            let home = std::env::var_os("P2PLAB_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/p2plab")
-                });
-            home.join("bench").join(format!(
-                "{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_secs()
-            ))
-        }
+        None => default_out()?,
     };
-    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     eprintln!(
-        "p2plab bench: baseline {} then {} (results in {})",
+        "p2plab bench: host limits, then baseline {} and {} (results in {})",
         args.baseline.display(),
         args.config.display(),
         out.display()
     );
+    let host = limits::measure(&out).context("measuring the host limits")?;
     let (base, _) = run_one(&args.baseline, &out.join("baseline"), &args.accel)?;
     let (ours, counters) = run_one(&args.config, &out.join("p2plab"), &args.accel)?;
+    let mut r = compare(&base, &ours, &host);
+
+    let mut counts: Vec<usize> = base.values().chain(ours.values()).map(Vec::len).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
     println!();
+    print!("{}", r.table);
     println!(
-        "{:<18} {:<46} {:>12} {:>12} {:>8}",
-        "metric", "what", "baseline", "p2plab", "ratio"
+        "Each guest figure: median [min..max] of {} samples in one boot per side; ratio = p2plab / baseline",
+        counts.join("/")
     );
-    println!("{}", "-".repeat(100));
-    let mut rows = Vec::new();
-    for (m, what) in METRICS {
-        let (b, o) = (base.get(*m).copied(), ours.get(*m).copied());
-        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-        let ratio = match (b, o) {
-            (Some(b), Some(o)) if b > 0.0 => Some(o / b),
-            _ => None,
-        };
-        println!(
-            "{:<18} {:<46} {:>12} {:>12} {:>8}",
-            m,
-            what,
-            fmt(b),
-            fmt(o),
-            ratio.map_or("-".into(), |r| format!("{r:.1}x"))
-        );
-        rows.push(json!({"metric": m, "what": what, "baseline_mib_s": b, "p2plab_mib_s": o, "ratio": ratio}));
-    }
-    println!("{}", "-".repeat(100));
+    println!(
+        "of the medians (for the µs latencies lower is better). Host limits: median [min..max] of"
+    );
+    println!(
+        "{} samples by this process before the guests booted; each P2P/NVMe figure's fraction is of the",
+        limits::SAMPLES
+    );
+    println!("limit named (writes are set against the same copy's read direction).");
+    println!("{HOST_CACHING}");
     let rss = counters["process"]["rss_bytes"].as_u64().unwrap_or(0);
     println!(
-        "MiB/s, best of 3, in the guest. p2plab process RSS at exit: {:.1} MiB",
+        "p2plab process RSS at exit: {:.1} MiB",
         rss as f64 / 1048576.0
     );
+    let mut bars = Map::new();
     if let Some(devs) = counters["devices"].as_array() {
         for d in devs {
+            let name = d["name"].as_str().unwrap_or("?");
+            let b = d["bar_resident_bytes"].as_u64().unwrap_or(0);
             println!(
-                "  {} memory BARs resident: {:.1} MiB",
-                d["name"].as_str().unwrap_or("?"),
-                d["bar_resident_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0
+                "  {name} memory BARs resident: {:.1} MiB",
+                b as f64 / 1048576.0
             );
+            bars.insert(name.into(), b.into());
         }
     }
-    let report = json!({"metrics": rows, "p2plab_rss_bytes": rss, "baseline": args.baseline, "config": args.config});
+    r.json.insert("p2plab_rss_bytes".into(), rss.into());
+    r.json
+        .insert("bar_resident_bytes".into(), Value::Object(bars));
+    r.json
+        .insert("baseline_config".into(), json!(args.baseline));
+    r.json.insert("config".into(), json!(args.config));
+    r.json.insert("host_caching".into(), HOST_CACHING.into());
+    let json_path = out.join("bench.json");
     std::fs::write(
-        out.join("bench.json"),
-        serde_json::to_string_pretty(&report)? + "\n",
+        &json_path,
+        serde_json::to_string_pretty(&Value::Object(r.json))? + "\n",
+    )
+    .with_context(|| format!("writing {}", json_path.display()))?;
+    let svg = out.join("bench.svg");
+    chart::write(
+        &svg,
+        &format!(
+            "p2plab bench: {} vs {}",
+            args.config.display(),
+            args.baseline.display()
+        ),
+        &r.rows,
     )?;
-    println!("report: {}", out.join("bench.json").display());
+    println!("report: {}", json_path.display());
+    println!("chart:  {}", svg.display());
     Ok(0)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{Stats, METRICS};
+
     #[test]
     fn bench_lines_parse() {
-        let m = super::parse_bench("x\n# BENCH p2p_read 2861.3\n#   p2p_read: ...\n# BENCH bad\n# BENCH own_cmb_read 900\n");
+        let m = super::parse_bench(
+            "x\n# BENCH p2p_read 2861.3\n#   p2p_read: ...\n# BENCH bad\n# BENCH own_cmb_read 900\n# BENCH p2p_read 2000\n# BENCH p2p_read NaN\n",
+        );
         assert_eq!(m.len(), 2);
-        assert_eq!(m["p2p_read"], 2861.3);
+        assert_eq!(m["p2p_read"], vec![2861.3, 2000.0]);
+    }
+
+    #[test]
+    fn stats_take_the_median() {
+        let s = Stats::of(&[5.0, 1.0, 3.0, 2.0, 4.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 5.0));
+        assert_eq!(Stats::of(&[1.0, 4.0, 2.0, 3.0]).unwrap().median, 2.5);
+        assert!(Stats::of(&[]).is_none());
+    }
+
+    #[test]
+    fn report_has_every_metric_and_limit() {
+        let side = |k: f64| {
+            METRICS
+                .iter()
+                .map(|m| {
+                    (
+                        m.name.to_string(),
+                        vec![k, 2.0 * k, 3.0 * k, 4.0 * k, 5.0 * k],
+                    )
+                })
+                .collect()
+        };
+        let host: Vec<super::limits::Limit> =
+            ["host_memcpy", "host_pread_memfd", "host_pread4k_ops"]
+                .into_iter()
+                .map(|name| super::limits::Limit {
+                    name,
+                    unit: "MiB/s",
+                    what: "test",
+                    samples: vec![300.0; 5],
+                })
+                .collect();
+        let r = super::compare(&side(10.0), &side(20.0), &host);
+        for m in METRICS {
+            let e = &r.json[m.name];
+            assert_eq!(e["baseline"], 30.0, "{}", m.name);
+            assert_eq!(e["p2plab"], 60.0);
+            assert_eq!(e["ratio"], 2.0);
+            assert_eq!(e["samples"]["p2plab"].as_array().map(Vec::len), Some(5));
+            assert!(r.table.contains(m.name));
+            if m.limit.is_some() {
+                assert_eq!(e["fraction_of_limit"]["p2plab"], 0.2);
+            }
+        }
+        for l in &host {
+            assert_eq!(r.json[l.name]["value"], 300.0);
+        }
+        assert_eq!(r.rows.len(), METRICS.len() + host.len());
+        let names: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+        assert_eq!(
+            names,
+            [
+                "rr4k_qd1_iops",
+                "rr4k_qd1_p50_us",
+                "rr4k_qd1_p99_us",
+                "rr4k_qd32_iops",
+                "seq128k_read",
+                "seq128k_write",
+                "p2p_read",
+                "p2p_write",
+                "nvme_to_ram",
+                "ram_to_nvme",
+                "own_cmb_read",
+                "cpu_store_p2pmem",
+                "cpu_load_p2pmem"
+            ]
+        );
     }
 }

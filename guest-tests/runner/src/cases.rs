@@ -288,10 +288,10 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "bench",
-        description: "throughput figures for `p2plab bench` (NVMe<->RAM, P2P read/write, own CMB, CPU on p2pmem); on request only",
+        description: "figures for `p2plab bench`, 5 samples each (fio randread/sequential, NVMe<->RAM, P2P read/write, own CMB, CPU on p2pmem); on request only",
         when: When::Any,
         roles: &["client", "provider"],
-        tools: &[],
+        tools: &["fio"],
         run: bench::bench,
     },
 ];

@@ -120,7 +120,8 @@ pub fn cmb_p2pmem(ctx: &mut Ctx) -> Result<(), String> {
 //
 // Namespace regions (1 GiB namespaces; each case its own so they never read another
 // case's data): p2p cases 0..64M, cmb-read 64M.., nvme-nvme-copy 128M.., sqs-in-cmb
-// 192M.., vendor-log 200M.., fio-verify 256M..512M.
+// 192M.., vendor-log 200M.., fio-verify 256M..512M; bench (its own boot) 0..192M and
+// 512M..1G.
 
 use crate::devices::Found;
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
@@ -438,40 +439,42 @@ pub fn vendor_log_case(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// fio-verify: randwrite + crc32c verify over 256 MiB of the client namespace, QD 1 and 32.
-pub fn fio_verify(ctx: &mut Ctx) -> Result<(), String> {
-    let (_c, _bdf, ns) = nvme_role(ctx, "client")?;
+/// Run the image's fio with `args` (which must include `--output-format=json`) and parse
+/// its report; fio may print notices before the JSON.
+pub(super) fn fio_json(args: &[&str]) -> Result<serde_json::Value, String> {
     if !std::path::Path::new("/usr/bin/fio").exists() {
         return Err("fio is not in the image (the case must list tools: [\"fio\"])".into());
     }
+    let out = run_tool("/usr/bin/fio", args)?;
+    let text = String::from_utf8_lossy(&out);
+    let json = text
+        .find('{')
+        .map(|i| &text[i..])
+        .ok_or_else(|| format!("fio printed no JSON: {text:.300}"))?;
+    serde_json::from_str(json).map_err(|e| format!("fio JSON: {e}"))
+}
+
+/// fio-verify: randwrite + crc32c verify over 256 MiB of the client namespace, QD 1 and 32.
+pub fn fio_verify(ctx: &mut Ctx) -> Result<(), String> {
+    let (_c, _bdf, ns) = nvme_role(ctx, "client")?;
     for (qd, bs) in [(1u32, "64k"), (32, "16k")] {
         let t = Instant::now();
-        let out = run_tool(
-            "/usr/bin/fio",
-            &[
-                &format!("--name=verify-qd{qd}"),
-                &format!("--filename={ns}"),
-                "--direct=1",
-                "--ioengine=libaio",
-                "--rw=randwrite",
-                &format!("--bs={bs}"),
-                &format!("--iodepth={qd}"),
-                &format!("--offset={FIO_OFF}"),
-                &format!("--size={FIO_SIZE}"),
-                "--verify=crc32c",
-                "--do_verify=1",
-                "--verify_fatal=1",
-                "--verify_backlog=0",
-                "--output-format=json",
-            ],
-        )?;
-        let text = String::from_utf8_lossy(&out);
-        let json = text
-            .find('{')
-            .map(|i| &text[i..])
-            .ok_or_else(|| format!("fio printed no JSON: {text:.300}"))?;
-        let v: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| format!("fio JSON: {e}"))?;
+        let v = fio_json(&[
+            &format!("--name=verify-qd{qd}"),
+            &format!("--filename={ns}"),
+            "--direct=1",
+            "--ioengine=libaio",
+            "--rw=randwrite",
+            &format!("--bs={bs}"),
+            &format!("--iodepth={qd}"),
+            &format!("--offset={FIO_OFF}"),
+            &format!("--size={FIO_SIZE}"),
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--verify_backlog=0",
+            "--output-format=json",
+        ])?;
         let job = &v["jobs"][0];
         let err = job["error"]
             .as_i64()
