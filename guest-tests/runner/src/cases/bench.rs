@@ -1,9 +1,11 @@
 //! `bench`: throughput figures for `p2plab bench`, on request only (no topology runs it
 //! by default). Each figure is the best of a few repeats; the P2P read is verified once.
-//! Output lines: `# BENCH <metric> <MiB/s>` (the host parses them).
+//! Output lines: `# BENCH <metric> <MiB/s>` ([`BenchMetric::line`]; the host parses them).
 
 use super::Ctx;
+use crate::devices::Role;
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
+use p2plab_guest_abi::markers::BenchMetric;
 use std::time::Instant;
 
 const LEN: usize = 64 * MIB;
@@ -22,16 +24,17 @@ fn best(len: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<f64, St
     Ok(best)
 }
 
-fn report(ctx: &mut Ctx, metric: &str, mibs: f64, what: &str) {
-    ctx.diag(&format!("BENCH {metric} {mibs:.1}"));
+fn report(ctx: &mut Ctx, metric: BenchMetric, mibs: f64, what: &str) {
+    ctx.diag(&metric.line(mibs));
     ctx.diag(&format!(
-        "  {metric}: {what}: {mibs:.1} MiB/s (best of {REPEATS})"
+        "  {}: {what}: {mibs:.1} MiB/s (best of {REPEATS})",
+        metric.name()
     ));
 }
 
 pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
-    let client = ctx.env.role("client")?;
-    let provider = ctx.env.role("provider")?;
+    let client = ctx.env.role(Role::Client)?;
+    let provider = ctx.env.role(Role::Provider)?;
     let ns = client
         .ns
         .clone()
@@ -47,14 +50,14 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
     let v = best(LEN, || io(&ram, 0, true))?;
     report(
         ctx,
-        "ram_to_nvme",
+        BenchMetric::RamToNvme,
         v,
         &format!("O_DIRECT write guest RAM -> {ns}"),
     );
     let v = best(LEN, || io(&ram, 0, false))?;
     report(
         ctx,
-        "nvme_to_ram",
+        BenchMetric::NvmeToRam,
         v,
         &format!("O_DIRECT read {ns} -> guest RAM"),
     );
@@ -68,7 +71,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
         p2p.verify(SEED)?;
         report(
             ctx,
-            "p2p_read",
+            BenchMetric::P2pRead,
             v,
             &format!(
                 "O_DIRECT read {ns} -> {} p2pmem (verified)",
@@ -78,7 +81,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
         let v = best(LEN, || io(&p2p, 128 << 20, true))?;
         report(
             ctx,
-            "p2p_write",
+            BenchMetric::P2pWrite,
             v,
             &format!("O_DIRECT write {} p2pmem -> {ns}", provider.info.name),
         );
@@ -88,14 +91,14 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
         })?;
         report(
             ctx,
-            "cpu_store_p2pmem",
+            BenchMetric::CpuStoreP2pmem,
             v,
             &format!("CPU 64-bit stores to {} p2pmem", provider.info.name),
         );
         let v = best(LEN, || p2p.verify(SEED))?;
         report(
             ctx,
-            "cpu_load_p2pmem",
+            BenchMetric::CpuLoadP2pmem,
             v,
             &format!("CPU loads from {} p2pmem", provider.info.name),
         );
@@ -108,7 +111,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
                 cmb.verify(SEED)?;
                 report(
                     ctx,
-                    "own_cmb_read",
+                    BenchMetric::OwnCmbRead,
                     v,
                     &format!("O_DIRECT read {ns} -> its own CMB (verified)"),
                 );

@@ -4,11 +4,11 @@
 //! Each device is a pure state machine implementing the device contract
 //! [`PciFunction`] (`p2plab-nvme`, `p2plab-gpu`); this module is the host glue around
 //! it, written once for every function (crosvm's `impl<T: PciDevice> BusDevice for T`):
-//! [`LabDevice`] holds the live PCI config space, the memfds behind memory BARs and the
+//! `LabDevice` holds the live PCI config space, the memfds behind memory BARs and the
 //! worker thread that runs the function, and is the vfio-user `Device`. Every config
-//! event is handled in one place, [`LabDevice::config_write`]:
+//! event is handled in one place, `LabDevice::config_write`:
 //! - BAR moves, Command (Memory Space, Bus Master) and PM state (D0/D3hot) resync the
-//!   fabric's windows and Bus Master and the function's view ([`LabDevice::sync_config`]):
+//!   fabric's windows and Bus Master and the function's view (`LabDevice::sync_config`):
 //!   outside D0 or with MSE clear the BARs do not decode (trapped accesses read all-ones,
 //!   writes are dropped; peers no longer reach the memory BARs) and with BME clear or
 //!   outside D0 the device issues no DMA;
@@ -548,6 +548,13 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Every device served: name, kind, vfio-user socket.
+    pub fn served(&self) -> impl Iterator<Item = (&str, DeviceKind, &Path)> {
+        self.devices
+            .iter()
+            .map(|d| (d.name.as_str(), d.kind, d.socket.as_path()))
+    }
+
     /// vfio-user socket of device `name`.
     pub fn socket_path(&self, name: &str) -> Option<PathBuf> {
         self.devices
@@ -754,78 +761,6 @@ pub fn process_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Block SIGINT/SIGTERM in this thread (inherited by threads spawned later) and return
-/// a waiter that sleeps until one arrives.
-pub fn block_termination_signals() -> impl FnOnce() -> i32 {
-    // SAFETY: sigset manipulation on a local, zero-initialised set; pthread_sigmask only
-    // changes this thread's mask.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    move || {
-        let mut sig = 0;
-        // SAFETY: `set` is a valid initialised sigset; `sig` is a valid out pointer.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        sig
-    }
-}
-
-/// `p2plab serve --config FILE [--dir DIR]`.
-pub fn serve_main(config: &Path, dir: Option<PathBuf>) -> anyhow::Result<i32> {
-    let wait = block_termination_signals();
-    let topo = Topology::load(config)?;
-    let dir = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("p2plab-serve-{}", std::process::id())),
-    };
-    let lab = Lab::start(&topo, &dir)?;
-    println!(
-        "p2plab: serving topology '{}' in {}",
-        topo.name,
-        dir.display()
-    );
-    for d in &lab.devices {
-        println!(
-            "  {:<8} {:<4} {}",
-            d.name,
-            d.kind.as_str(),
-            d.socket.display()
-        );
-    }
-    println!(
-        "  control  {}  (p2plab stats {})",
-        dir.join("control.sock").display(),
-        dir.display()
-    );
-    let skipped: Vec<_> = topo
-        .devices
-        .iter()
-        .filter(|d| !d.kind.is_p2plab())
-        .map(|d| d.name.as_str())
-        .collect();
-    if !skipped.is_empty() {
-        println!(
-            "  (QEMU's own devices, not served here: {})",
-            skipped.join(", ")
-        );
-    }
-    let sig = wait();
-    log::info!("signal {sig}: shutting down");
-    let counters = serde_json::to_string_pretty(&lab.snapshot())?;
-    std::fs::write(dir.join("counters.json"), counters + "\n")?;
-    lab.shutdown();
-    println!(
-        "p2plab: stopped; counters in {}",
-        dir.join("counters.json").display()
-    );
-    Ok(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -876,7 +811,7 @@ mod tests {
     impl PciFunction for Recorder {
         fn config_space(&self) -> ConfigSpace {
             let ids = PciIds {
-                vendor: 0x2b2b,
+                vendor: p2plab_guest_abi::ids::VENDOR_ID,
                 device: 0x00ff,
                 class: 0x05_80_00,
                 ..Default::default()

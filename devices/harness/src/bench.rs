@@ -7,6 +7,8 @@
 //! `OUT/bench.json` keeps them, with the lab process's RSS and BAR residency.
 
 use anyhow::Context;
+use p2plab_guest_abi::markers::BenchMetric;
+use p2plab_guest_abi::CaseId;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,24 +29,12 @@ pub struct BenchArgs {
     accel: String,
 }
 
-const METRICS: &[(&str, &str)] = &[
-    ("p2p_read", "NVMe → provider p2pmem, O_DIRECT read (P2P)"),
-    ("p2p_write", "provider p2pmem → NVMe, O_DIRECT write (P2P)"),
-    ("own_cmb_read", "NVMe → its own CMB, O_DIRECT read"),
-    ("nvme_to_ram", "NVMe → guest RAM, O_DIRECT read"),
-    ("ram_to_nvme", "guest RAM → NVMe, O_DIRECT write"),
-    ("cpu_store_p2pmem", "CPU stores to provider p2pmem"),
-    ("cpu_load_p2pmem", "CPU loads from provider p2pmem"),
-];
-
-/// `# BENCH <metric> <value>` lines of a console log.
+/// `# BENCH <metric> <MiB/s>` lines of a console log.
 pub fn parse_bench(console: &str) -> BTreeMap<String, f64> {
     console
         .lines()
-        .filter_map(|l| {
-            let mut it = l.trim().strip_prefix("# BENCH ")?.split_whitespace();
-            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
-        })
+        .filter_map(BenchMetric::parse_line)
+        .map(|(m, v)| (m.to_string(), v))
         .collect()
 }
 
@@ -55,7 +45,14 @@ fn run_one(
 ) -> anyhow::Result<(BTreeMap<String, f64>, Value)> {
     let exe = std::env::current_exe().context("locating p2plab")?;
     let status = std::process::Command::new(exe)
-        .args(["run", "--cases", "bench", "--accel", accel, "--config"])
+        .args([
+            "run",
+            "--cases",
+            CaseId::Bench.name(),
+            "--accel",
+            accel,
+            "--config",
+        ])
         .arg(config)
         .arg("--out")
         .arg(out)
@@ -117,8 +114,9 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     );
     println!("{}", "-".repeat(100));
     let mut rows = Vec::new();
-    for (m, what) in METRICS {
-        let (b, o) = (base.get(*m).copied(), ours.get(*m).copied());
+    for metric in BenchMetric::ALL {
+        let (m, what) = (metric.name(), metric.what());
+        let (b, o) = (base.get(m).copied(), ours.get(m).copied());
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let ratio = match (b, o) {
             (Some(b), Some(o)) if b > 0.0 => Some(o / b),
