@@ -20,10 +20,11 @@
 use crate::regs;
 use p2plab_pci::ResizableBar;
 
-/// Lab-only vendor ID (see the module docs).
-pub const VENDOR_ID: u16 = 0x2b2b;
+/// Lab-only vendor ID (see the module docs; defined in `p2plab-guest-abi`, where the
+/// guest runner finds the device by it).
+pub const VENDOR_ID: u16 = p2plab_guest_abi::ids::VENDOR_ID;
 /// The GPU-like device.
-pub const DEVICE_ID: u16 = 0x0001;
+pub const DEVICE_ID: u16 = p2plab_guest_abi::ids::GPU_DEVICE_ID;
 /// Subsystem vendor (same lab-only ID).
 pub const SUBSYSTEM_VENDOR_ID: u16 = VENDOR_ID;
 /// Subsystem ID.

@@ -1,12 +1,13 @@
 //! The guest driver's view of the device (`guest-tests/kmod/p2pgpu_regs.h` and the PCI
-//! ids in `p2pgpu_uapi.h`) must be the device model's: every `#define P2PGPU_<NAME>`
-//! there has a twin here with the same value, and every twin listed here is defined
-//! there. A register moved on one side only fails this test, not a guest case.
+//! ids in `p2pgpu_uapi.h`) must be the device model's (for the ids: `p2plab-guest-abi`'s,
+//! which the model uses): every `#define P2PGPU_<NAME>` there has a twin here with the
+//! same value, and every twin listed here is defined there. A register moved on one side only fails this test, not a guest case.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use p2plab_gpu::{copy, pci, regs};
+use p2plab_gpu::{copy, regs};
+use p2plab_guest_abi::ids;
 
 /// The device model's values, named as the C header names them (without `P2PGPU_`).
 fn model() -> BTreeMap<&'static str, u64> {
@@ -51,8 +52,10 @@ fn model() -> BTreeMap<&'static str, u64> {
         ("DESC_FLAG_INTERRUPT", u64::from(copy::DESC_FLAG_INTERRUPT)),
         ("DESC_STATUS_DONE", u64::from(copy::DESC_STATUS_DONE)),
         ("DESC_STATUS_ERROR", u64::from(copy::DESC_STATUS_ERROR)),
-        ("PCI_VENDOR_ID", u64::from(pci::VENDOR_ID)),
-        ("PCI_DEVICE_ID", u64::from(pci::DEVICE_ID)),
+        // The one definition of the ids (the device model's `pci::VENDOR_ID` and
+        // `pci::DEVICE_ID` are these; the guest runner finds the device by them).
+        ("PCI_VENDOR_ID", u64::from(ids::VENDOR_ID)),
+        ("PCI_DEVICE_ID", u64::from(ids::GPU_DEVICE_ID)),
     ])
 }
 

@@ -24,10 +24,11 @@ pub const MSIX_BAR: usize = 4;
 /// Most I/O queue pairs a controller can be configured with (MSI-X table room).
 pub const MAX_IO_QUEUES: u16 = 127;
 
-/// Lab-only vendor ID (shared with the GPU-like device).
-pub const VENDOR_ID: u16 = 0x2b2b;
+/// Lab-only vendor ID (shared with the GPU-like device; defined in `p2plab-guest-abi`,
+/// where the guest runner finds it too).
+pub const VENDOR_ID: u16 = p2plab_guest_abi::ids::VENDOR_ID;
 /// The NVMe controller.
-pub const DEVICE_ID: u16 = 0x0002;
+pub const DEVICE_ID: u16 = p2plab_guest_abi::ids::NVME_DEVICE_ID;
 /// Subsystem vendor (same lab-only ID).
 pub const SUBSYSTEM_VENDOR_ID: u16 = VENDOR_ID;
 /// Subsystem ID.

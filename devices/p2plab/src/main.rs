@@ -1,20 +1,13 @@
 //! `p2plab`: serve emulated PCIe P2P devices to QEMU over vfio-user, boot lab guests,
 //! read the devices' counters.
-
-mod assertions;
-mod bench;
-mod config;
-mod control;
-mod counters;
-mod image;
-mod ktap;
-mod lab;
-mod qemu;
-mod run;
-mod suite;
-mod witness;
+//!
+//! The command line only: arguments are parsed here and each subcommand is handed to
+//! the crate that implements it — `serve` and `stats` to `p2plab-lab`, `run`,
+//! `summary`, `proof` and `bench` to `p2plab-harness`.
 
 use clap::{Parser, Subcommand};
+use p2plab_harness::{bench, proof, run, summary};
+use p2plab_lab::{control, serve};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -74,11 +67,11 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Serve { config, dir } => lab::serve_main(&config, dir),
+        Cmd::Serve { config, dir } => serve::serve_main(&config, dir),
         Cmd::Run(args) => run::run_main(*args),
-        Cmd::Summary { out, host_rows } => suite::summary_main(&out, &host_rows),
+        Cmd::Summary { out, host_rows } => summary::summary_main(&out, &host_rows),
         Cmd::Bench(args) => bench::bench_main(args),
-        Cmd::Proof { run_dir, case } => suite::proof_or_movement(&run_dir, case.as_deref()),
+        Cmd::Proof { run_dir, case } => proof::proof_or_movement(&run_dir, case.as_deref()),
         Cmd::Stats { target } => control::stats_main(&target),
     };
     match code {

@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use p2plab_guest_abi::Marker;
+
 pub struct Console {
     out: std::io::Stdout,
     tty: Option<File>,
@@ -51,13 +53,17 @@ impl Console {
         let _ = self.out.flush();
     }
 
-    /// Print `<marker> <name>` and wait for `P2PLAB-ACK <name>`. False if no ACK came.
-    pub fn mark(&mut self, marker: &str, name: &str) -> bool {
-        self.line(&format!("{marker} {name}"));
+    /// Print a case boundary (`P2PLAB-CASE-BEGIN <name>` or `P2PLAB-CASE-END <name>`)
+    /// and wait for `P2PLAB-ACK <name>`. False if no ACK came.
+    pub fn mark(&mut self, marker: Marker<'_>) -> bool {
+        self.line(&marker.to_string());
         let Some(tty) = self.tty.as_mut() else {
             return true;
         };
-        let want = format!("P2PLAB-ACK {name}");
+        let (Marker::CaseBegin(name) | Marker::CaseEnd(name)) = marker else {
+            return true;
+        };
+        let want = Marker::Ack(name).to_string();
         let deadline = Instant::now() + self.timeout;
         loop {
             while let Some(p) = self.pending.iter().position(|&b| b == b'\n' || b == b'\r') {
@@ -70,8 +76,9 @@ impl Console {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let msg = format!(
-                    "# p2plab-guest: ERROR: no '{want}' from the host within {} s after {marker}",
-                    self.timeout.as_secs()
+                    "# p2plab-guest: ERROR: no '{want}' from the host within {} s after {}",
+                    self.timeout.as_secs(),
+                    marker.keyword()
                 );
                 self.line(&msg);
                 return false;

@@ -4,83 +4,15 @@
 //! `/sys/class/nvme/*/serial` (controller numbering is not stable); GPU-kind devices by
 //! vendor/device id in `/sys/bus/pci/devices/*/{vendor,device}`.
 
-use serde::Deserialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct DevInfo {
-    pub name: String,
-    pub kind: String,
-    #[serde(default)]
-    pub serial: String,
-    #[serde(default)]
-    pub vendor: Option<u16>,
-    #[serde(default)]
-    pub device: Option<u16>,
-    /// CMB bytes the topology configured (0 = none).
-    #[serde(default)]
-    pub cmb_size: u64,
-    /// GPU BAR2 ("VRAM") bytes the topology configured (0 = not given).
-    #[serde(default)]
-    pub vram_size: u64,
-    /// GPU: does the module publish p2pmem (struct pages) for it?
-    #[serde(default = "yes")]
-    pub p2pmem: bool,
-}
+pub use p2plab_guest_abi::{DevInfo, Role, Roles, RunConfig};
 
-fn yes() -> bool {
-    true
-}
-
-impl DevInfo {
-    pub fn is_nvme(&self) -> bool {
-        self.kind == "nvme" || self.kind == "qemu-nvme"
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Roles {
-    pub client: Option<String>,
-    pub provider: Option<String>,
-    /// A second NVMe controller (nvme-nvme-copy: client namespace → peer CMB → peer namespace).
-    #[serde(default)]
-    pub peer: Option<String>,
-    /// Page-less cases: the GPU that imports a dma-buf (its copy engine DMAs).
-    #[serde(default)]
-    pub importer: Option<String>,
-    /// Page-less cases: the GPU whose VRAM is exported.
-    #[serde(default)]
-    pub exporter: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct RunConfig {
-    #[serde(default)]
-    pub cases: Vec<String>,
-    #[serde(default)]
-    pub devices: Vec<DevInfo>,
-    #[serde(default)]
-    pub roles: Roles,
-    /// `p2plab run --exec`: the command the `exec` case runs.
-    #[serde(default)]
-    pub exec: Option<ExecConfig>,
-}
-
-/// A developer's command (`p2plab run --exec CMD [--userland]`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ExecConfig {
-    pub command: String,
-    /// Run it with bash in the toolroot userland mounted at /userland.
-    #[serde(default)]
-    pub userland: bool,
-}
-
-impl RunConfig {
-    pub fn load(path: &str) -> Result<RunConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-        serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))
-    }
+/// Reads the run's configuration (`/etc/p2plab/run.json` by default).
+pub fn load(path: &str) -> Result<RunConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))
 }
 
 /// A device of the run as the guest sees it.
@@ -136,17 +68,12 @@ impl Env {
         self.devices.iter().find(|d| d.info.name == name)
     }
 
-    /// The device playing `role` ("client" / "provider" / "peer"), or why there is none.
-    pub fn role(&self, role: &str) -> Result<&Found, String> {
-        let name = match role {
-            "client" => self.roles.client.as_deref(),
-            "provider" => self.roles.provider.as_deref(),
-            "peer" => self.roles.peer.as_deref(),
-            "importer" => self.roles.importer.as_deref(),
-            "exporter" => self.roles.exporter.as_deref(),
-            _ => None,
-        }
-        .ok_or_else(|| format!("the topology names no {role}"))?;
+    /// The device playing `role`, or why there is none.
+    pub fn role(&self, role: Role) -> Result<&Found, String> {
+        let name = self
+            .roles
+            .get(role)
+            .ok_or_else(|| format!("the topology names no {role}"))?;
         let d = self
             .device(name)
             .ok_or_else(|| format!("{role} '{name}' is not in run.json"))?;

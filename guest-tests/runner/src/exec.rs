@@ -13,10 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::cases::Ctx;
-use crate::devices::ExecConfig;
-
-/// The case name (the host adds it to the run's cases when `--exec` is given).
-pub const NAME: &str = "exec";
+use crate::devices::Role;
 
 fn var(name: &str, what: &str) -> String {
     let up: String = name
@@ -32,7 +29,12 @@ fn var(name: &str, what: &str) -> String {
     format!("P2PLAB_{up}_{what}")
 }
 
-pub fn run(cfg: &ExecConfig, ctx: &mut Ctx) -> Result<(), String> {
+/// The `exec` case (`p2plab_guest_abi::CaseId::Exec`, which the host adds to the run's
+/// cases when `--exec` is given).
+pub fn run(ctx: &mut Ctx) -> Result<(), String> {
+    let cfg = ctx
+        .exec
+        .ok_or("run.json has no exec command (p2plab run --exec CMD)")?;
     let in_userland = cfg.userland && Path::new("/userland/bin/bash").exists();
     if cfg.userland && !in_userland {
         return Err("--userland: /userland has no bash (was the toolroot shared?)".into());
@@ -69,10 +71,15 @@ pub fn run(cfg: &ExecConfig, ctx: &mut Ctx) -> Result<(), String> {
             c.env(var(&d.info.name, "NS"), n);
         }
     }
-    if let Some(ns) = ctx.env.role("client").ok().and_then(|d| d.ns.clone()) {
+    if let Some(ns) = ctx.env.role(Role::Client).ok().and_then(|d| d.ns.clone()) {
         c.env("P2PLAB_CLIENT_NS", ns);
     }
-    if let Some(b) = ctx.env.role("provider").ok().and_then(|d| d.bdf.clone()) {
+    if let Some(b) = ctx
+        .env
+        .role(Role::Provider)
+        .ok()
+        .and_then(|d| d.bdf.clone())
+    {
         c.env("P2PLAB_PROVIDER_PCI", b);
     }
     ctx.diag(&format!(

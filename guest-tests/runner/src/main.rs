@@ -1,11 +1,13 @@
 //! `p2plab-guest`: the in-guest test runner of p2plab.
 //!
-//! It reads `/etc/p2plab/run.json` (written by `p2plab run` into the run's initramfs
-//! layer), finds the topology's devices by role, runs the requested cases and reports
-//! them in KTAP on the serial console. Around each case it prints
-//! `P2PLAB-CASE-BEGIN <name>` / `P2PLAB-CASE-END <name>` and waits for the host's
-//! `P2PLAB-ACK <name>` on the same tty, so the host's counter snapshots bracket the case
-//! exactly. After the last case it prints `P2PLAB-RUN-END`.
+//! It reads `/etc/p2plab/run.json` (`p2plab_guest_abi::RunConfig`, written by
+//! `p2plab run` into the run's initramfs layer), finds the topology's devices by role,
+//! runs the requested cases and reports them in KTAP on the serial console. Around each
+//! case it prints `P2PLAB-CASE-BEGIN <name>` / `P2PLAB-CASE-END <name>` and waits for
+//! the host's `P2PLAB-ACK <name>` on the same tty, so the host's counter snapshots
+//! bracket the case exactly. After the last case it prints `P2PLAB-RUN-END`. The
+//! markers, the run.json type and the case table are `p2plab-guest-abi`'s, shared with
+//! the host.
 //!
 //! Usage: `p2plab-guest [--list | --list-json] [--config FILE] [--tty DEV] [--no-ack]
 //! [--ack-timeout SECS] [CASE...]`. Case names on the command line override the
@@ -19,8 +21,10 @@ mod mem;
 
 use std::time::{Duration, Instant};
 
-use cases::{Ctx, CASES};
+use cases::Ctx;
 use console::Console;
+use p2plab_guest_abi::run::RUN_JSON_PATH;
+use p2plab_guest_abi::{CaseId, Marker, CASES};
 
 struct Opts {
     config: String,
@@ -39,7 +43,7 @@ fn usage() -> ! {
 
 fn main() {
     let mut o = Opts {
-        config: "/etc/p2plab/run.json".into(),
+        config: RUN_JSON_PATH.into(),
         tty: "/dev/ttyS0".into(),
         ack: true,
         ack_timeout: Duration::from_secs(30),
@@ -50,14 +54,14 @@ fn main() {
         match a.as_str() {
             "--list" => {
                 for c in CASES {
-                    println!("{:<16} {}", c.name, c.description);
+                    println!("{}", c.list_line());
                 }
                 return;
             }
             "--list-json" => {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&cases::table_json()).unwrap_or_default()
+                    serde_json::to_string_pretty(CASES).unwrap_or_default()
                 );
                 return;
             }
@@ -79,26 +83,20 @@ fn main() {
     std::process::exit(run(o));
 }
 
-/// What a name in the run's list stands for.
-enum What<'a> {
-    Case(&'a cases::Case),
-    Exec(&'a devices::ExecConfig),
-}
-
 fn run(o: Opts) -> i32 {
     let mut con = Console::open(&o.tty, o.ack, o.ack_timeout);
     con.line("KTAP version 1");
-    let cfg = match devices::RunConfig::load(&o.config) {
+    let cfg = match devices::load(&o.config) {
         Ok(c) => c,
         Err(e) => {
             con.line("1..0");
             con.line(&format!("# p2plab-guest: {e}"));
-            con.line("P2PLAB-RUN-END");
+            con.line(&Marker::RunEnd.to_string());
             return 1;
         }
     };
-    let names = if o.cases.is_empty() {
-        cfg.cases.clone()
+    let names: Vec<String> = if o.cases.is_empty() {
+        cfg.cases.iter().map(|c| c.name().to_string()).collect()
     } else {
         o.cases.clone()
     };
@@ -110,31 +108,23 @@ fn run(o: Opts) -> i32 {
     let mut failed = 0;
     for (i, name) in names.iter().enumerate() {
         let n = i + 1;
-        let exec = cfg.exec.as_ref().filter(|_| name == exec::NAME);
-        let case = CASES.iter().find(|c| c.name == name);
-        let what = match (exec, case) {
-            (Some(e), _) => What::Exec(e),
-            (None, Some(c)) => What::Case(c),
-            (None, None) => {
-                con.line(&format!("not ok {n} {name} # unknown case"));
-                failed += 1;
-                continue;
-            }
+        let Some(id) = CaseId::from_name(name) else {
+            con.line(&format!("not ok {n} {name} # unknown case"));
+            failed += 1;
+            continue;
         };
-        let mut acked = con.mark("P2PLAB-CASE-BEGIN", name);
+        let mut acked = con.mark(Marker::CaseBegin(name));
         let t0 = Instant::now();
         let mut ctx = Ctx {
             env: &env,
             con: &mut con,
+            exec: cfg.exec.as_ref(),
             skipped: None,
         };
-        let result = match what {
-            What::Exec(e) => exec::run(e, &mut ctx),
-            What::Case(c) => (c.run)(&mut ctx),
-        };
+        let result = cases::body(id)(&mut ctx);
         let skipped = ctx.skipped.take();
         let secs = t0.elapsed().as_secs_f64();
-        acked &= con.mark("P2PLAB-CASE-END", name);
+        acked &= con.mark(Marker::CaseEnd(name));
         con.line(&format!("# {name}: {secs:.2} s"));
         match (result, acked) {
             (Ok(()), true) => match skipped {
@@ -144,7 +134,8 @@ fn run(o: Opts) -> i32 {
             (Ok(()), false) => {
                 failed += 1;
                 con.line(&format!(
-                    "not ok {n} {name} # no P2PLAB-ACK from the host (counters unreliable)"
+                    "not ok {n} {name} # no {} from the host (counters unreliable)",
+                    p2plab_guest_abi::markers::ACK
                 ));
             }
             (Err(e), _) => {
@@ -153,6 +144,6 @@ fn run(o: Opts) -> i32 {
             }
         }
     }
-    con.line("P2PLAB-RUN-END");
+    con.line(&Marker::RunEnd.to_string());
     i32::from(failed != 0)
 }

@@ -11,6 +11,7 @@
 
 use super::nvme::fio_json;
 use super::Ctx;
+use crate::devices::Role;
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
 use std::time::Instant;
 
@@ -39,7 +40,7 @@ fn sample(len: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<Vec<f
 /// One `# BENCH` line per sample, then a readable summary line.
 fn report(ctx: &mut Ctx, metric: &str, unit: &str, samples: &[f64], what: &str) {
     for v in samples {
-        ctx.diag(&format!("BENCH {metric} {v:.1}"));
+        ctx.diag(&p2plab_guest_abi::markers::bench_line(metric, *v));
     }
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
@@ -53,8 +54,8 @@ fn report(ctx: &mut Ctx, metric: &str, unit: &str, samples: &[f64], what: &str) 
 }
 
 pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
-    let client = ctx.env.role("client")?;
-    let provider = ctx.env.role("provider")?;
+    let client = ctx.env.role(Role::Client)?;
+    let provider = ctx.env.role(Role::Provider)?;
     let ns = client
         .ns
         .clone()

@@ -12,7 +12,7 @@
 
 use super::gpu::{hex, mibs, pattern_digest, Gpu, INFO_P2PMEM};
 use super::Ctx;
-use crate::devices::Found;
+use crate::devices::{Found, Role};
 use crate::mem::{Mapping, MIB};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -27,8 +27,8 @@ const SMALL: usize = 4 * MIB;
 /// The importer and exporter GPUs; the exporter must have no p2pmem when the topology
 /// says so (`p2pmem = false`): that is what makes the path page-less.
 fn gpus(ctx: &mut Ctx) -> Result<(Found, Gpu, Found, Gpu), String> {
-    let imp_dev = ctx.env.role("importer")?.clone();
-    let exp_dev = ctx.env.role("exporter")?.clone();
+    let imp_dev = ctx.env.role(Role::Importer)?.clone();
+    let exp_dev = ctx.env.role(Role::Exporter)?.clone();
     let imp = Gpu::open(&imp_dev)?;
     let exp = Gpu::open(&exp_dev)?;
     let bdf = exp_dev.bdf.clone().unwrap_or_default();

@@ -6,7 +6,7 @@
 //! its data without any CPU access to VRAM.
 
 use super::Ctx;
-use crate::devices::Found;
+use crate::devices::{Found, Role};
 use crate::mem::{pattern, Mapping, MIB};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -499,8 +499,8 @@ fn parse_bdf(bdf: &str) -> Option<(u32, u32)> {
 /// Guest RAM -> VRAM A (COPY_FROM_USER) -> client CMB (COPY) -> VRAM B (COPY) -> RAM
 /// (COPY_TO_USER); bytes checked in RAM, VRAM checked by the checksum engine.
 pub fn copy_engine(ctx: &mut Ctx) -> Result<(), String> {
-    let client = ctx.env.role("client")?;
-    let provider = ctx.env.role("provider")?;
+    let client = ctx.env.role(Role::Client)?;
+    let provider = ctx.env.role(Role::Provider)?;
     let gpu = Gpu::open(provider)?;
     let cbdf = client.bdf.as_deref().unwrap_or_default();
     let (cmb_start, cmb_size) =
@@ -584,8 +584,8 @@ pub fn copy_engine(ctx: &mut Ctx) -> Result<(), String> {
 /// Export a VRAM range as a page-less dma-buf and map it as the GPU itself and as the
 /// client NVMe device: the DMA address must be the BAR2 bus address + offset.
 pub fn dmabuf_export(ctx: &mut Ctx) -> Result<(), String> {
-    let client = ctx.env.role("client")?;
-    let provider = ctx.env.role("provider")?;
+    let client = ctx.env.role(Role::Client)?;
+    let provider = ctx.env.role(Role::Provider)?;
     let gpu = Gpu::open(provider)?;
     const OFF: u64 = 16 * MIB as u64;
     const SIZE: u64 = 8 * MIB as u64;
@@ -661,7 +661,7 @@ pub fn dmabuf_export(ctx: &mut Ctx) -> Result<(), String> {
 /// The CPU copies the pattern into p2pmem with 64-bit stores and reads it back (the CPU
 /// witness must count it); the checksum engine confirms the stores reached VRAM.
 pub fn cpu_copy(ctx: &mut Ctx) -> Result<(), String> {
-    let provider = ctx.env.role("provider")?;
+    let provider = ctx.env.role(Role::Provider)?;
     let gpu = Gpu::open(provider)?;
     let bdf = provider.bdf.as_deref().unwrap_or_default();
     let p2p = Mapping::p2pmem(bdf, LEN)?;

@@ -1,6 +1,7 @@
 //! NVMe controller cases: binding, identity, CMB publication.
 
 use super::Ctx;
+use p2plab_guest_abi::Marker;
 
 fn sysfs(p: &str) -> Option<String> {
     std::fs::read_to_string(p)
@@ -9,7 +10,7 @@ fn sysfs(p: &str) -> Option<String> {
 }
 
 pub fn identify(ctx: &mut Ctx) -> Result<(), String> {
-    let c = ctx.env.role("client")?;
+    let c = ctx.env.role(Role::Client)?;
     if !c.info.is_nvme() {
         return Err(format!(
             "client {} is a {}, not an NVMe controller",
@@ -123,7 +124,7 @@ pub fn cmb_p2pmem(ctx: &mut Ctx) -> Result<(), String> {
 // 192M.., vendor-log 200M.., fio-verify 256M..512M; bench (its own boot) 0..192M and
 // 512M..1G.
 
-use crate::devices::Found;
+use crate::devices::{Found, Role};
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
 use std::time::Instant;
 
@@ -157,7 +158,7 @@ fn fresh_seed(tag: u64) -> u64 {
 }
 
 /// The client as an NVMe controller with a namespace (and its PCI address).
-fn nvme_role<'a>(ctx: &Ctx<'a>, role: &str) -> Result<(&'a Found, String, String), String> {
+fn nvme_role<'a>(ctx: &Ctx<'a>, role: Role) -> Result<(&'a Found, String, String), String> {
     let d = ctx.env.role(role)?;
     if !d.info.is_nvme() {
         return Err(format!(
@@ -206,7 +207,7 @@ fn p2pmem_stats(bdf: &str) -> Result<(u64, u64), String> {
 
 /// cmb-read: O_DIRECT 64 MiB from the client's namespace into its OWN CMB (p2pmem).
 pub fn cmb_read(ctx: &mut Ctx) -> Result<(), String> {
-    let (c, bdf, ns) = nvme_role(ctx, "client")?;
+    let (c, bdf, ns) = nvme_role(ctx, Role::Client)?;
     let (size, avail) = p2pmem_stats(&bdf)?;
     ctx.diag(&format!(
         "{} ({bdf}) p2pmem: size {} MiB, available {} MiB (the rest holds SQs)",
@@ -246,7 +247,7 @@ pub fn cmb_read(ctx: &mut Ctx) -> Result<(), String> {
 /// sqs-in-cmb: the driver put the I/O SQs in the CMB, and an I/O burst works (the host
 /// rule proves the controller fetched the SQEs from its own CMB).
 pub fn sqs_in_cmb(ctx: &mut Ctx) -> Result<(), String> {
-    let (c, bdf, ns) = nvme_role(ctx, "client")?;
+    let (c, bdf, ns) = nvme_role(ctx, Role::Client)?;
     let param = sysfs("/sys/module/nvme/parameters/use_cmb_sqes")
         .ok_or("no /sys/module/nvme/parameters/use_cmb_sqes")?;
     if param != "Y" {
@@ -387,17 +388,12 @@ fn log_counter(v: &serde_json::Value, dev: &str, path: &[&str]) -> Result<u64, S
 
 /// vendor-log: page 0xC0 carries the fabric's counters; they move as the guest's I/O does.
 pub fn vendor_log_case(ctx: &mut Ctx) -> Result<(), String> {
-    let (c, _bdf, ns) = nvme_role(ctx, "client")?;
+    let (c, _bdf, ns) = nvme_role(ctx, Role::Client)?;
     let name = c.info.name.clone();
     let ctrl = c.ctrl.clone().ok_or("client has no controller")?;
     let (v1, _) = vendor_log(&ctrl)?;
     // Every p2plab device of the run must be in it.
-    for d in ctx
-        .env
-        .devices
-        .iter()
-        .filter(|d| d.info.kind == "nvme" || d.info.kind == "gpu")
-    {
+    for d in ctx.env.devices.iter().filter(|d| d.info.kind.is_p2plab()) {
         log_counter(&v1, &d.info.name, &["dma", "host_memory", "write_bytes"])?;
     }
     let hw = ["dma", "host_memory", "write_bytes"];
@@ -435,7 +431,7 @@ pub fn vendor_log_case(ctx: &mut Ctx) -> Result<(), String> {
         }
     }
     // For the host: the counters the controller reported, compared with its snapshots.
-    ctx.diag(&format!("P2PLAB-VENDOR-LOG {text}"));
+    ctx.diag(&Marker::VendorLog(&text).to_string());
     Ok(())
 }
 
@@ -456,7 +452,7 @@ pub(super) fn fio_json(args: &[&str]) -> Result<serde_json::Value, String> {
 
 /// fio-verify: randwrite + crc32c verify over 256 MiB of the client namespace, QD 1 and 32.
 pub fn fio_verify(ctx: &mut Ctx) -> Result<(), String> {
-    let (_c, _bdf, ns) = nvme_role(ctx, "client")?;
+    let (_c, _bdf, ns) = nvme_role(ctx, Role::Client)?;
     for (qd, bs) in [(1u32, "64k"), (32, "16k")] {
         let t = Instant::now();
         let v = fio_json(&[
@@ -505,8 +501,8 @@ pub fn fio_verify(ctx: &mut Ctx) -> Result<(), String> {
 /// nvme-nvme-copy: client namespace → peer's CMB (p2pmem) → peer namespace, verified by
 /// reading the peer namespace back into RAM.
 pub fn nvme_nvme_copy(ctx: &mut Ctx) -> Result<(), String> {
-    let (c, _cbdf, cns) = nvme_role(ctx, "client")?;
-    let (p, pbdf, pns) = nvme_role(ctx, "peer")?;
+    let (c, _cbdf, cns) = nvme_role(ctx, Role::Client)?;
+    let (p, pbdf, pns) = nvme_role(ctx, Role::Peer)?;
     let seed = fresh_seed(0x6e6e_6370);
     stage(ctx, &cns, COPY_OFF, COPY_LEN, seed)?;
     let cmb = Mapping::p2pmem(&pbdf, COPY_LEN)?;
@@ -564,8 +560,8 @@ fn root_port(bdf: &str) -> Result<String, String> {
 /// p2p-host-bridge: client and provider on different root ports, an AMD (family >= 0x17)
 /// CPU: the host bridge is whitelisted and the P2P read works.
 pub fn p2p_host_bridge(ctx: &mut Ctx) -> Result<(), String> {
-    let c = ctx.env.role("client")?;
-    let p = ctx.env.role("provider")?;
+    let c = ctx.env.role(Role::Client)?;
+    let p = ctx.env.role(Role::Provider)?;
     let (cb, pb) = (
         c.bdf.clone().unwrap_or_default(),
         p.bdf.clone().unwrap_or_default(),

@@ -2,8 +2,9 @@
 
 use super::gpu::{hex, pattern_digest, Gpu};
 use super::Ctx;
-use crate::devices::Found;
+use crate::devices::{Found, Role};
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
+use p2plab_guest_abi::DeviceKind;
 use std::time::Instant;
 
 /// Bytes moved per case, and the O_DIRECT chunk.
@@ -15,8 +16,8 @@ const SEED_READ: u64 = 0x7265_6164;
 const SEED_WRITE: u64 = 0x7772_6974;
 
 fn roles<'a>(ctx: &Ctx<'a>) -> Result<(&'a Found, &'a Found, String), String> {
-    let client = ctx.env.role("client")?;
-    let provider = ctx.env.role("provider")?;
+    let client = ctx.env.role(Role::Client)?;
+    let provider = ctx.env.role(Role::Provider)?;
     let ns = client
         .ns
         .clone()
@@ -39,7 +40,7 @@ pub fn read(ctx: &mut Ctx) -> Result<(), String> {
     let p2p = Mapping::p2pmem(bdf, LEN)?;
     let f = open_direct(&ns)?;
     // A GPU provider's VRAM is checked by its checksum engine: no CPU access to it.
-    let gpu = if provider.info.kind == "gpu" {
+    let gpu = if provider.info.kind == DeviceKind::Gpu {
         Some(Gpu::open(provider)?)
     } else {
         None

@@ -6,11 +6,11 @@
 //!   (driver unbound), then the driver rebound and the controller working.
 
 use super::Ctx;
-use crate::devices::Found;
+use crate::devices::{Found, Role};
+use p2plab_guest_abi::ids::{NVME_DEVICE_ID, VENDOR_ID};
+use p2plab_guest_abi::DeviceKind;
 
 /// The designed layouts (devices/nvme/src/pci.rs, devices/gpu/src/pci.rs).
-const VENDOR: u16 = 0x2b2b;
-const NVME_DEVICE: u16 = 0x0002;
 const NVME_CLASS: u32 = 0x01_08_02;
 const NVME_REG_BAR: u64 = 16 << 10;
 const GPU_CLASS: u32 = 0x03_02_00;
@@ -154,20 +154,20 @@ fn check_device(ctx: &mut Ctx, d: &Found) -> Result<u64, String> {
     let cfg = std::fs::read(format!("{dir}/config")).map_err(|e| format!("{dir}/config: {e}"))?;
     let bars = resources(bdf)?;
     let mut errs = vec![];
-    let (want_dev, want_class, reg_bar, mem_bar, mem_size) = match d.info.kind.as_str() {
-        "nvme" => (NVME_DEVICE, NVME_CLASS, NVME_REG_BAR, 2, d.info.cmb_size),
-        "gpu" => (
+    let (want_dev, want_class, reg_bar, mem_bar, mem_size) = match d.info.kind {
+        DeviceKind::Nvme => (NVME_DEVICE_ID, NVME_CLASS, NVME_REG_BAR, 2, d.info.cmb_size),
+        DeviceKind::Gpu => (
             d.info.device.unwrap_or(0),
             GPU_CLASS,
             GPU_REG_BAR,
             2,
             d.info.vram_size,
         ),
-        k => return Err(format!("{name}: kind {k} is not a p2plab device")),
+        k @ DeviceKind::QemuNvme => return Err(format!("{name}: kind {k} is not a p2plab device")),
     };
-    if vendor != u64::from(VENDOR) || device != u64::from(want_dev) {
+    if vendor != u64::from(VENDOR_ID) || device != u64::from(want_dev) {
         errs.push(format!(
-            "ids {vendor:04x}:{device:04x}, want {VENDOR:04x}:{want_dev:04x}"
+            "ids {vendor:04x}:{device:04x}, want {VENDOR_ID:04x}:{want_dev:04x}"
         ));
     }
     if class != u64::from(want_class) {
@@ -222,7 +222,7 @@ fn check_device(ctx: &mut Ctx, d: &Found) -> Result<u64, String> {
         None => errs.push("no Device Serial Number extended capability".into()),
     }
     let mut rebar = String::new();
-    if d.info.kind == "gpu" {
+    if d.info.kind == DeviceKind::Gpu {
         match ehas(ECAP_REBAR) {
             Some(p) => {
                 let cap = rd32(&cfg, p + 4);
@@ -277,7 +277,7 @@ pub fn config(ctx: &mut Ctx) -> Result<(), String> {
         .env
         .devices
         .iter()
-        .filter(|d| d.info.kind == "nvme" || d.info.kind == "gpu")
+        .filter(|d| d.info.kind.is_p2plab())
         .cloned()
         .collect();
     if devs.is_empty() {
@@ -494,8 +494,8 @@ fn reset_unbound(ctx: &mut Ctx, bdf: &str) -> Result<(), String> {
 /// flr-reset: unbind nvme from the client, FLR it through sysfs, rebind, then Identify
 /// and an O_DIRECT write + read-verify.
 pub fn flr_reset(ctx: &mut Ctx) -> Result<(), String> {
-    let c = ctx.env.role("client")?;
-    if c.info.kind != "nvme" {
+    let c = ctx.env.role(Role::Client)?;
+    if c.info.kind != DeviceKind::Nvme {
         return Err(format!(
             "client {} is a {}, not a p2plab NVMe controller",
             c.info.name, c.info.kind

@@ -5,6 +5,7 @@
 
 use super::gpu::{hex, pattern_digest, Gpu};
 use super::Ctx;
+use crate::devices::Role;
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -356,8 +357,8 @@ fn mibs(len: usize, t: Instant) -> String {
 /// Stage the pattern at A from RAM; io_uring READ A -> p2pmem X (checksum); io_uring
 /// WRITE X -> B; io_uring READ B -> p2pmem Y (checksum).
 pub fn io_uring_p2p(ctx: &mut Ctx) -> Result<(), String> {
-    let client = ctx.env.role("client")?;
-    let provider = ctx.env.role("provider")?;
+    let client = ctx.env.role(Role::Client)?;
+    let provider = ctx.env.role(Role::Provider)?;
     let ns = client
         .ns
         .clone()

@@ -13,7 +13,7 @@
 use super::gpu::{hex, mibs, pattern_digest, Gpu};
 use super::uring::{Cqe, Ring, Sqe};
 use super::Ctx;
-use crate::devices::Found;
+use crate::devices::{Found, Role};
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -275,11 +275,11 @@ fn setup(ctx: &mut Ctx, len: usize, stage: bool) -> Result<Option<Setup>, String
         return Ok(None);
     }
     ctx.diag("kernel has dma-buf io_uring buffers (probe: EXTENDED update -> 1)");
-    let client = ctx.env.role("client")?.clone();
+    let client = ctx.env.role(Role::Client)?.clone();
     let gpu_dev = ctx
         .env
-        .role("exporter")
-        .or_else(|_| ctx.env.role("provider"))?
+        .role(Role::Exporter)
+        .or_else(|_| ctx.env.role(Role::Provider))?
         .clone();
     let ns = client
         .ns

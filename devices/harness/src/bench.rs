@@ -1,13 +1,13 @@
 //! `p2plab bench`: the lab against the reference, measured in the same run.
 //!
-//! Measures the host limits first (this process, no guest running: [`limits`]), then
+//! Measures the host limits first (this process, no guest running: `limits.rs`), then
 //! boots the baseline topology (QEMU's built-in NVMe with CMB, `qemu-nvme-reference`) and
 //! the p2plab topology (`switch`) one after the other and runs the guest `bench` case in
 //! each. The guest prints every sample of every metric (`# BENCH <metric> <value>`, at
 //! least five per metric, all in one boot); this prints the median with min..max of each
 //! side, the ratio of the medians p2plab / baseline, and each figure's fraction of the host
 //! limit it is set against. `OUT/bench.json` keeps all of it with the lab process's RSS,
-//! and `OUT/bench.svg` draws it ([`chart`]).
+//! and `OUT/bench.svg` draws it (`chart.rs`).
 
 mod chart;
 mod limits;
@@ -155,12 +155,7 @@ const METRICS: &[Metric] = &[
 pub fn parse_bench(console: &str) -> BTreeMap<String, Vec<f64>> {
     let mut m: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for l in console.lines() {
-        let Some(rest) = l.trim().strip_prefix("# BENCH ") else {
-            continue;
-        };
-        let mut it = rest.split_whitespace();
-        let (Some(name), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<f64>().ok()))
-        else {
+        let Some((name, v)) = p2plab_guest_abi::markers::parse_bench_line(l) else {
             continue;
         };
         if v.is_finite() {

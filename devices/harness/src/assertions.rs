@@ -5,8 +5,9 @@
 //! verdict alone. A rule applies only where every role device its paths name is a p2plab
 //! device (QEMU's built-in NVMe has no counters).
 
-use crate::config::Topology;
 use crate::counters::leaf;
+use p2plab_guest_abi::CaseId;
+use p2plab_lab::config::Topology;
 use serde_json::Value;
 
 /// What a counter must be. Paths use `counters::leaf` syntax; `{client}`,
@@ -43,7 +44,7 @@ impl Expect {
 }
 
 pub struct Rule {
-    pub case: &'static str,
+    pub case: CaseId,
     pub expect: &'static [Expect],
 }
 
@@ -53,7 +54,7 @@ const NV_MIB: i64 = 1 << 20;
 pub const RULES: &[Rule] = &[
     // NVMe-side cases (guest-tests/runner/src/cases/nvme.rs).
     Rule {
-        case: "cmb-read",
+        case: CaseId::CmbRead,
         expect: &[
             Expect::AtLeast("devices[{client}].dma.self.write_bytes", 64 * NV_MIB),
             Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", NV_MIB - 1),
@@ -61,7 +62,7 @@ pub const RULES: &[Rule] = &[
         ],
     },
     Rule {
-        case: "sqs-in-cmb",
+        case: CaseId::SqsInCmb,
         expect: &[
             // 1000 reads (+ the staging writes): one 64-byte SQE each, fetched from the CMB.
             Expect::AtLeast("devices[{client}].dma.self.read_bytes", 64 * 1000),
@@ -70,14 +71,14 @@ pub const RULES: &[Rule] = &[
         ],
     },
     Rule {
-        case: "vendor-log",
+        case: CaseId::VendorLog,
         expect: &[Expect::AtLeast(
             "devices[{client}].dma.host_memory.write_bytes",
             8 * NV_MIB,
         )],
     },
     Rule {
-        case: "fio-verify",
+        case: CaseId::FioVerify,
         expect: &[
             // Two 256 MiB write passes from RAM and two verify passes back into RAM.
             Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 512 * NV_MIB),
@@ -93,7 +94,7 @@ pub const RULES: &[Rule] = &[
     // controller reaches guest RAM and its own CMB directly again (its BAR windows came
     // back), so nothing is relayed; the 4 MiB write read RAM, the read-back wrote it.
     Rule {
-        case: "flr-reset",
+        case: CaseId::FlrReset,
         expect: &[
             Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 4 * NV_MIB),
             Expect::AtLeast("devices[{client}].dma.host_memory.write_bytes", 4 * NV_MIB),
@@ -102,7 +103,7 @@ pub const RULES: &[Rule] = &[
         ],
     },
     Rule {
-        case: "nvme-nvme-copy",
+        case: CaseId::NvmeNvmeCopy,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{peer}.write_bytes",
@@ -114,14 +115,14 @@ pub const RULES: &[Rule] = &[
         ],
     },
     Rule {
-        case: "p2p-refused",
+        case: CaseId::P2pRefused,
         expect: &[Expect::Eq(
             "devices[{client}].dma.peers.{provider}.write_bytes",
             0,
         )],
     },
     Rule {
-        case: "p2p-host-bridge",
+        case: CaseId::P2pHostBridge,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.write_bytes",
@@ -138,7 +139,7 @@ pub const RULES: &[Rule] = &[
     // GPU-side cases (guest-tests/runner/src/cases/{p2p,gpu,uring}.rs), 64 MiB each.
     // NVMe -> provider BAR: every data byte went to the peer, none to guest RAM or the relay.
     Rule {
-        case: "p2p-read",
+        case: CaseId::P2pRead,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.write_bytes",
@@ -152,7 +153,7 @@ pub const RULES: &[Rule] = &[
     // Provider BAR -> NVMe: the data came from the peer, not from RAM; the read-back (and
     // nothing else) landed in RAM.
     Rule {
-        case: "p2p-write",
+        case: CaseId::P2pWrite,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.read_bytes",
@@ -171,7 +172,7 @@ pub const RULES: &[Rule] = &[
     },
     // GPU copy engine: RAM -> VRAM A (self) -> client CMB (peer) -> VRAM B (self) -> RAM.
     Rule {
-        case: "copy-engine",
+        case: CaseId::CopyEngine,
         expect: &[
             Expect::AtLeast(
                 "devices[{provider}].dma.host_memory.read_bytes",
@@ -198,7 +199,7 @@ pub const RULES: &[Rule] = &[
     // io_uring: READ ns -> p2pmem X, WRITE X -> ns, READ ns -> p2pmem Y; only the staging
     // of the pattern (RAM -> ns) touches guest RAM.
     Rule {
-        case: "io-uring-p2p",
+        case: CaseId::IoUringP2p,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.write_bytes",
@@ -219,7 +220,7 @@ pub const RULES: &[Rule] = &[
     },
     // The CPU moved the data, no device did (the checksum engine reads VRAM locally).
     Rule {
-        case: "cpu-copy",
+        case: CaseId::CpuCopy,
         expect: &[
             Expect::Eq("devices[{provider}].dma.self.write_bytes", 0),
             Expect::Eq("devices[{provider}].dma.host_memory.read_bytes", 0),
@@ -229,7 +230,7 @@ pub const RULES: &[Rule] = &[
     // Page-less (dma-buf) cases on two-gpu: the importer's copy engine writes into the
     // exporter's VRAM through the imported mapping; guest RAM carries only the ring.
     Rule {
-        case: "dmabuf-peer-copy",
+        case: CaseId::DmabufPeerCopy,
         expect: &[
             Expect::AtLeast(
                 "devices[{importer}].dma.peers.{exporter}.write_bytes",
@@ -247,7 +248,7 @@ pub const RULES: &[Rule] = &[
     // Two 4 MiB copies (before and after an invalidation); the one after the revoke
     // moves nothing.
     Rule {
-        case: "dmabuf-revoke",
+        case: CaseId::DmabufRevoke,
         expect: &[
             Expect::Eq(
                 "devices[{importer}].dma.peers.{exporter}.write_bytes",
@@ -259,7 +260,7 @@ pub const RULES: &[Rule] = &[
     // Block I/O into a dma-buf (the io_uring series; SKIPped cases are not checked):
     // the NVMe DMAs straight into the exporter's VRAM, guest RAM carries no data.
     Rule {
-        case: "uring-dmabuf-read",
+        case: CaseId::UringDmabufRead,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{exporter}.write_bytes",
@@ -270,7 +271,7 @@ pub const RULES: &[Rule] = &[
         ],
     },
     Rule {
-        case: "uring-dmabuf-write",
+        case: CaseId::UringDmabufWrite,
         expect: &[
             Expect::AtLeast(
                 "devices[{client}].dma.peers.{exporter}.read_bytes",
@@ -280,7 +281,7 @@ pub const RULES: &[Rule] = &[
         ],
     },
     Rule {
-        case: "uring-dmabuf-refused",
+        case: CaseId::UringDmabufRefused,
         expect: &[Expect::Eq(
             "devices[{client}].dma.peers.{provider}.write_bytes",
             0,
@@ -291,70 +292,70 @@ pub const RULES: &[Rule] = &[
 /// Two counters of a case's delta that must be equal (e.g. what one device wrote to a
 /// peer and what the peer saw arrive). Same path syntax and conditions as [`Rule`].
 pub struct SameRule {
-    pub case: &'static str,
+    pub case: CaseId,
     pub a: &'static str,
     pub b: &'static str,
 }
 
 pub const SAME_RULES: &[SameRule] = &[
     SameRule {
-        case: "nvme-nvme-copy",
+        case: CaseId::NvmeNvmeCopy,
         a: "devices[{peer}].inbound.peers.{client}.write_bytes",
         b: "devices[{client}].dma.peers.{peer}.write_bytes",
     },
     // What the initiator sent to a peer is what the peer saw arrive.
     SameRule {
-        case: "p2p-read",
+        case: CaseId::P2pRead,
         a: "devices[{provider}].inbound.peers.{client}.write_bytes",
         b: "devices[{client}].dma.peers.{provider}.write_bytes",
     },
     SameRule {
-        case: "p2p-write",
+        case: CaseId::P2pWrite,
         a: "devices[{provider}].inbound.peers.{client}.read_bytes",
         b: "devices[{client}].dma.peers.{provider}.read_bytes",
     },
     SameRule {
-        case: "copy-engine",
+        case: CaseId::CopyEngine,
         a: "devices[{client}].inbound.peers.{provider}.write_bytes",
         b: "devices[{provider}].dma.peers.{client}.write_bytes",
     },
     SameRule {
-        case: "copy-engine",
+        case: CaseId::CopyEngine,
         a: "devices[{client}].inbound.peers.{provider}.read_bytes",
         b: "devices[{provider}].dma.peers.{client}.read_bytes",
     },
     SameRule {
-        case: "io-uring-p2p",
+        case: CaseId::IoUringP2p,
         a: "devices[{provider}].inbound.peers.{client}.write_bytes",
         b: "devices[{client}].dma.peers.{provider}.write_bytes",
     },
     SameRule {
-        case: "io-uring-p2p",
+        case: CaseId::IoUringP2p,
         a: "devices[{provider}].inbound.peers.{client}.read_bytes",
         b: "devices[{client}].dma.peers.{provider}.read_bytes",
     },
     SameRule {
-        case: "uring-dmabuf-read",
+        case: CaseId::UringDmabufRead,
         a: "devices[{exporter}].inbound.peers.{client}.write_bytes",
         b: "devices[{client}].dma.peers.{exporter}.write_bytes",
     },
     SameRule {
-        case: "uring-dmabuf-write",
+        case: CaseId::UringDmabufWrite,
         a: "devices[{exporter}].inbound.peers.{client}.read_bytes",
         b: "devices[{client}].dma.peers.{exporter}.read_bytes",
     },
     SameRule {
-        case: "dmabuf-peer-copy",
+        case: CaseId::DmabufPeerCopy,
         a: "devices[{exporter}].inbound.peers.{importer}.write_bytes",
         b: "devices[{importer}].dma.peers.{exporter}.write_bytes",
     },
     SameRule {
-        case: "dmabuf-revoke",
+        case: CaseId::DmabufRevoke,
         a: "devices[{exporter}].inbound.peers.{importer}.write_bytes",
         b: "devices[{importer}].dma.peers.{exporter}.write_bytes",
     },
     SameRule {
-        case: "dmabuf-unbind",
+        case: CaseId::DmabufUnbind,
         a: "devices[{exporter}].inbound.peers.{importer}.write_bytes",
         b: "devices[{importer}].dma.peers.{exporter}.write_bytes",
     },
@@ -384,7 +385,7 @@ fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Value) ->
         return vec![];
     }
     let mut fails = vec![];
-    for r in rules.iter().filter(|r| r.case == case) {
+    for r in rules.iter().filter(|r| r.case.name() == case) {
         let (a, b) = (subst_roles(topo, r.a), subst_roles(topo, r.b));
         match (leaf(delta, &a), leaf(delta, &b)) {
             (Some(x), Some(y)) if x == y => {}
@@ -478,7 +479,7 @@ fn roles_are_p2plab<'a>(topo: &Topology, paths: impl IntoIterator<Item = &'a str
 
 fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
     let mut fails = vec![];
-    for r in rules.iter().filter(|r| r.case == case) {
+    for r in rules.iter().filter(|r| r.case.name() == case) {
         if !roles_are_p2plab(topo, r.expect.iter().map(|e| e.path())) {
             continue;
         }
@@ -508,7 +509,7 @@ pub enum CpuWhen {
 /// `--cpu-witness` only). `expect` paths are the window's fields: `loads`, `stores`,
 /// `load_bytes`, `store_bytes`, `io_accesses`.
 pub struct CpuRule {
-    pub case: &'static str,
+    pub case: CaseId,
     pub when: CpuWhen,
     /// Device name, or a role placeholder (`{provider}`, `{exporter}` …).
     pub device: &'static str,
@@ -521,7 +522,7 @@ const MIB: i64 = 1 << 20;
 pub const CPU_RULES: &[CpuRule] = &[
     // The NVMe→VRAM read and its data check (checksum engine) leave the CPU out of VRAM.
     CpuRule {
-        case: "p2p-read",
+        case: CaseId::P2pRead,
         when: CpuWhen::ProviderIsGpu,
         device: "{provider}",
         bar: 2,
@@ -530,14 +531,14 @@ pub const CPU_RULES: &[CpuRule] = &[
     // Page-less: the copy and its check (both checksum engines) leave the CPU out of the
     // exporter's VRAM.
     CpuRule {
-        case: "dmabuf-peer-copy",
+        case: CaseId::DmabufPeerCopy,
         when: CpuWhen::HasExporter,
         device: "{exporter}",
         bar: 2,
         expect: &[Expect::Eq("loads", 0), Expect::Eq("stores", 0)],
     },
     CpuRule {
-        case: "uring-dmabuf-read",
+        case: CaseId::UringDmabufRead,
         when: CpuWhen::HasExporter,
         device: "{exporter}",
         bar: 2,
@@ -545,7 +546,7 @@ pub const CPU_RULES: &[CpuRule] = &[
     },
     // The contrast: the CPU copies a 64 MiB pattern into p2pmem and reads it back.
     CpuRule {
-        case: "cpu-copy",
+        case: CaseId::CpuCopy,
         when: CpuWhen::ProviderIsP2plab,
         device: "{provider}",
         bar: 2,
@@ -564,10 +565,10 @@ pub fn check_cpu(case: &str, topo: &Topology, cpu: &Value) -> Vec<String> {
 fn check_cpu_rules(rules: &[CpuRule], case: &str, topo: &Topology, cpu: &Value) -> Vec<String> {
     let provider = topo.roles.provider.as_deref().and_then(|n| topo.device(n));
     let mut fails = vec![];
-    for r in rules.iter().filter(|r| r.case == case) {
+    for r in rules.iter().filter(|r| r.case.name() == case) {
         let applies = match r.when {
             CpuWhen::ProviderIsGpu => {
-                provider.is_some_and(|d| d.kind == crate::config::DeviceKind::Gpu)
+                provider.is_some_and(|d| d.kind == p2plab_lab::config::DeviceKind::Gpu)
             }
             CpuWhen::ProviderIsP2plab => provider.is_some_and(|d| d.kind.is_p2plab()),
             CpuWhen::HasExporter => topo.roles.exporter.is_some(),
@@ -677,7 +678,7 @@ mod tests {
     #[test]
     fn failure_names_counter_expected_and_seen() {
         const R: &[Rule] = &[Rule {
-            case: "p2p-read",
+            case: CaseId::P2pRead,
             expect: &[Expect::AtLeast(
                 "devices[{client}].dma.peers.{provider}.write_bytes",
                 64,

@@ -92,27 +92,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size '{s}' overflows"))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceKind {
-    Nvme,
-    Gpu,
-    QemuNvme,
-}
-
-impl DeviceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceKind::Nvme => "nvme",
-            DeviceKind::Gpu => "gpu",
-            DeviceKind::QemuNvme => "qemu-nvme",
-        }
-    }
-    /// Served by p2plab (vfio-user) rather than built into QEMU.
-    pub fn is_p2plab(self) -> bool {
-        !matches!(self, DeviceKind::QemuNvme)
-    }
-}
+/// A device's `kind` and the `[roles]` table are the guest run's own words
+/// (`p2plab-guest-abi`): the host writes them into the guest's run.json unchanged.
+pub use p2plab_guest_abi::{DeviceKind, Roles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -239,19 +221,6 @@ impl Default for MachineConfig {
             cmdline: String::new(),
         }
     }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Roles {
-    pub client: Option<String>,
-    pub provider: Option<String>,
-    /// A second NVMe controller (nvme-nvme-copy).
-    pub peer: Option<String>,
-    /// Page-less cases: the GPU importing a dma-buf (its copy engine is the initiator).
-    pub importer: Option<String>,
-    /// Page-less cases: the GPU exporting VRAM as that dma-buf (the target).
-    pub exporter: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

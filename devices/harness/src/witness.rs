@@ -15,8 +15,8 @@
 //! (the deltas over the case, one entry per window armed at BEGIN; `io_accesses` = how
 //! many of those accesses QEMU trapped instead of doing directly).
 
-use crate::lab::BarWindow;
 use anyhow::{bail, Context, Result};
+use p2plab_lab::BarWindow;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

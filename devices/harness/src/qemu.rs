@@ -6,9 +6,9 @@
 //! unless the CPU is AMD family >= 0x17, e.g. `-cpu EPYC`). Guest RAM is a shared memfd so
 //! it reaches the vfio-user servers by fd.
 
-use crate::config::{DeviceKind, Port, Topology};
 use crate::image::{KeyHasher, Toolroot};
 use anyhow::{bail, Context, Result};
+use p2plab_lab::config::{DeviceKind, Port, Topology};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,41 @@
+//! `p2plab-harness`: boots a lab guest and judges what it did.
+//!
+//! # What it is
+//! - [`run`]: `p2plab run` — builds the guest image, starts the topology's lab
+//!   (`p2plab-lab`), boots QEMU and writes the run directory.
+//! - [`supervise`]: follows the serial console (case markers, ACKs, counter snapshots,
+//!   kernel reports) and applies the host assertions to the results.
+//! - [`select`]: which guest cases a run has (the shared case table of
+//!   `p2plab-guest-abi` judged against the topology) and the guest's `run.json`.
+//! - [`image`]: the initramfs (cached base layer, fio layer, per-run layer), the
+//!   kernel, `p2pgpu.ko`.
+//! - [`qemu`]: the QEMU binary, the accelerator and the command line of a topology.
+//! - [`assertions`]: what each case's counter delta (and CPU witness) must show;
+//!   [`counters`]: deltas and paths over counter snapshots; [`ktap`]: KTAP results and
+//!   kernel reports; [`witness`]: the CPU witness plugin's control.
+//! - [`summary`]: `p2plab summary`, the suite's table; [`proof`]: `p2plab proof`;
+//!   [`bench`](mod@bench): `p2plab bench`.
+//!
+//! # Architecture
+//! `run` uses `select`, `image`, `qemu`, `witness` and `supervise`; `supervise` uses
+//! `assertions`, `counters`, `ktap` and `witness`;
+//! `select` uses `qemu`; `qemu` uses `image`; `assertions` uses `counters`; `proof` uses
+//! `summary` and `ktap`; `summary` uses `ktap`. Nothing reaches back up. `bench` runs
+//! `p2plab run` as a child process.
+//!
+//! # What it does not implement
+//! The devices and their hosting (`p2plab-lab`), the guest side (`guest-tests/runner`),
+//! the toolroot's construction (`scripts/setup`, `p2plab-toolroot`).
+
+pub mod assertions;
+pub mod bench;
+pub mod counters;
+pub mod image;
+pub mod ktap;
+pub mod proof;
+pub mod qemu;
+pub mod run;
+pub mod select;
+pub mod summary;
+pub mod supervise;
+pub mod witness;

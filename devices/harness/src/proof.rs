@@ -1,0 +1,294 @@
+//! `p2plab proof RUN_DIR [CASE]`: the bypass proof of one P2P case (the bytes each
+//! device moved where, the CPU witness, the guest's own data check, a verdict), or for
+//! a run without one what every device moved over the whole run.
+
+use crate::ktap::{self, Verdict};
+use crate::summary::{environment_line, run_environment};
+use anyhow::Context;
+use p2plab_guest_abi::{CaseId, Marker};
+use p2plab_lab::config::{DeviceKind, Topology};
+use serde_json::Value;
+use std::path::Path;
+
+fn fmt_bytes(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n >= 1 << 20 {
+        out.push_str(&format!(" ({:.1} MiB)", n as f64 / f64::from(1u32 << 20)));
+    }
+    out
+}
+
+/// `p2plab proof RUN_DIR [CASE]`: the proof of CASE, else of `p2p-read` when the run
+/// has it, else (a --shell or --exec run) the whole run's movement table.
+pub fn proof_or_movement(run_dir: &Path, case: Option<&str>) -> anyhow::Result<i32> {
+    if let Some(c) = case {
+        return proof_main(run_dir, c);
+    }
+    let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
+    let p2p_read = CaseId::P2pRead.name();
+    if ktap::parse(&ktap).iter().any(|r| r.name == p2p_read) {
+        return proof_main(run_dir, p2p_read);
+    }
+    movement_main(run_dir)
+}
+
+/// What every device moved where over a whole run (`counters.json`): the proof of a
+/// free-form run, whose cases the lab does not know.
+pub fn movement_main(run_dir: &Path) -> anyhow::Result<i32> {
+    let read = |f: &str| -> anyhow::Result<Value> {
+        let p = run_dir.join(f);
+        Ok(serde_json::from_str(
+            &std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?,
+        )?)
+    };
+    let run = read("run.json")?;
+    let counters = read("counters.json")?;
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    let rw = |v: &Value| {
+        format!(
+            "read {}, wrote {}",
+            fmt_bytes(u(&v["read_bytes"])),
+            fmt_bytes(u(&v["write_bytes"]))
+        )
+    };
+    println!();
+    println!(
+        "p2plab counters — whole run of topology '{}' ({})",
+        run["topology"].as_str().unwrap_or("?"),
+        run_dir.display()
+    );
+    println!("  ({})", environment_line(&run_environment(&run)));
+    for d in counters["devices"].as_array().into_iter().flatten() {
+        let name = d["name"].as_str().unwrap_or("?");
+        println!(
+            "  {name} ({}) as bus master:",
+            d["kind"].as_str().unwrap_or("?")
+        );
+        println!("    {:<28} {}", "guest RAM", rw(&d["dma"]["host_memory"]));
+        println!("    {:<28} {}", "its own BARs", rw(&d["dma"]["self"]));
+        for (peer, v) in d["dma"]["peers"].as_object().into_iter().flatten() {
+            println!("    {:<28} {}", format!("peer {peer}'s BARs"), rw(v));
+        }
+        println!(
+            "    {:<28} {}",
+            "relayed through QEMU",
+            rw(&d["dma"]["client_relay"])
+        );
+        for (peer, v) in d["inbound"]["peers"].as_object().into_iter().flatten() {
+            println!("    {:<28} {}", format!("inbound from {peer}"), rw(v));
+        }
+        println!(
+            "    {:<28} {}",
+            "trapped CPU MMIO",
+            rw(&d["inbound"]["cpu_mmio"])
+        );
+    }
+    Ok(0)
+}
+
+/// `p2plab proof RUN_DIR CASE`: the bypass proof of one P2P case, for a newcomer.
+pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
+    let run: Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("run.json")).context("run.json")?,
+    )?;
+    let mut topo: Topology = toml::from_str(run["topology_toml"].as_str().unwrap_or_default())
+        .context("topology in run.json")?;
+    topo.name = run["topology"].as_str().unwrap_or_default().to_string();
+    // Who moved the data where: the page-less (dma-buf) cases' initiator is the importer
+    // GPU and their target the exporter's VRAM; the others' the client NVMe and the
+    // provider's BAR.
+    let pageless = case.starts_with("dmabuf-");
+    let uring_dmabuf = case.starts_with("uring-dmabuf-");
+    let (client, provider) = if uring_dmabuf {
+        (
+            topo.roles
+                .client
+                .clone()
+                .context("topology has no client role")?,
+            topo.roles
+                .exporter
+                .clone()
+                .or_else(|| topo.roles.provider.clone())
+                .context("topology has no exporter or provider role")?,
+        )
+    } else if pageless {
+        (
+            topo.roles
+                .importer
+                .clone()
+                .context("topology has no importer role")?,
+            topo.roles
+                .exporter
+                .clone()
+                .context("topology has no exporter role")?,
+        )
+    } else {
+        (
+            topo.roles
+                .client
+                .clone()
+                .context("topology has no client role")?,
+            topo.roles
+                .provider
+                .clone()
+                .context("topology has no provider role")?,
+        )
+    };
+    let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
+    let verdict = ktap::parse(&ktap).into_iter().find(|r| r.name == case);
+    let cdir = run_dir.join("cases").join(case);
+    let delta: Value = std::fs::read_to_string(cdir.join("counters.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    let dev = |name: &str| {
+        delta["devices"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let (c, p) = (dev(&client), dev(&provider));
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    let peer = u(&c["dma"]["peers"][&provider]["write_bytes"]);
+    let inbound = u(&p["inbound"]["peers"][&client]["write_bytes"]);
+    // The NVMe's guest-RAM reads are its queues and PRP lists; a GPU's are its ring.
+    let ram_data = u(&c["dma"]["host_memory"]["write_bytes"])
+        + if pageless {
+            u(&c["dma"]["host_memory"]["read_bytes"])
+        } else {
+            0
+        };
+    let relay: u64 = [&c, &p]
+        .iter()
+        .map(|d| {
+            u(&d["dma"]["client_relay"]["read_bytes"]) + u(&d["dma"]["client_relay"]["write_bytes"])
+        })
+        .sum();
+    let cpu: Option<Value> = std::fs::read_to_string(cdir.join("cpu.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let console = std::fs::read_to_string(run_dir.join("console.log")).unwrap_or_default();
+    // The guest's own data-check line, from inside this case's markers.
+    let begin = Marker::CaseBegin(case).to_string();
+    let end = Marker::CaseEnd(case).to_string();
+    let checksum_line = console
+        .lines()
+        .skip_while(|l| !l.contains(&begin))
+        .take_while(|l| !l.contains(&end))
+        .find(|l| l.contains("checksum") || l.contains("verified"))
+        .map(str::trim);
+    let guest_ok = verdict.as_ref().is_some_and(|v| v.verdict == Verdict::Pass);
+
+    println!();
+    println!(
+        "p2plab proof — case {case} in topology '{}' ({client} → {provider})",
+        topo.name
+    );
+    println!("  ({})", environment_line(&run_environment(&run)));
+    println!(
+        "  {:<52} {}",
+        format!("bytes DMA'd {client} → {provider} BAR (peer-to-peer)"),
+        fmt_bytes(peer)
+    );
+    println!(
+        "  {:<52} {}",
+        format!("  …as counted by {provider} (inbound)"),
+        fmt_bytes(inbound)
+    );
+    println!(
+        "  {:<52} {}",
+        if pageless {
+            format!("bytes {client} moved through guest RAM")
+        } else {
+            format!("bytes {client} wrote into guest RAM")
+        },
+        fmt_bytes(ram_data)
+    );
+    if let Some(target) = topo.device(&provider) {
+        if target.kind == DeviceKind::Gpu {
+            println!(
+                "  {:<52} {}",
+                "struct pages behind the target buffer",
+                if target.publishes_p2pmem() {
+                    format!("p2pmem published on {provider}")
+                } else {
+                    format!("none (no p2pmem published on {provider})")
+                }
+            );
+        }
+    }
+    println!(
+        "  {:<52} {}",
+        "bytes relayed through QEMU",
+        fmt_bytes(relay)
+    );
+    let cpu_accesses = match &cpu {
+        Some(cpu) => {
+            let r = cpu["ranges"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|r| r["device"] == provider.as_str() && r["bar"] == 2)
+                })
+                .cloned()
+                .unwrap_or(Value::Null);
+            println!(
+                "  {:<52} {} loads, {} stores",
+                format!("guest CPU accesses to {provider} BAR2 (TCG witness)"),
+                u(&r["loads"]),
+                u(&r["stores"])
+            );
+            if r.is_null() {
+                None
+            } else {
+                Some(u(&r["loads"]) + u(&r["stores"]))
+            }
+        }
+        None => {
+            println!(
+                "  {:<52} (not measured: run with --cpu-witness)",
+                "guest CPU accesses to the BAR"
+            );
+            Some(0)
+        }
+    };
+    println!(
+        "  {:<52} {}",
+        "data check in the guest",
+        match (guest_ok, checksum_line) {
+            (true, Some(l)) => format!("ok — {}", l.trim_start_matches("# ")),
+            (true, None) => "ok".to_string(),
+            (false, _) => format!(
+                "FAILED {}",
+                verdict
+                    .map(|v| v.message)
+                    .unwrap_or_else(|| "(case did not run)".into())
+            ),
+        }
+    );
+    let proven = guest_ok
+        && peer >= 64 << 20
+        && inbound == peer
+        && ram_data < 1 << 20
+        && relay == 0
+        && cpu_accesses == Some(0);
+    println!();
+    if proven {
+        println!("  ✔ bypass proven: the data went {client} → {provider} directly; neither guest RAM nor QEMU carried it.");
+        Ok(0)
+    } else {
+        println!(
+            "  ✘ bypass NOT proven (see the figures above and {})",
+            cdir.display()
+        );
+        Ok(1)
+    }
+}
