@@ -59,7 +59,9 @@ if [[ $kdir == /* && -f $toolroot$kdir/Makefile ]]; then
 	mode=chroot
 	need_root "$kdir"
 elif [[ -f $kdir/Makefile ]]; then
-	kdir=$(cd "$kdir" && pwd)
+	# Symlinks resolved: a modules tree's build link points at the real O= directory,
+	# whose Makefile and auto.conf name real paths; those are what get bind-mounted.
+	kdir=$(cd "$kdir" && pwd -P)
 	# The module must be built by the compiler the kernel was built with: the
 	# toolroot's (scripts/build-kernel) unless the tree says it was this host's.
 	want=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\(.*\)"$/\1/p' "$kdir/.config" 2>/dev/null)
