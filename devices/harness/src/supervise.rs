@@ -76,12 +76,7 @@ enum Ev {
 
 /// Is this console line worth showing without -v?
 fn interesting(l: &str) -> bool {
-    let t = l.trim_start();
-    t.starts_with("KTAP version")
-        || t.starts_with("1..")
-        || t.starts_with("ok ")
-        || t.starts_with("not ok ")
-        || t.starts_with("# ")
+    ktap_line(l)
         || [
             "Kernel panic",
             "BUG:",

@@ -40,31 +40,8 @@ impl Mapping {
     /// `len` bytes of P2P memory from `/sys/bus/pci/devices/<bdf>/p2pmem/allocate`.
     pub fn p2pmem(bdf: &str, len: usize) -> Result<Mapping, String> {
         let path = format!("/sys/bus/pci/devices/{bdf}/p2pmem/allocate");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("open {path}: {e}"))?;
-        // SAFETY: a new shared mapping of the p2pmem allocator file; the kernel owns the
-        // pages and keeps them alive for the life of the mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap {} MiB of {path}: {}",
-                len / MIB,
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(Mapping { ptr: p.cast(), len })
+        let ptr = map_shared(&path, len, libc::PROT_READ | libc::PROT_WRITE)?;
+        Ok(Mapping { ptr, len })
     }
 
     pub fn len(&self) -> usize {
@@ -174,4 +151,33 @@ pub fn direct_io(
         done += r as usize;
     }
     Ok(())
+}
+
+/// A new shared mapping of `len` bytes at offset 0 of the file at `path` (a sysfs
+/// resource or the p2pmem allocator), opened read-write. The kernel keeps what the
+/// mapping shows alive for its life; the fd may close.
+pub fn map_shared(path: &str, len: usize, prot: libc::c_int) -> Result<*mut u8, String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("open {path}: {e}"))?;
+    // SAFETY: a new shared mapping of an open file; nothing else aliases it yet.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!(
+            "mmap {len:#x} bytes of {path}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(p.cast())
 }

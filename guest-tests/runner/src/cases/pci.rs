@@ -356,27 +356,8 @@ struct Bar0 {
 impl Bar0 {
     fn map(bdf: &str) -> Result<Bar0, String> {
         let path = format!("/sys/bus/pci/devices/{bdf}/resource0");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("open {path}: {e}"))?;
-        // SAFETY: a new shared read-only mapping of the BAR's sysfs resource file; the
-        // kernel keeps the mapping valid after the fd is closed.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                NVME_REGS_LEN,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
-        }
-        Ok(Bar0 { ptr: p.cast() })
+        let ptr = crate::mem::map_shared(&path, NVME_REGS_LEN, libc::PROT_READ)?;
+        Ok(Bar0 { ptr })
     }
 
     /// The 32-bit register at `off` (< NVME_REGS_LEN, 4-byte aligned).
