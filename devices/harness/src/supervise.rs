@@ -101,6 +101,9 @@ fn ktap_line(l: &str) -> bool {
         || t.starts_with("# ")
 }
 
+/// How long a guest may take to power off after printing its run's end.
+const POWEROFF_GRACE: Duration = Duration::from_secs(60);
+
 pub fn shell(mut cmd: Command, run_dir: &Path, timeout: Option<Duration>) -> Result<i32> {
     cmd.stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
@@ -259,6 +262,9 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
     let mut ktap: Vec<String> = vec![];
     let mut in_ktap = false;
     let mut reached_end = false;
+    // When the guest printed its run's end: it then has POWEROFF_GRACE to power off.
+    let mut ended_at: Option<Instant> = None;
+    let mut stuck_note: Option<String> = None;
     let mut first_case: Option<f64> = None;
     let mut stop_reason: Option<String> = None;
     let ack = |stdin: &mut std::process::ChildStdin, name: &str| {
@@ -276,6 +282,17 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
                 stop_reason = Some(format!("timeout after {} s", t.as_secs()));
                 break;
             }
+        }
+        if ended_at.is_some_and(|e| e.elapsed() > POWEROFF_GRACE) {
+            // Every result is in; a task stuck in the kernel (a case reported it) keeps the
+            // guest from powering off. Stop it instead of waiting for the timeout.
+            let note = format!(
+                "the guest did not power off within {} s after its run ended (a task stuck in the kernel?): QEMU stopped",
+                POWEROFF_GRACE.as_secs()
+            );
+            eprintln!("p2plab: {note}");
+            stuck_note = Some(note);
+            break;
         }
         let ev = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(ev) => ev,
@@ -375,6 +392,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
             ack(&mut stdin, &name);
         } else if marker == Some(Marker::RunEnd) {
             reached_end = true;
+            ended_at = Some(Instant::now());
             in_ktap = false;
         } else if let Some(i) = l.find("KTAP version") {
             // SeaBIOS leaves "Booting from ROM.." without a newline before it.
@@ -489,6 +507,9 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
             outside_splats.len(),
             outside_splats[0]
         ));
+    }
+    if let Some(note) = &stuck_note {
+        out.push(format!("# {note}"));
     }
     std::fs::write(run_dir.join("results.ktap"), out.join("\n") + "\n")?;
 
