@@ -695,7 +695,11 @@ pub fn large(ctx: &mut Ctx) -> Result<(), String> {
             gpu_dev.info.name
         )),
         Err(_) => {
-            let _ = std::fs::write("/proc/sysrq-trigger", "w");
+            // The blocked tasks' stacks are KERN_INFO: raise the console loglevel (sysrq
+            // '8') for the dump, then back to the lab's 5.
+            for key in ["8", "w", "5"] {
+                let _ = std::fs::write("/proc/sysrq-trigger", key);
+            }
             Err(format!(
                 "revoke of {dev} did not return within 30 s after 4/8 MiB inline requests (leaked map reference: the fence is never signalled); blocked tasks dumped on the console (sysrq-w)"
             ))
