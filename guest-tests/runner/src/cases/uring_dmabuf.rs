@@ -697,9 +697,11 @@ pub fn large(ctx: &mut Ctx) -> Result<(), String> {
         Err(_) => {
             // The blocked tasks' stacks are KERN_INFO: raise the console loglevel (sysrq
             // '8') for the dump, then back to the lab's 5.
-            for key in ["8", "w", "5"] {
-                let _ = std::fs::write("/proc/sysrq-trigger", key);
-            }
+            let _ = std::fs::write("/proc/sysrq-trigger", "8");
+            let _ = std::fs::write("/proc/sysrq-trigger", "w");
+            // The console prints the dump after the write returns: let it drain.
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = std::fs::write("/proc/sysrq-trigger", "5");
             Err(format!(
                 "revoke of {dev} did not return within 30 s after 4/8 MiB inline requests (leaked map reference: the fence is never signalled); blocked tasks dumped on the console (sysrq-w)"
             ))
