@@ -31,6 +31,13 @@ pub struct BenchArgs {
     /// Accelerator passed to `p2plab run`.
     #[arg(long, default_value = "auto")]
     accel: String,
+    /// Guest kernel for both runs (`p2plab run --kernel`), e.g. one with the io_uring
+    /// dma-buf series for `uring_dmabuf_read`; default the toolroot's.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Its module tree (`p2plab run --modules`).
+    #[arg(long, requires = "kernel")]
+    modules: Option<PathBuf>,
 }
 
 /// A guest metric as `p2plab bench` reports it.
@@ -110,6 +117,12 @@ const METRICS: &[Metric] = &[
         "p2p_read",
         "MiB/s",
         "NVMe → provider p2pmem, O_DIRECT 1 MiB reads",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "uring_dmabuf_read",
+        "MiB/s",
+        "NVMe → provider VRAM dma-buf, io_uring READ_FIXED 1 MiB QD 8 (the io_uring dma-buf series; no struct pages)",
         PREAD_MEMFD,
     ),
     metric(
@@ -195,14 +208,28 @@ impl Stats {
 fn run_one(
     config: &Path,
     out: &Path,
-    accel: &str,
+    args: &BenchArgs,
 ) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Value)> {
     let exe = std::env::current_exe().context("locating p2plab")?;
-    let status = std::process::Command::new(exe)
-        .args(["run", "--cases", "bench", "--accel", accel, "--config"])
-        .arg(config)
-        .arg("--out")
-        .arg(out)
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "run",
+        "--cases",
+        "bench",
+        "--accel",
+        &args.accel,
+        "--config",
+    ])
+    .arg(config)
+    .arg("--out")
+    .arg(out);
+    if let Some(k) = &args.kernel {
+        cmd.arg("--kernel").arg(k);
+    }
+    if let Some(m) = &args.modules {
+        cmd.arg("--modules").arg(m);
+    }
+    let status = cmd
         .stdin(std::process::Stdio::null())
         .status()
         .context("starting p2plab run")?;
@@ -406,8 +433,8 @@ fn default_out() -> anyhow::Result<PathBuf> {
 }
 
 pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
-    let out = match args.out {
-        Some(o) => o,
+    let out = match &args.out {
+        Some(o) => o.clone(),
         None => default_out()?,
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -418,8 +445,8 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
         out.display()
     );
     let host = limits::measure(&out).context("measuring the host limits")?;
-    let (base, _) = run_one(&args.baseline, &out.join("baseline"), &args.accel)?;
-    let (ours, counters) = run_one(&args.config, &out.join("p2plab"), &args.accel)?;
+    let (base, _) = run_one(&args.baseline, &out.join("baseline"), &args)?;
+    let (ours, counters) = run_one(&args.config, &out.join("p2plab"), &args)?;
     let mut r = compare(&base, &ours, &host);
 
     let mut counts: Vec<usize> = base.values().chain(ours.values()).map(Vec::len).collect();

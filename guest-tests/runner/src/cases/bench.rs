@@ -131,6 +131,25 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
         );
     }
 
+    // The page-less block path beside the struct-page p2p_read: READ_FIXED into a
+    // dma-buf of the provider's VRAM (a GPU), when the kernel has the io_uring series.
+    if provider.info.kind == p2plab_guest_abi::DeviceKind::Gpu {
+        let gpu = super::gpu::Gpu::open(provider)?;
+        match super::uring_dmabuf::bench_read(&ns, 0, &gpu, 768 << 20, LEN, SAMPLES)? {
+            Ok(v) => report(
+                ctx,
+                "uring_dmabuf_read",
+                "MiB/s",
+                &v,
+                &format!(
+                    "io_uring READ_FIXED {ns} -> {} VRAM dma-buf, 1 MiB QD 8",
+                    provider.info.name
+                ),
+            ),
+            Err(why) => ctx.diag(&format!("uring_dmabuf_read not measured: {why}")),
+        }
+    }
+
     if let Some(cbdf) = client.bdf.as_deref() {
         match Mapping::p2pmem(cbdf, LEN) {
             Ok(cmb) => {

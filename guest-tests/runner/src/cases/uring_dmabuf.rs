@@ -806,3 +806,42 @@ fn pattern_zero_digest(len: usize) -> [u8; 32] {
     }
     h.finalize().into()
 }
+
+/// `p2plab bench`'s `uring_dmabuf_read`: `samples` passes of `len` bytes of 1 MiB
+/// READ_FIXED at QD 8 from `ns` (at `ns_off`, already written) into a dma-buf of `gpu`'s
+/// VRAM at `vram_off`, each in MiB/s; the first map happens in a warm-up pass that is not
+/// counted. `Ok(None)`: the kernel lacks the series (the probe's answer is returned in
+/// the `Err` of the inner result for the caller's note).
+pub(super) fn bench_read(
+    ns: &str,
+    ns_off: u64,
+    gpu: &Gpu,
+    vram_off: u64,
+    len: usize,
+    samples: usize,
+) -> Result<Result<Vec<f64>, String>, String> {
+    if let Err(why) = probe() {
+        return Ok(Err(why));
+    }
+    let f = open_direct(ns)?;
+    let dmabuf = gpu
+        .export_dmabuf(vram_off, len as u64)
+        .map_err(|e| format!("{} EXPORT_DMABUF: {e}", gpu.dev))?;
+    let ring = sparse_ring(32)?;
+    update(&ring, 0, &dmabuf_desc(dmabuf.as_raw_fd(), f.as_raw_fd()))
+        .map_err(|e| format!("registering the dma-buf for {ns}: {e}"))?;
+    let reqs = chunks(false, ns_off, 0, len, MIB);
+    all_ok(
+        &run(&ring, f.as_raw_fd(), 0, &reqs, 8, 0)?,
+        &reqs,
+        "warm-up",
+    )?;
+    let mut out = vec![];
+    for _ in 0..samples {
+        let t = Instant::now();
+        let b = run(&ring, f.as_raw_fd(), 0, &reqs, 8, 0)?;
+        all_ok(&b, &reqs, "bench")?;
+        out.push(len as f64 / MIB as f64 / t.elapsed().as_secs_f64().max(1e-9));
+    }
+    Ok(Ok(out))
+}
