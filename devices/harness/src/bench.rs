@@ -584,6 +584,7 @@ mod tests {
                 "seq128k_read",
                 "seq128k_write",
                 "p2p_read",
+                "uring_dmabuf_read",
                 "p2p_write",
                 "nvme_to_ram",
                 "ram_to_nvme",
