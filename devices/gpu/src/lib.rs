@@ -666,10 +666,7 @@ impl PciFunction for GpuDevice {
     /// all-ones.
     fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
         buf.fill(UNCLAIMED_READ);
-        let Some(end) = offset.checked_add(buf.len() as u64) else {
-            return;
-        };
-        if end > self.bar_size(bar) {
+        if !p2plab_pci::access_in_bar(offset, buf.len(), self.bar_size(bar)) {
             log::debug!("gpu read outside BAR{bar}: {offset:#x}+{:#x}", buf.len());
             return;
         }
@@ -697,10 +694,7 @@ impl PciFunction for GpuDevice {
     /// Records register writes (aligned dwords or qwords); returns whether one gave the
     /// worker something to do (CE_TAIL, a CE_CTRL edge, a checksum start).
     fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> bool {
-        let Some(end) = offset.checked_add(data.len() as u64) else {
-            return false;
-        };
-        if end > self.bar_size(bar) {
+        if !p2plab_pci::access_in_bar(offset, data.len(), self.bar_size(bar)) {
             log::debug!("gpu write outside BAR{bar}: {offset:#x}+{:#x}", data.len());
             return false;
         }

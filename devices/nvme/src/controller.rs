@@ -673,10 +673,7 @@ impl PciFunction for NvmeController {
     /// (other BARs, accesses past a BAR's end, an unreachable CMB) as all-ones.
     fn bar_read(&self, bar: usize, offset: u64, buf: &mut [u8]) {
         buf.fill(UNCLAIMED_READ);
-        let Some(end) = offset.checked_add(buf.len() as u64) else {
-            return;
-        };
-        if end > self.bar_size(bar) {
+        if !p2plab_pci::access_in_bar(offset, buf.len(), self.bar_size(bar)) {
             return;
         }
         match bar {
@@ -684,7 +681,7 @@ impl PciFunction for NvmeController {
                 buf.fill(0);
                 let regs = self.sh.regs();
                 for (i, b) in buf.iter_mut().enumerate() {
-                    // offset + i < end: no overflow.
+                    // offset + i lies inside the BAR (checked above): no overflow.
                     let o = offset + i as u64;
                     if o >= DBS {
                         break; // doorbells are write-only; reads return 0
@@ -712,10 +709,7 @@ impl PciFunction for NvmeController {
     /// Records a register or doorbell write; returns whether the worker must run
     /// (a doorbell, a CC change). MSI-X and trapped CMB writes never need it.
     fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> bool {
-        let Some(end) = offset.checked_add(data.len() as u64) else {
-            return false;
-        };
-        if end > self.bar_size(bar) {
+        if !p2plab_pci::access_in_bar(offset, data.len(), self.bar_size(bar)) {
             return false;
         }
         match bar {

@@ -36,6 +36,15 @@ use crate::ConfigSpace;
 /// The value of every byte of a read nobody claims (a master-abort read returns all-ones).
 pub const UNCLAIMED_READ: u8 = 0xff;
 
+/// Whether an access of `len` bytes at `offset` lies entirely inside a BAR of `bar_size`
+/// bytes; one that does not is unclaimed (reads all-ones, writes dropped).
+pub fn access_in_bar(offset: u64, len: usize, bar_size: u64) -> bool {
+    u64::try_from(len)
+        .ok()
+        .and_then(|l| offset.checked_add(l))
+        .is_some_and(|end| end <= bar_size)
+}
+
 /// An emulated PCI function as a pure state machine the host drives.
 ///
 /// `bar` arguments are BAR indexes 0..=5 (a 64-bit BAR is named by its lower index).
@@ -97,3 +106,21 @@ pub trait PciFunction: Send + Sync {
 
 // The contract is object safe: a host may also hold `Arc<dyn PciFunction>`.
 const _: Option<&dyn PciFunction> = None;
+
+#[cfg(test)]
+mod tests {
+    use super::access_in_bar;
+
+    #[test]
+    fn accesses_must_lie_entirely_inside_the_bar() {
+        assert!(access_in_bar(0, 4, 16));
+        assert!(access_in_bar(12, 4, 16));
+        assert!(!access_in_bar(13, 4, 16), "straddles the end");
+        assert!(!access_in_bar(16, 1, 16));
+        assert!(!access_in_bar(u64::MAX, 2, u64::MAX), "wraps");
+        assert!(
+            access_in_bar(16, 0, 16),
+            "an empty access at the end claims nothing"
+        );
+    }
+}

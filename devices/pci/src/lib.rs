@@ -46,7 +46,7 @@ pub mod regs;
 
 pub use bar::{BarDef, BarInfo, BarKind};
 pub use config::{ConfigError, ConfigEvents, ConfigSpace, ConfigSpaceBuilder, PciIds};
-pub use function::{PciFunction, UNCLAIMED_READ};
+pub use function::{access_in_bar, PciFunction, UNCLAIMED_READ};
 pub use layout::{dsn_from_str, BarLayout, PciLayout, ResizableBar};
 pub use msix::MsixInfo;
 pub use pcie::{LinkSpeed, PcieLink};
