@@ -35,21 +35,15 @@ pub struct KeyHasher(u64);
 
 impl Default for KeyHasher {
     fn default() -> Self {
-        KeyHasher(0xcbf2_9ce4_8422_2325)
+        KeyHasher(p2plab_pci::FNV1A_BASIS)
     }
 }
 
 impl KeyHasher {
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
-        for &x in b {
-            self.0 ^= u64::from(x);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0 = p2plab_pci::fnv1a(self.0, b);
         // Length separator so ("ab","c") != ("a","bc").
-        for x in (b.len() as u64).to_le_bytes() {
-            self.0 ^= u64::from(x);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0 = p2plab_pci::fnv1a(self.0, &(b.len() as u64).to_le_bytes());
         self
     }
     pub fn str(&mut self, s: &str) -> &mut Self {

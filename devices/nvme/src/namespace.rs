@@ -45,14 +45,9 @@ pub(crate) struct Namespace {
     pub deallocate: Option<Arc<dyn Deallocate>>,
 }
 
-/// FNV-1a, 64 bit: a stable, dependency-free hash for identifiers.
+/// FNV-1a of `data` from the offset basis xor `seed` (stable identifiers).
 fn fnv1a(data: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    p2plab_pci::fnv1a(p2plab_pci::FNV1A_BASIS ^ seed, data)
 }
 
 impl Namespace {

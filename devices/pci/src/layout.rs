@@ -111,7 +111,16 @@ impl PciLayout {
 
 /// A stable 64-bit Device Serial Number derived from a name or serial string (FNV-1a).
 pub fn dsn_from_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    fnv1a(FNV1A_BASIS, s.as_bytes())
+}
+
+/// FNV-1a (64-bit) offset basis: where a hash starts.
+pub const FNV1A_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64-bit) of `data`, continuing from `state` ([`FNV1A_BASIS`] for a new hash):
+/// the project's one stable, dependency-free hash (serial numbers, NGUIDs, cache keys).
+pub fn fnv1a(state: u64, data: &[u8]) -> u64 {
+    data.iter().fold(state, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
@@ -124,5 +133,24 @@ mod tests {
     fn dsn_is_stable_and_distinct() {
         assert_eq!(dsn_from_str("nvme0"), dsn_from_str("nvme0"));
         assert_ne!(dsn_from_str("nvme0"), dsn_from_str("nvme1"));
+    }
+}
+
+#[cfg(test)]
+mod fnv_golden {
+    /// Known FNV-1a (64-bit) values: moving the hash would change every device's DSN and
+    /// NGUID and every cache key.
+    #[test]
+    fn fnv1a_is_the_standard_one() {
+        assert_eq!(super::fnv1a(super::FNV1A_BASIS, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(
+            super::fnv1a(super::FNV1A_BASIS, b"a"),
+            0xaf63_dc4c_8601_ec8c
+        );
+        assert_eq!(
+            super::fnv1a(super::FNV1A_BASIS, b"foobar"),
+            0x8594_4171_f739_67e8
+        );
+        assert_eq!(super::dsn_from_str("foobar"), 0x8594_4171_f739_67e8);
     }
 }

@@ -47,7 +47,7 @@ pub mod regs;
 pub use bar::{BarDef, BarInfo, BarKind};
 pub use config::{ConfigError, ConfigEvents, ConfigSpace, ConfigSpaceBuilder, PciIds};
 pub use function::{access_in_bar, PciFunction, UNCLAIMED_READ};
-pub use layout::{dsn_from_str, BarLayout, PciLayout, ResizableBar};
+pub use layout::{dsn_from_str, fnv1a, BarLayout, PciLayout, ResizableBar, FNV1A_BASIS};
 pub use msix::MsixInfo;
 pub use pcie::{LinkSpeed, PcieLink};
 pub use pm::PowerState;
