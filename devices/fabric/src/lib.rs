@@ -29,31 +29,16 @@
 //! route 2, so peer traffic falls through to the client relay (QEMU forwards it to the
 //! peer's BAR mapping). The p2p cases' counter assertions must then fail.
 
-use p2plab_memory::{BusAddr, DmaError, DmaSpace, MmapRegion};
-use serde::Serialize;
+pub use p2plab_counters::{
+    BytesSnapshot, Counters, DeviceSnapshot, DirSnapshot, DmaSnapshot, InboundSnapshot,
+    WindowSnapshot,
+};
+use p2plab_memory::{route, BusAddr, DmaError, DmaSpace, MmapRegion, Piece, Pieces};
+pub use p2plab_memory::{HostMemory, HostRoute};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
-
-/// How the client (QEMU) side of one device's connection reaches guest memory.
-/// Implemented over the vfio-user server's DMA map table.
-pub enum HostRoute {
-    /// fd-backed map: direct access at `offset` in `region`.
-    Mapped {
-        region: Arc<MmapRegion>,
-        offset: u64,
-    },
-    /// fd-less map: must be relayed with DMA_READ/WRITE messages.
-    Relay,
-}
-
-pub trait HostMemory: Send + Sync {
-    /// The map containing `addr` and how many bytes from `addr` stay inside it (<= len).
-    fn resolve(&self, addr: u64, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError>;
-    fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError>;
-    fn relay_write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError>;
-}
 
 /// Index of a device in its fabric.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -84,61 +69,6 @@ impl Dir {
             ops: self.ops.load(Relaxed),
         }
     }
-}
-
-/// Bytes and operations in both directions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct DirSnapshot {
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub ops: u64,
-}
-
-/// Bytes in both directions (inbound counters have no op count).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct BytesSnapshot {
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct DmaSnapshot {
-    pub host_memory: DirSnapshot,
-    #[serde(rename = "self")]
-    pub self_: DirSnapshot,
-    pub peers: BTreeMap<String, DirSnapshot>,
-    pub client_relay: DirSnapshot,
-}
-
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct InboundSnapshot {
-    pub peers: BTreeMap<String, BytesSnapshot>,
-    pub cpu_mmio: BytesSnapshot,
-}
-
-/// A BAR window as the guest programmed it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct WindowSnapshot {
-    pub bar: u32,
-    pub start: u64,
-    pub len: u64,
-    pub memory: bool,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct DeviceSnapshot {
-    pub name: String,
-    pub kind: String,
-    pub dma: DmaSnapshot,
-    pub inbound: InboundSnapshot,
-    pub bars: Vec<WindowSnapshot>,
-    pub bus_master: bool,
-}
-
-/// The counter contract: one object per device.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Counters {
-    pub devices: Vec<DeviceSnapshot>,
 }
 
 #[derive(Clone)]
@@ -345,10 +275,14 @@ impl Fabric {
                     inbound: inb,
                     bars,
                     bus_master: d.bus_master.load(Relaxed),
+                    bar_resident_bytes: 0,
                 }
             })
             .collect();
-        Counters { devices }
+        Counters {
+            devices,
+            process: None,
+        }
     }
 
     /// Find the route for the start of `addr..addr+len` as seen by `id`.
@@ -477,17 +411,12 @@ enum Route {
     Relay(Arc<dyn HostMemory>),
 }
 
-/// What a route reaches: a mapping (own BAR, peer BAR, guest RAM) or the client relay.
-enum Target<'a> {
-    Mapped(&'a MmapRegion, u64),
-    Relay(&'a dyn HostMemory),
-}
-
 impl Route {
-    fn target(&self) -> Target<'_> {
+    /// What the route reaches: a mapping (own BAR, peer BAR, guest RAM) or the relay.
+    fn piece(&self) -> Piece<'_> {
         match self {
-            Route::Own(m, o) | Route::Peer(_, m, o) | Route::Host(m, o) => Target::Mapped(m, *o),
-            Route::Relay(c) => Target::Relay(c.as_ref()),
+            Route::Own(m, o) | Route::Peer(_, m, o) | Route::Host(m, o) => Piece::Mapped(m, *o),
+            Route::Relay(c) => Piece::Relay(c.as_ref()),
         }
     }
 }
@@ -497,65 +426,32 @@ struct Port {
     id: DeviceId,
 }
 
+impl Pieces for Port {
+    /// Routed and counted piece by piece ([`Fabric::transfer`]).
+    fn pieces(
+        &self,
+        addr: BusAddr,
+        len: usize,
+        write: bool,
+        op: &mut dyn FnMut(Piece<'_>, usize, usize) -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
+        self.fabric
+            .transfer(self.id, addr, len, write, |r, at, n| op(r.piece(), at, n))
+    }
+}
+
 impl DmaSpace for Port {
     fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
-        self.fabric
-            .transfer(self.id, addr, buf.len(), false, |route, at, n| {
-                let piece = &mut buf[at..at + n];
-                match route.target() {
-                    Target::Mapped(m, off) => m.read(off, piece),
-                    Target::Relay(c) => c.relay_read(addr.0 + at as u64, piece),
-                }
-            })
+        route::read(self, addr, buf)
     }
-
     fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
-        self.fabric
-            .transfer(self.id, addr, data.len(), true, |route, at, n| {
-                let piece = &data[at..at + n];
-                match route.target() {
-                    Target::Mapped(m, off) => m.write(off, piece),
-                    Target::Relay(c) => c.relay_write(addr.0 + at as u64, piece),
-                }
-            })
+        route::write(self, addr, data)
     }
-
-    fn write_from_file(
-        &self,
-        addr: BusAddr,
-        file: &File,
-        file_offset: u64,
-        len: usize,
-    ) -> Result<(), DmaError> {
-        self.fabric
-            .transfer(self.id, addr, len, true, |route, at, n| {
-                let foff = file_offset + at as u64;
-                match route.target() {
-                    Target::Mapped(m, off) => m.read_from_file(off, file, foff, n),
-                    Target::Relay(c) => p2plab_memory::bounce_from_file(file, foff, n, |b| {
-                        c.relay_write(addr.0 + at as u64, b)
-                    }),
-                }
-            })
+    fn write_from_file(&self, a: BusAddr, f: &File, o: u64, l: usize) -> Result<(), DmaError> {
+        route::write_from_file(self, a, f, o, l)
     }
-
-    fn read_to_file(
-        &self,
-        addr: BusAddr,
-        file: &File,
-        file_offset: u64,
-        len: usize,
-    ) -> Result<(), DmaError> {
-        self.fabric
-            .transfer(self.id, addr, len, false, |route, at, n| {
-                let foff = file_offset + at as u64;
-                match route.target() {
-                    Target::Mapped(m, off) => m.write_to_file(off, file, foff, n),
-                    Target::Relay(c) => p2plab_memory::bounce_to_file(file, foff, n, |b| {
-                        c.relay_read(addr.0 + at as u64, b)
-                    }),
-                }
-            })
+    fn read_to_file(&self, a: BusAddr, f: &File, o: u64, l: usize) -> Result<(), DmaError> {
+        route::read_to_file(self, a, f, o, l)
     }
 }
 

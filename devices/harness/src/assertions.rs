@@ -5,12 +5,12 @@
 //! verdict alone. A rule applies only where every role device its paths name is a p2plab
 //! device (QEMU's built-in NVMe has no counters).
 
-use crate::counters::leaf;
+use p2plab_counters::{CounterPath, Counters, DeviceSnapshot};
 use p2plab_guest_abi::CaseId;
 use p2plab_lab::config::Topology;
 use serde_json::Value;
 
-/// What a counter must be. Paths use `counters::leaf` syntax; `{client}`,
+/// What a counter must be. Paths are [`CounterPath`]s; `{client}`,
 /// `{provider}`, `{peer}`, `{importer}` and `{exporter}` are replaced by the topology's
 /// role devices.
 #[derive(Debug, Clone, Copy)]
@@ -361,7 +361,14 @@ pub const SAME_RULES: &[SameRule] = &[
     },
 ];
 
-pub fn check(case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
+/// The counter at `path` (roles substituted) in `c`: `Ok(None)` if the snapshot has no
+/// such device or peer, `Err` if `path` is not a counter path at all (a misspelt rule).
+fn counter(c: &Counters, path: &str) -> Result<Option<i64>, String> {
+    let p: CounterPath = path.parse().map_err(|e| format!("{e}"))?;
+    Ok(c.get(&p).map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+}
+
+pub fn check(case: &str, topo: &Topology, delta: &Counters) -> Vec<String> {
     let mut f = check_rules(RULES, case, topo, delta);
     f.extend(check_same(SAME_RULES, case, topo, delta));
     f
@@ -375,7 +382,7 @@ fn subst_roles(topo: &Topology, p: &str) -> String {
         .replace("{exporter}", topo.roles.exporter.as_deref().unwrap_or("?"))
 }
 
-fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
+fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Counters) -> Vec<String> {
     let p2plab = |r: &Option<String>| {
         r.as_deref()
             .and_then(|n| topo.device(n))
@@ -387,9 +394,10 @@ fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Value) ->
     let mut fails = vec![];
     for r in rules.iter().filter(|r| r.case.name() == case) {
         let (a, b) = (subst_roles(topo, r.a), subst_roles(topo, r.b));
-        match (leaf(delta, &a), leaf(delta, &b)) {
-            (Some(x), Some(y)) if x == y => {}
-            (x, y) => fails.push(format!(
+        match (counter(delta, &a), counter(delta, &b)) {
+            (Ok(Some(x)), Ok(Some(y))) if x == y => {}
+            (Err(e), _) | (_, Err(e)) => fails.push(e),
+            (Ok(x), Ok(y)) => fails.push(format!(
                 "counter {a}: expected == {b} ({}), seen {}",
                 fmt_opt(y),
                 fmt_opt(x)
@@ -403,55 +411,39 @@ fn check_same(rules: &[SameRule], case: &str, topo: &Topology, delta: &Value) ->
 /// log page 0xC0 it read with `nvme get-log`) must lie between the host's snapshots at
 /// the case's begin and end: every numeric leaf of every device, counters only grow.
 /// A report that is not JSON, or names a device the host does not have, fails.
-pub fn check_reported(begin: &Value, end: &Value, reports: &[String]) -> Vec<String> {
+pub fn check_reported(begin: &Counters, end: &Counters, reports: &[String]) -> Vec<String> {
     let mut fails = vec![];
     for (k, text) in reports.iter().enumerate() {
-        let v: Value = match serde_json::from_str(text) {
+        let v: Counters = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                fails.push(format!("reported counters #{k}: not JSON ({e})"));
+                fails.push(format!(
+                    "reported counters #{k}: not the counter contract ({e})"
+                ));
                 continue;
             }
         };
-        let devs = v
-            .get("devices")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if devs.is_empty() {
+        if v.devices.is_empty() {
             fails.push(format!("reported counters #{k}: no devices"));
         }
-        for d in &devs {
-            let name = d.get("name").and_then(Value::as_str).unwrap_or("?");
-            let mut leaves = vec![];
-            numeric_leaves(d, String::new(), &mut leaves);
-            for (path, seen) in leaves {
-                let full = format!("devices[{name}]{path}");
-                match (leaf(begin, &full), leaf(end, &full)) {
-                    (Some(lo), Some(hi)) if lo <= seen && seen <= hi => {}
-                    (Some(lo), Some(hi)) => fails.push(format!("reported counter {full}: expected {lo}..={hi} (host at case begin..end), seen {seen}")),
-                    _ => fails.push(format!("reported counter {full}: the host has no such counter")),
-                }
+        for d in &v.devices {
+            if begin.device(&d.name).is_none() {
+                fails.push(format!(
+                    "reported counters #{k}: device {} is not one of the host's",
+                    d.name
+                ));
+            }
+        }
+        let known = v.devices.iter().filter(|d| begin.device(&d.name).is_some());
+        for (path, seen) in known.flat_map(DeviceSnapshot::leaves) {
+            match (begin.get(&path), end.get(&path)) {
+                (Some(lo), Some(hi)) if lo <= seen && seen <= hi => {}
+                (Some(lo), Some(hi)) => fails.push(format!("reported counter {path}: expected {lo}..={hi} (host at case begin..end), seen {seen}")),
+                _ => fails.push(format!("reported counter {path}: the host has no such counter")),
             }
         }
     }
     fails
-}
-
-fn numeric_leaves(v: &Value, path: String, out: &mut Vec<(String, i64)>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                numeric_leaves(x, format!("{path}.{k}"), out);
-            }
-        }
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                out.push((path, i));
-            }
-        }
-        _ => {}
-    }
 }
 
 fn fmt_opt(v: Option<i64>) -> String {
@@ -477,7 +469,7 @@ fn roles_are_p2plab<'a>(topo: &Topology, paths: impl IntoIterator<Item = &'a str
     })
 }
 
-fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Value) -> Vec<String> {
+fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Counters) -> Vec<String> {
     let mut fails = vec![];
     for r in rules.iter().filter(|r| r.case.name() == case) {
         if !roles_are_p2plab(topo, r.expect.iter().map(|e| e.path())) {
@@ -485,7 +477,14 @@ fn check_rules(rules: &[Rule], case: &str, topo: &Topology, delta: &Value) -> Ve
         }
         for e in r.expect {
             let path = subst_roles(topo, e.path());
-            if let Err(why) = e.check(leaf(delta, &path)) {
+            let seen = match counter(delta, &path) {
+                Ok(seen) => seen,
+                Err(e) => {
+                    fails.push(e);
+                    continue;
+                }
+            };
+            if let Err(why) = e.check(seen) {
                 let why = why.replace("seen nothing", "seen nothing (no such counter)");
                 fails.push(format!("counter {path}: {why}"));
             }
@@ -654,6 +653,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A counters document from (partial) JSON: missing counters read as 0.
+    fn c(v: Value) -> Counters {
+        serde_json::from_value(v).expect("counter contract")
+    }
+
     fn topo() -> Topology {
         let mut t: Topology = toml::from_str(
             "[roles]\nclient='nvme0'\nprovider='gpu0'\n[[device]]\nname='nvme0'\nkind='nvme'\n[[device]]\nname='gpu0'\nkind='gpu'\n",
@@ -664,13 +668,40 @@ mod tests {
     }
 
     #[test]
+    fn every_rule_names_a_real_counter() {
+        let t: Topology = toml::from_str(
+            "[roles]\nclient='a'\nprovider='b'\npeer='c'\nimporter='d'\nexporter='e'\n",
+        )
+        .unwrap();
+        let paths = RULES
+            .iter()
+            .flat_map(|r| r.expect.iter().map(|e| e.path()))
+            .chain(SAME_RULES.iter().flat_map(|r| [r.a, r.b]));
+        for p in paths {
+            let p = subst_roles(&t, p);
+            assert!(p.parse::<CounterPath>().is_ok(), "{p}");
+        }
+        // A misspelt rule fails its case, naming the path, instead of never matching.
+        const BAD: &[Rule] = &[Rule {
+            case: CaseId::P2pRead,
+            expect: &[Expect::AtLeast(
+                "devices[{client}].dma.peer.{provider}.write_bytes",
+                1,
+            )],
+        }];
+        let f = check_rules(BAD, "p2p-read", &topo(), &Counters::default());
+        assert_eq!(f.len(), 1);
+        assert!(f[0].contains("not a counter path"), "{f:?}");
+    }
+
+    #[test]
     fn rules_apply_only_where_the_named_roles_count() {
         let mut q: Topology = toml::from_str(
             "[roles]\nclient='q0'\nprovider='q1'\n[[device]]\nname='q0'\nkind='qemu-nvme'\n[[device]]\nname='q1'\nkind='qemu-nvme'\n",
         )
         .unwrap();
         q.name = "q".into();
-        let none = json!({"devices": []});
+        let none = Counters::default();
         assert!(check("p2p-read", &q, &none).is_empty());
         assert!(!check("p2p-read", &topo(), &none).is_empty());
     }
@@ -684,8 +715,9 @@ mod tests {
                 64,
             )],
         }];
-        let d =
-            json!({"devices": [{"name": "nvme0", "dma": {"peers": {"gpu0": {"write_bytes": 3}}}}]});
+        let d = c(
+            json!({"devices": [{"name": "nvme0", "kind": "nvme", "dma": {"peers": {"gpu0": {"write_bytes": 3}}}}]}),
+        );
         let f = check_rules(R, "p2p-read", &topo(), &d);
         assert_eq!(
             f,
@@ -699,8 +731,9 @@ mod tests {
 
     #[test]
     fn reported_counters_must_lie_between_the_host_snapshots() {
-        let snap = |w: i64| json!({"devices": [{"name": "nvme0", "kind": "nvme", "dma": {"host_memory": {"write_bytes": w}}}]});
-        let rep = |w: i64| snap(w).to_string();
+        let json = |w: i64| json!({"devices": [{"name": "nvme0", "kind": "nvme", "dma": {"host_memory": {"write_bytes": w}}}]});
+        let snap = |w: i64| c(json(w));
+        let rep = |w: i64| json(w).to_string();
         assert!(check_reported(&snap(10), &snap(20), &[rep(15)]).is_empty());
         assert_eq!(
             check_reported(&snap(10), &snap(20), &[rep(25)]),
@@ -708,7 +741,7 @@ mod tests {
         );
         assert_eq!(check_reported(&snap(10), &snap(20), &["{".into()]).len(), 1);
         let other =
-            json!({"devices": [{"name": "nvme9", "dma": {"self": {"read_bytes": 1}}}]}).to_string();
+            json!({"devices": [{"name": "nvme9", "kind": "nvme", "dma": {"self": {"read_bytes": 1}}}]}).to_string();
         assert_eq!(check_reported(&snap(10), &snap(20), &[other]).len(), 1);
     }
 
@@ -720,9 +753,9 @@ mod tests {
         .unwrap();
         t.name = "t".into();
         let d = |sent: i64, seen: i64| {
-            json!({"devices": [
-                {"name": "nvme0", "dma": {"peers": {"nvme1": {"write_bytes": sent}}}},
-                {"name": "nvme1", "inbound": {"peers": {"nvme0": {"write_bytes": seen}}}}]})
+            c(json!({"devices": [
+                {"name": "nvme0", "kind": "nvme", "dma": {"peers": {"nvme1": {"write_bytes": sent}}}},
+                {"name": "nvme1", "kind": "nvme", "inbound": {"peers": {"nvme0": {"write_bytes": seen}}}}]}))
         };
         assert!(check_same(SAME_RULES, "nvme-nvme-copy", &t, &d(64, 64)).is_empty());
         assert_eq!(
@@ -737,11 +770,11 @@ mod tests {
         let m = 64 * NV_MIB;
         let dir = |r: i64, w: i64| json!({"read_bytes": r, "write_bytes": w, "ops": 1});
         let delta = |peer: i64, ram: i64, seen: i64| {
-            json!({"devices": [
-                {"name": "nvme0", "dma": {"host_memory": dir(m, ram), "self": dir(0, 0), "client_relay": dir(0, 0), "peers": {"gpu0": dir(0, peer)}},
+            c(json!({"devices": [
+                {"name": "nvme0", "kind": "nvme", "dma": {"host_memory": dir(m, ram), "self": dir(0, 0), "client_relay": dir(0, 0), "peers": {"gpu0": dir(0, peer)}},
                  "inbound": {"peers": {"gpu0": dir(0, 0)}}},
-                {"name": "gpu0", "dma": {"host_memory": dir(0, 0), "self": dir(0, 0), "client_relay": dir(0, 0), "peers": {"nvme0": dir(0, 0)}},
-                 "inbound": {"peers": {"nvme0": dir(0, seen)}}}]})
+                {"name": "gpu0", "kind": "gpu", "dma": {"host_memory": dir(0, 0), "self": dir(0, 0), "client_relay": dir(0, 0), "peers": {"nvme0": dir(0, 0)}},
+                 "inbound": {"peers": {"nvme0": dir(0, seen)}}}]}))
         };
         assert!(check("p2p-read", &topo(), &delta(m, 1024, m)).is_empty());
         assert_eq!(

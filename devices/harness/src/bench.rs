@@ -13,6 +13,7 @@ mod chart;
 mod limits;
 
 use anyhow::Context;
+use p2plab_counters::Counters;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -209,7 +210,7 @@ fn run_one(
     config: &Path,
     out: &Path,
     args: &BenchArgs,
-) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Value)> {
+) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Counters)> {
     let exe = std::env::current_exe().context("locating p2plab")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args([
@@ -250,7 +251,7 @@ fn run_one(
     let counters = std::fs::read_to_string(out.join("counters.json"))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
+        .unwrap_or_default();
     Ok((figures, counters))
 }
 
@@ -468,22 +469,20 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     );
     println!("limit named (writes are set against the same copy's read direction).");
     println!("{HOST_CACHING}");
-    let rss = counters["process"]["rss_bytes"].as_u64().unwrap_or(0);
+    let rss = counters.process.map_or(0, |p| p.rss_bytes);
     println!(
         "p2plab process RSS at exit: {:.1} MiB",
         rss as f64 / 1048576.0
     );
     let mut bars = Map::new();
-    if let Some(devs) = counters["devices"].as_array() {
-        for d in devs {
-            let name = d["name"].as_str().unwrap_or("?");
-            let b = d["bar_resident_bytes"].as_u64().unwrap_or(0);
-            println!(
-                "  {name} memory BARs resident: {:.1} MiB",
-                b as f64 / 1048576.0
-            );
-            bars.insert(name.into(), b.into());
-        }
+    for d in &counters.devices {
+        let b = d.bar_resident_bytes;
+        println!(
+            "  {} memory BARs resident: {:.1} MiB",
+            d.name,
+            b as f64 / 1048576.0
+        );
+        bars.insert(d.name.clone(), b.into());
     }
     r.json.insert("p2plab_rss_bytes".into(), rss.into());
     r.json

@@ -10,16 +10,17 @@
 //! - [`image`]: the initramfs (cached base layer, fio layer, per-run layer), the
 //!   kernel, `p2pgpu.ko`.
 //! - [`qemu`]: the QEMU binary, the accelerator and the command line of a topology.
-//! - [`assertions`]: what each case's counter delta (and CPU witness) must show;
-//!   [`counters`]: deltas and paths over counter snapshots; [`ktap`]: KTAP results and
-//!   kernel reports; [`witness`]: the CPU witness plugin's control.
+//! - [`assertions`]: what each case's counter delta (and CPU witness) must show, over
+//!   the typed counter contract of `p2plab-counters` (snapshots, deltas, counter paths);
+//!   [`ktap`]: KTAP results and kernel reports; [`witness`]: the CPU witness plugin's
+//!   control.
 //! - [`summary`]: `p2plab summary`, the suite's table; [`proof`]: `p2plab proof`;
 //!   [`bench`](mod@bench): `p2plab bench`.
 //!
 //! # Architecture
 //! `run` uses `select`, `image`, `qemu`, `witness` and `supervise`; `supervise` uses
-//! `assertions`, `counters`, `ktap` and `witness`;
-//! `select` uses `qemu`; `qemu` uses `image`; `assertions` uses `counters`; `proof` uses
+//! `assertions`, `ktap` and `witness`;
+//! `select` uses `qemu`; `qemu` uses `image`; `proof` uses
 //! `summary` and `ktap`; `summary` uses `ktap`. Nothing reaches back up. `bench` runs
 //! `p2plab run` as a child process.
 //!
@@ -29,7 +30,6 @@
 
 pub mod assertions;
 pub mod bench;
-pub mod counters;
 pub mod image;
 pub mod ktap;
 pub mod proof;

@@ -5,6 +5,7 @@
 use crate::ktap::{self, Verdict};
 use crate::summary::{environment_line, run_environment};
 use anyhow::Context;
+use p2plab_counters::{BytesSnapshot, Counters, DeviceSnapshot, DirSnapshot};
 use p2plab_guest_abi::{CaseId, Marker};
 use p2plab_lab::config::{DeviceKind, Topology};
 use serde_json::Value;
@@ -49,15 +50,11 @@ pub fn movement_main(run_dir: &Path) -> anyhow::Result<i32> {
         )?)
     };
     let run = read("run.json")?;
-    let counters = read("counters.json")?;
-    let u = |v: &Value| v.as_u64().unwrap_or(0);
-    let rw = |v: &Value| {
-        format!(
-            "read {}, wrote {}",
-            fmt_bytes(u(&v["read_bytes"])),
-            fmt_bytes(u(&v["write_bytes"]))
-        )
-    };
+    let counters: Counters = serde_json::from_value(read("counters.json")?)
+        .context("counters.json is not the counter contract")?;
+    let rw = |r: u64, w: u64| format!("read {}, wrote {}", fmt_bytes(r), fmt_bytes(w));
+    let dir = |d: &DirSnapshot| rw(d.read_bytes, d.write_bytes);
+    let bytes = |b: &BytesSnapshot| rw(b.read_bytes, b.write_bytes);
     println!();
     println!(
         "p2plab counters — whole run of topology '{}' ({})",
@@ -65,29 +62,25 @@ pub fn movement_main(run_dir: &Path) -> anyhow::Result<i32> {
         run_dir.display()
     );
     println!("  ({})", environment_line(&run_environment(&run)));
-    for d in counters["devices"].as_array().into_iter().flatten() {
-        let name = d["name"].as_str().unwrap_or("?");
-        println!(
-            "  {name} ({}) as bus master:",
-            d["kind"].as_str().unwrap_or("?")
-        );
-        println!("    {:<28} {}", "guest RAM", rw(&d["dma"]["host_memory"]));
-        println!("    {:<28} {}", "its own BARs", rw(&d["dma"]["self"]));
-        for (peer, v) in d["dma"]["peers"].as_object().into_iter().flatten() {
-            println!("    {:<28} {}", format!("peer {peer}'s BARs"), rw(v));
+    for d in &counters.devices {
+        println!("  {} ({}) as bus master:", d.name, d.kind);
+        println!("    {:<28} {}", "guest RAM", dir(&d.dma.host_memory));
+        println!("    {:<28} {}", "its own BARs", dir(&d.dma.self_));
+        for (peer, v) in &d.dma.peers {
+            println!("    {:<28} {}", format!("peer {peer}'s BARs"), dir(v));
         }
         println!(
             "    {:<28} {}",
             "relayed through QEMU",
-            rw(&d["dma"]["client_relay"])
+            dir(&d.dma.client_relay)
         );
-        for (peer, v) in d["inbound"]["peers"].as_object().into_iter().flatten() {
-            println!("    {:<28} {}", format!("inbound from {peer}"), rw(v));
+        for (peer, v) in &d.inbound.peers {
+            println!("    {:<28} {}", format!("inbound from {peer}"), bytes(v));
         }
         println!(
             "    {:<28} {}",
             "trapped CPU MMIO",
-            rw(&d["inbound"]["cpu_mmio"])
+            bytes(&d.inbound.cpu_mmio)
         );
     }
     Ok(0)
@@ -144,33 +137,25 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
     let verdict = ktap::parse(&ktap).into_iter().find(|r| r.name == case);
     let cdir = run_dir.join("cases").join(case);
-    let delta: Value = std::fs::read_to_string(cdir.join("counters.json"))
+    let delta: Counters = std::fs::read_to_string(cdir.join("counters.json"))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
-    let dev = |name: &str| {
-        delta["devices"]
-            .as_array()
-            .and_then(|a| a.iter().find(|d| d["name"] == name))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    let (c, p) = (dev(&client), dev(&provider));
-    let u = |v: &Value| v.as_u64().unwrap_or(0);
-    let peer = u(&c["dma"]["peers"][&provider]["write_bytes"]);
-    let inbound = u(&p["inbound"]["peers"][&client]["write_bytes"]);
+        .unwrap_or_default();
+    let none = DeviceSnapshot::default();
+    let c = delta.device(&client).unwrap_or(&none);
+    let p = delta.device(&provider).unwrap_or(&none);
+    let peer = c.dma.peers.get(&provider).map_or(0, |d| d.write_bytes);
+    let inbound = p.inbound.peers.get(&client).map_or(0, |b| b.write_bytes);
     // The NVMe's guest-RAM reads are its queues and PRP lists; a GPU's are its ring.
-    let ram_data = u(&c["dma"]["host_memory"]["write_bytes"])
+    let ram_data = c.dma.host_memory.write_bytes
         + if pageless {
-            u(&c["dma"]["host_memory"]["read_bytes"])
+            c.dma.host_memory.read_bytes
         } else {
             0
         };
-    let relay: u64 = [&c, &p]
+    let relay: u64 = [c, p]
         .iter()
-        .map(|d| {
-            u(&d["dma"]["client_relay"]["read_bytes"]) + u(&d["dma"]["client_relay"]["write_bytes"])
-        })
+        .map(|d| d.dma.client_relay.read_bytes + d.dma.client_relay.write_bytes)
         .sum();
     let cpu: Option<Value> = std::fs::read_to_string(cdir.join("cpu.json"))
         .ok()
@@ -230,6 +215,7 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
         "bytes relayed through QEMU",
         fmt_bytes(relay)
     );
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
     let cpu_accesses = match &cpu {
         Some(cpu) => {
             let r = cpu["ranges"]

@@ -10,6 +10,7 @@
 
 use crate::ktap::{self, ResultLine, Verdict};
 use anyhow::Context;
+use p2plab_counters::{Counters, DeviceSnapshot, DirSnapshot};
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
@@ -35,24 +36,17 @@ fn mib(n: u64) -> String {
 }
 
 /// "peer 64.0M, ram 172K, relay 0" summed over the lab's devices as bus masters.
-pub fn key_counters(delta: &Value) -> String {
-    let Some(devs) = delta.get("devices").and_then(Value::as_array) else {
-        return String::new();
-    };
+pub fn key_counters(delta: &Counters) -> String {
+    let devs = &delta.devices;
     if devs.is_empty() {
         return "(no p2plab devices)".into();
     }
-    let sum = |f: &dyn Fn(&Value) -> u64| devs.iter().map(f).sum::<u64>();
-    let rw =
-        |v: &Value| v["read_bytes"].as_u64().unwrap_or(0) + v["write_bytes"].as_u64().unwrap_or(0);
-    let peer = sum(&|d| {
-        d["dma"]["peers"]
-            .as_object()
-            .map_or(0, |m| m.values().map(rw).sum())
-    });
-    let own = sum(&|d| rw(&d["dma"]["self"]));
-    let ram = sum(&|d| rw(&d["dma"]["host_memory"]));
-    let relay = sum(&|d| rw(&d["dma"]["client_relay"]));
+    let sum = |f: &dyn Fn(&DeviceSnapshot) -> u64| devs.iter().map(f).sum::<u64>();
+    let rw = |v: &DirSnapshot| v.read_bytes + v.write_bytes;
+    let peer = sum(&|d| d.dma.peers.values().map(rw).sum());
+    let own = sum(&|d| rw(&d.dma.self_));
+    let ram = sum(&|d| rw(&d.dma.host_memory));
+    let relay = sum(&|d| rw(&d.dma.client_relay));
     format!(
         "peer {} self {} ram {} relay {}",
         mib(peer),
@@ -121,7 +115,8 @@ pub fn collect(out: &Path) -> anyhow::Result<Vec<Row>> {
                 .and_then(|v| v["seconds"].as_f64())
                 .unwrap_or(0.0);
             let key = read("counters.json")
-                .map(|v| key_counters(&v))
+                .and_then(|v| serde_json::from_value::<Counters>(v).ok())
+                .map(|c| key_counters(&c))
                 .unwrap_or_default();
             rows.push(Row {
                 case,
@@ -253,9 +248,10 @@ mod tests {
     #[test]
     fn key_counters_sum_devices() {
         let v = serde_json::json!({"devices": [
-            {"dma": {"peers": {"gpu0": {"read_bytes": 0, "write_bytes": 67108864}}, "self": {"read_bytes": 4096, "write_bytes": 0},
+            {"name": "nvme0", "kind": "nvme", "dma": {"peers": {"gpu0": {"read_bytes": 0, "write_bytes": 67108864}}, "self": {"read_bytes": 4096, "write_bytes": 0},
                      "host_memory": {"read_bytes": 1024, "write_bytes": 0}, "client_relay": {"read_bytes": 0, "write_bytes": 0}}},
-            {"dma": {"peers": {}, "self": {}, "host_memory": {}, "client_relay": {}}}]});
+            {"name": "gpu0", "kind": "gpu", "dma": {"peers": {}, "self": {}, "host_memory": {}, "client_relay": {}}}]});
+        let v: Counters = serde_json::from_value(v).unwrap();
         assert_eq!(key_counters(&v), "peer 64.0M self 4K ram 1K relay 0");
     }
 

@@ -5,10 +5,10 @@
 //! `timing.json`, `cases/<case>/{counters.json,result.json,cpu.json,splat.txt,output.log}`.
 
 use crate::assertions;
-use crate::counters;
 use crate::ktap::{self, Verdict};
 use crate::witness::{self, Witness};
 use anyhow::{Context, Result};
+use p2plab_counters::Counters;
 use p2plab_guest_abi::{CaseId, Marker};
 use p2plab_lab::config::Topology;
 use p2plab_lab::{BarWindow, Lab};
@@ -139,9 +139,9 @@ pub fn shell(mut cmd: Command, run_dir: &Path, timeout: Option<Duration>) -> Res
 /// Per-case bookkeeping on the host.
 #[derive(Default)]
 struct CaseRun {
-    begin: Option<(Instant, Value)>,
+    begin: Option<(Instant, Counters)>,
     seconds: Option<f64>,
-    delta: Option<Value>,
+    delta: Option<Counters>,
     /// CPU witness: the windows armed at BEGIN and the snapshot then.
     cpu_begin: Option<(Vec<BarWindow>, tcg_witness::Snapshot)>,
     /// CPU witness: the case's `cpu.json`.
@@ -250,7 +250,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
         }
     });
 
-    let snap = || lab.map_or_else(|| json!({"devices": []}), Lab::snapshot);
+    let snap = || lab.map_or_else(Counters::default, Lab::snapshot);
     // The plugin binds its socket at QEMU start; connect lazily at the first case.
     let mut cpu = cpu_witness.then(|| Witness::new(run_dir.join("witness.sock")));
     let mut cpu_secs = 0.0f64;
@@ -358,7 +358,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
             let r = runs.entry(name.clone()).or_default();
             if let Some((t, begin)) = &r.begin {
                 r.seconds = Some(t.elapsed().as_secs_f64());
-                let d = counters::delta(begin, &end);
+                let d = end.since(begin);
                 let dir = run_dir.join("cases").join(&name);
                 std::fs::create_dir_all(&dir)?;
                 std::fs::write(dir.join("counters.json"), serde_json::to_string_pretty(&d)?)?;

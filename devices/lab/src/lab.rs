@@ -28,8 +28,9 @@
 
 use crate::config::{DeviceConfig, DeviceKind, Topology};
 use anyhow::Context;
-use p2plab_fabric::{DeviceId, Fabric, HostMemory, HostRoute};
-use p2plab_memory::{memfd_create_sealed, DmaError, InterruptSink, MmapRegion};
+use p2plab_counters::{Counters, ProcessSnapshot};
+use p2plab_fabric::{DeviceId, Fabric};
+use p2plab_memory::{memfd_create_sealed, InterruptSink, MmapRegion};
 use p2plab_pci::regs::{PCIE_CONFIG_SPACE_SIZE, PCI_BASE_ADDRESS_0, PCI_NUM_BARS};
 use p2plab_pci::{ConfigSpace, PciFunction, UNCLAIMED_READ};
 use std::fs::File;
@@ -122,28 +123,6 @@ impl InterruptSink for ClientIrqs {
         if let Some(irqs) = self.0.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             irqs.signal(vector);
         }
-    }
-}
-
-/// The vfio-user client's DMA map table, as the fabric's view of host memory.
-struct ClientMemory(Arc<vfu::ClientDma>);
-
-impl HostMemory for ClientMemory {
-    fn resolve(&self, addr: u64, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError> {
-        let (r, n) = self.0.resolve(addr, len, write)?;
-        Ok((
-            match r {
-                vfu::Resolved::Mapped { region, offset } => HostRoute::Mapped { region, offset },
-                vfu::Resolved::Relay => HostRoute::Relay,
-            },
-            n,
-        ))
-    }
-    fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        self.0.relay_read(addr, buf)
-    }
-    fn relay_write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        self.0.relay_write(addr, data)
     }
 }
 
@@ -435,8 +414,7 @@ impl<F: PciFunction + 'static> vfu::Device for LabDevice<F> {
 
     fn connected(&self, client: Arc<vfu::Client>) {
         log::info!("{}: client connected", self.name);
-        self.fabric
-            .set_client(self.id, Some(Arc::new(ClientMemory(client.dma().clone()))));
+        self.fabric.set_client(self.id, Some(client.dma().clone()));
         *self.irqs.0.write().unwrap_or_else(|p| p.into_inner()) = Some(client.irqs().clone());
     }
 
@@ -609,16 +587,16 @@ impl Lab {
             .map(|d| d.socket.clone())
     }
 
-    /// All counters, in the counter contract's JSON shape.
-    ///
-    /// Besides the contract's fields each device carries `bar_resident_bytes` (host
-    /// memory actually backing its memory BARs: a sparse VRAM costs only what was
-    /// touched), and `process.rss_bytes` is this process's resident set.
-    pub fn snapshot(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self.fabric.snapshot()).unwrap_or_default();
-        add_resident_bytes(&mut v, &self.resident_bytes());
-        v["process"] = serde_json::json!({ "rss_bytes": process_rss_bytes() });
-        v
+    /// All counters (the counter contract), with each device's `bar_resident_bytes`
+    /// (host memory actually backing its memory BARs: a sparse VRAM costs only what was
+    /// touched) and this process's resident set.
+    pub fn snapshot(&self) -> Counters {
+        let mut c = self.fabric.snapshot();
+        add_resident_bytes(&mut c, &self.resident_bytes());
+        c.process = Some(ProcessSnapshot {
+            rss_bytes: process_rss_bytes(),
+        });
+        c
     }
 
     /// Memory BAR windows currently decoded (for the CPU witness).
@@ -666,18 +644,11 @@ impl Drop for Lab {
     }
 }
 
-/// Adds each device's `bar_resident_bytes` to a counters document, matched by name.
-fn add_resident_bytes(counters: &mut serde_json::Value, resident: &[(String, u64)]) {
-    let Some(devs) = counters
-        .get_mut("devices")
-        .and_then(serde_json::Value::as_array_mut)
-    else {
-        return;
-    };
-    for d in devs {
-        let name = d.get("name").and_then(serde_json::Value::as_str);
-        if let Some((_, bytes)) = resident.iter().find(|(n, _)| Some(n.as_str()) == name) {
-            d["bar_resident_bytes"] = (*bytes).into();
+/// Sets each device's `bar_resident_bytes`, matched by name.
+fn add_resident_bytes(counters: &mut Counters, resident: &[(String, u64)]) {
+    for d in &mut counters.devices {
+        if let Some((_, bytes)) = resident.iter().find(|(n, _)| *n == d.name) {
+            d.bar_resident_bytes = *bytes;
         }
     }
 }
@@ -1145,11 +1116,18 @@ mod tests {
 
     #[test]
     fn resident_bytes_are_matched_to_devices_by_name() {
-        let mut counters = serde_json::json!({"devices": [{"name": "gpu0"}, {"name": "nvme0"}]});
+        let dev = |name: &str| p2plab_counters::DeviceSnapshot {
+            name: name.into(),
+            ..Default::default()
+        };
+        let mut counters = Counters {
+            devices: vec![dev("gpu0"), dev("nvme0")],
+            process: None,
+        };
         let resident = [("nvme0".to_string(), 4096), ("gpu0".to_string(), 8192)];
         add_resident_bytes(&mut counters, &resident);
-        assert_eq!(counters["devices"][0]["bar_resident_bytes"], 8192);
-        assert_eq!(counters["devices"][1]["bar_resident_bytes"], 4096);
+        assert_eq!(counters.devices[0].bar_resident_bytes, 8192);
+        assert_eq!(counters.devices[1].bar_resident_bytes, 4096);
     }
 
     /// nvme0 (2 MiB CMB, 1 MiB namespace) and gpu0 (2 MiB VRAM): a lab that starts fast.

@@ -8,6 +8,9 @@
 //! - [`DmaSpace`]: what a bus master can do with a bus address: read, write, and the
 //!   zero-copy file transfers the NVMe model uses (`pread` straight into the target).
 //! - [`InterruptSink`]: how a device raises an MSI-X vector.
+//! - [`HostMemory`] / [`HostRoute`]: guest memory as a client connection maps it (fd-backed
+//!   or relayed), and [`Pieces`] with the [`route`] functions: the one walk that moves a
+//!   transfer piece by piece, used by the vfio-user server and the fabric alike.
 //! - [`MmapRegion`]: a shared mapping of a file descriptor (a guest-RAM memfd handed over
 //!   by QEMU, or a BAR's own memfd) with bounds-checked copy and file I/O, kept out of
 //!   core dumps (`MADV_DONTDUMP`).
@@ -32,8 +35,10 @@ use std::fs::File;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 mod mmap;
+pub mod route;
 mod seal;
 pub use mmap::{memfd_create, MmapRegion};
+pub use route::{HostMemory, HostRoute, Piece, Pieces};
 pub use seal::{memfd_create_sealed, seal_against_shrink, seals, SIZE_SEALS};
 
 /// A bus address (guest physical address) as seen by a DMA master.

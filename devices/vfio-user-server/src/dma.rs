@@ -18,7 +18,9 @@
 
 use crate::link::Link;
 use crate::Errno;
-use p2plab_memory::{BusAddr, DmaError, DmaSpace, MmapRegion};
+use p2plab_memory::{
+    route, BusAddr, DmaError, DmaSpace, HostMemory, HostRoute, MmapRegion, Piece, Pieces,
+};
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
 use std::os::fd::OwnedFd;
@@ -29,27 +31,6 @@ use std::time::{Duration, Instant};
 use vfio_user_proto::wire::DmaAccess;
 use vfio_user_proto::{Command, DmaRwLayout, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
 use zerocopy::IntoBytes;
-
-/// Where a bus address lives, as [`ClientDma::resolve`] found it.
-#[derive(Clone)]
-pub enum Resolved {
-    /// In an fd-backed map: access `region` at `offset` directly.
-    Mapped {
-        region: Arc<MmapRegion>,
-        offset: u64,
-    },
-    /// In a map without fd: use [`ClientDma::relay_read`] / [`ClientDma::relay_write`].
-    Relay,
-}
-
-impl std::fmt::Debug for Resolved {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Resolved::Mapped { offset, .. } => write!(f, "Mapped {{ offset: {offset:#x} }}"),
-            Resolved::Relay => f.write_str("Relay"),
-        }
-    }
-}
 
 /// Most distinct files per connection that could not be sealed against shrinking (each
 /// stays open while mapped, so a client must not be able to pile up descriptors).
@@ -130,7 +111,7 @@ impl ClientDma {
     }
 
     /// The map containing `addr`, and how many bytes from `addr` stay inside it (<= len).
-    pub fn resolve(&self, addr: u64, len: u64, write: bool) -> Result<(Resolved, u64), DmaError> {
+    pub fn resolve(&self, addr: u64, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError> {
         let maps = self.read_maps();
         let unmapped = DmaError::Unmapped { addr, len };
         let (&iova, e) = maps.range(..=addr).next_back().ok_or(unmapped.clone())?;
@@ -146,11 +127,11 @@ impl ClientDma {
         }
         let n = len.min(e.size - off);
         let r = match &e.backing {
-            Some((region, delta)) => Resolved::Mapped {
+            Some((region, delta)) => HostRoute::Mapped {
                 region: region.clone(),
                 offset: delta + off,
             },
-            None => Resolved::Relay,
+            None => HostRoute::Relay,
         };
         Ok((r, n))
     }
@@ -363,7 +344,7 @@ impl ClientDma {
     }
 
     /// Drop a removed map once nobody uses its mapping any more (bounded wait: a user
-    /// that holds a [`Resolved::Mapped`] region for longer only delays the munmap,
+    /// that holds a [`HostRoute::Mapped`] region for longer only delays the munmap,
     /// which stays memory-safe because the region is reference counted).
     fn retire(&self, iova: u64, e: MapEntry) {
         let Some((region, _)) = e.backing else { return };
@@ -418,91 +399,55 @@ fn checked_addr(addr: u64, done: usize, len: usize) -> Result<u64, DmaError> {
     })
 }
 
-impl ClientDma {
-    /// Walk `addr..addr+len` map by map: `op(resolved, bus address, offset into the
-    /// transfer, bytes)` moves one piece that stays inside a single map.
-    fn piecewise(
+impl Pieces for ClientDma {
+    /// Map by map: each piece stays inside one DMA map.
+    fn pieces(
         &self,
         addr: BusAddr,
         len: usize,
         write: bool,
-        mut op: impl FnMut(Resolved, u64, usize, usize) -> Result<(), DmaError>,
+        op: &mut dyn FnMut(Piece<'_>, usize, usize) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         let mut done = 0usize;
         while done < len {
             let a = checked_addr(addr.0, done, len)?;
             let (r, n) = self.resolve(a, (len - done) as u64, write)?;
             let n = n as usize; // n <= len - done, which came from a usize
-            op(r, a, done, n)?;
+            match &r {
+                HostRoute::Mapped { region, offset } => {
+                    op(Piece::Mapped(region, *offset), done, n)?
+                }
+                HostRoute::Relay => op(Piece::Relay(self), done, n)?,
+            }
             done += n;
         }
         Ok(())
     }
 }
 
-fn file_offset_at(file_offset: u64, done: usize, addr: u64, len: usize) -> Result<u64, DmaError> {
-    file_offset
-        .checked_add(done as u64)
-        .ok_or(DmaError::Overflow {
-            addr,
-            len: len as u64,
-        })
+impl HostMemory for ClientDma {
+    fn resolve(&self, addr: u64, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError> {
+        ClientDma::resolve(self, addr, len, write)
+    }
+    fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        ClientDma::relay_read(self, addr, buf)
+    }
+    fn relay_write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
+        ClientDma::relay_write(self, addr, data)
+    }
 }
 
 impl DmaSpace for ClientDma {
     fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
-        self.piecewise(addr, buf.len(), false, |r, a, at, n| {
-            let dst = &mut buf[at..at + n];
-            match r {
-                Resolved::Mapped { region, offset } => region.read(offset, dst),
-                Resolved::Relay => self.relay_read(a, dst),
-            }
-        })
+        route::read(self, addr, buf)
     }
-
     fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
-        self.piecewise(addr, data.len(), true, |r, a, at, n| {
-            let src = &data[at..at + n];
-            match r {
-                Resolved::Mapped { region, offset } => region.write(offset, src),
-                Resolved::Relay => self.relay_write(a, src),
-            }
-        })
+        route::write(self, addr, data)
     }
-
-    fn write_from_file(
-        &self,
-        addr: BusAddr,
-        file: &File,
-        file_offset: u64,
-        len: usize,
-    ) -> Result<(), DmaError> {
-        self.piecewise(addr, len, true, |r, a, at, n| {
-            let foff = file_offset_at(file_offset, at, a, len)?;
-            match r {
-                Resolved::Mapped { region, offset } => region.read_from_file(offset, file, foff, n),
-                Resolved::Relay => {
-                    p2plab_memory::bounce_from_file(file, foff, n, |b| self.relay_write(a, b))
-                }
-            }
-        })
+    fn write_from_file(&self, a: BusAddr, f: &File, o: u64, l: usize) -> Result<(), DmaError> {
+        route::write_from_file(self, a, f, o, l)
     }
-
-    fn read_to_file(
-        &self,
-        addr: BusAddr,
-        file: &File,
-        file_offset: u64,
-        len: usize,
-    ) -> Result<(), DmaError> {
-        self.piecewise(addr, len, false, |r, a, at, n| {
-            let foff = file_offset_at(file_offset, at, a, len)?;
-            match r {
-                Resolved::Mapped { region, offset } => region.write_to_file(offset, file, foff, n),
-                Resolved::Relay => {
-                    p2plab_memory::bounce_to_file(file, foff, n, |b| self.relay_read(a, b))
-                }
-            }
-        })
+    fn read_to_file(&self, a: BusAddr, f: &File, o: u64, l: usize) -> Result<(), DmaError> {
+        route::read_to_file(self, a, f, o, l)
     }
 }

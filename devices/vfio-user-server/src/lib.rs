@@ -59,7 +59,7 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use dma::{ClientDma, DmaMapInfo, Resolved, MAX_CHECKED_FILES};
+pub use dma::{ClientDma, DmaMapInfo, MAX_CHECKED_FILES};
 pub use door::{
     bind_private, peer_credentials, BindError, PeerCredentials, PeerPolicy, SOCKET_MODE,
 };

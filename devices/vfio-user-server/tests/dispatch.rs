@@ -2,6 +2,7 @@
 
 mod support;
 
+use p2plab_memory::HostRoute;
 use p2plab_memory::{BusAddr, DmaError, DmaSpace, InterruptSink};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -10,7 +11,7 @@ use std::thread::JoinHandle;
 use support::*;
 use vfio_user_proto::wire::*;
 use vfio_user_proto::*;
-use vfio_user_server::{serve_connection, Device, Errno, MemTransport, Resolved, ServerConfig};
+use vfio_user_server::{serve_connection, Device, Errno, MemTransport, ServerConfig};
 use zerocopy::{FromBytes, IntoBytes};
 
 struct Conn {
@@ -511,7 +512,7 @@ fn dma_map_with_fd_is_accessed_directly() {
         Err(DmaError::Unmapped { .. })
     ));
     let (r, n) = dma.resolve(0x10_7000, 0x10000, false).unwrap();
-    assert!(matches!(r, Resolved::Mapped { offset: 0x7000, .. }));
+    assert!(matches!(r, HostRoute::Mapped { offset: 0x7000, .. }));
     assert_eq!(n, 0x1000);
 }
 
@@ -552,7 +553,7 @@ fn dma_map_without_fd_is_a_relay_range() {
         .ok();
     let dma = s.dev.client().dma().clone();
     let (r, n) = dma.resolve(0xfffc_0010, 16, false).unwrap();
-    assert!(matches!(r, Resolved::Relay));
+    assert!(matches!(r, HostRoute::Relay));
     assert_eq!(n, 16);
     assert!(!dma.maps()[0].fd_backed);
 }

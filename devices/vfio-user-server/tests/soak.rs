@@ -11,6 +11,7 @@
 
 mod support;
 
+use p2plab_memory::HostRoute;
 use p2plab_memory::{BusAddr, DmaSpace};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use support::*;
 use vfio_user_proto::wire::*;
 use vfio_user_proto::*;
-use vfio_user_server::{serve_connection, Device, MemTransport, Resolved, ServerConfig};
+use vfio_user_server::{serve_connection, Device, MemTransport, ServerConfig};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// xorshift64*: tiny, deterministic, good enough to pick cases.
@@ -548,7 +549,7 @@ impl Soak {
             let off = rng.below(m.size - len as u64 + 1);
             let addr = m.iova + off;
             // Resolve first: a relay would wait for this very thread to answer.
-            if let Ok((Resolved::Mapped { .. }, n)) = dma.resolve(addr, len as u64, false) {
+            if let Ok((HostRoute::Mapped { .. }, n)) = dma.resolve(addr, len as u64, false) {
                 let mut buf = vec![0u8; n as usize];
                 // Errors are fine (a racing unmap cannot happen: we are the client).
                 let _ = dma.read(BusAddr(addr), &mut buf);
