@@ -327,7 +327,7 @@ impl Fabric {
         // A host range never overlaps a BAR window the guest uses, but clip anyway so a
         // transfer that runs into one is routed piecewise.
         let clip = next_window.min(end) - addr;
-        let (r, avail) = client.resolve(addr, clip, write)?;
+        let (r, avail) = client.resolve(BusAddr(addr), clip, write)?;
         let avail = avail.min(clip);
         if avail == 0 {
             return Err(DmaError::Unmapped { addr, len });

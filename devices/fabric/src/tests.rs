@@ -20,7 +20,7 @@ impl FakeClient {
     fn new() -> Arc<Self> {
         let f = memfd_create("ram", RAM_LEN).unwrap();
         Arc::new(Self {
-            ram: Arc::new(MmapRegion::new(&f, 0, RAM_LEN as usize, true).unwrap()),
+            ram: Arc::new(MmapRegion::new(Arc::new(f), 0, RAM_LEN as usize, true).unwrap()),
             relayed: Mutex::default(),
             relay_mem: Mutex::new(vec![0; 0x40000]),
         })
@@ -28,7 +28,8 @@ impl FakeClient {
 }
 
 impl HostMemory for FakeClient {
-    fn resolve(&self, addr: u64, len: u64, _write: bool) -> Result<(HostRoute, u64), DmaError> {
+    fn resolve(&self, addr: BusAddr, len: u64, _write: bool) -> Result<(HostRoute, u64), DmaError> {
+        let addr = addr.0;
         if addr < RAM_BASE + RAM_LEN {
             Ok((
                 HostRoute::Mapped {
@@ -43,13 +44,15 @@ impl HostMemory for FakeClient {
             Err(DmaError::Unmapped { addr, len })
         }
     }
-    fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    fn relay_read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        let addr = addr.0;
         self.relayed.lock().unwrap().push((false, addr, buf.len()));
         let o = (addr - RELAY_BASE) as usize;
         buf.copy_from_slice(&self.relay_mem.lock().unwrap()[o..o + buf.len()]);
         Ok(())
     }
-    fn relay_write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
+    fn relay_write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
+        let addr = addr.0;
         self.relayed.lock().unwrap().push((true, addr, data.len()));
         let o = (addr - RELAY_BASE) as usize;
         self.relay_mem.lock().unwrap()[o..o + data.len()].copy_from_slice(data);
@@ -68,7 +71,7 @@ struct Lab {
 
 fn mem(len: u64) -> Arc<MmapRegion> {
     let f = memfd_create("bar", len).unwrap();
-    Arc::new(MmapRegion::new(&f, 0, len as usize, true).unwrap())
+    Arc::new(MmapRegion::new(Arc::new(f), 0, len as usize, true).unwrap())
 }
 
 fn lab() -> Lab {
@@ -212,7 +215,7 @@ fn file_transfers_are_zero_copy_into_peer_and_split_at_windows() {
     l.vram.read(0, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 0x5a));
     // From the CMB back to the file: self reads.
-    l.cmb.fill(0, 4096, 0x11).unwrap();
+    l.cmb.write(0, &[0x11; 4096]).unwrap();
     port.read_to_file(BusAddr(CMB_BAR), &f, 8 * MIB, 4096)
         .unwrap();
     let mut b = [0u8; 4096];

@@ -514,8 +514,10 @@ fn memory_bar(name: &str, size: u64) -> anyhow::Result<(Arc<File>, Arc<MmapRegio
     let file = memfd_create_sealed(name, size)
         .with_context(|| format!("memfd for {name} ({size} bytes)"))?;
     let len = usize::try_from(size).context("BAR larger than the address space")?;
-    let region = MmapRegion::new(&file, 0, len, true).with_context(|| format!("mapping {name}"))?;
-    Ok((Arc::new(file), Arc::new(region)))
+    let file = Arc::new(file);
+    let region =
+        MmapRegion::new(file.clone(), 0, len, true).with_context(|| format!("mapping {name}"))?;
+    Ok((file, Arc::new(region)))
 }
 
 /// Dataset Management deallocate / Write Zeroes with DEAC: punch a hole in the

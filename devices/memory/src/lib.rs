@@ -11,9 +11,10 @@
 //! - [`HostMemory`] / [`HostRoute`]: guest memory as a client connection maps it (fd-backed
 //!   or relayed), and [`Pieces`] with the [`route`] functions: the one walk that moves a
 //!   transfer piece by piece, used by the vfio-user server and the fabric alike.
-//! - [`MmapRegion`]: a shared mapping of a file descriptor (a guest-RAM memfd handed over
-//!   by QEMU, or a BAR's own memfd) with bounds-checked copy and file I/O, kept out of
-//!   core dumps (`MADV_DONTDUMP`).
+//! - [`MmapRegion`]: a shared mapping of a file (a guest-RAM memfd handed over by QEMU,
+//!   or a BAR's own memfd) through rust-vmm's `vm-memory` (fd-backed region, volatile
+//!   slices, `ReadVolatile`/`WriteVolatile` file I/O), with bounds-checked copy and
+//!   zero-copy `pread`/`pwrite`, kept out of core dumps (`MADV_DONTDUMP`).
 //! - File seals ([`seal_against_shrink`], [`memfd_create_sealed`]): a file another process
 //!   holds cannot be truncated under our mapping (which would raise SIGBUS and kill the
 //!   lab); a client file that cannot be sealed is mapped with a size check before each
@@ -21,18 +22,16 @@
 //!
 //! # Architecture
 //! Device crates forbid `unsafe`; they only see the traits here. This is the one crate
-//! that maps memory: [`MmapRegion`] owns the raw pointer, checks every range against its
-//! length, and is the only place that turns a pointer into a slice.
+//! that maps memory: [`MmapRegion`] wraps `vm-memory`'s region, every access goes through
+//! one of its bounds-checked `VolatileSlice`s.
 //!
 //! # What it does not implement
 //! Routing (which mapping a bus address hits) and counting: that is `p2plab-fabric`.
 //! Guest memory is shared with a running guest, so byte contents can change under a copy;
 //! that is the nature of DMA and not a memory-safety issue for plain byte copies, which is
-//! why all access goes through `copy_nonoverlapping` on raw pointers and never through
-//! long-lived Rust references.
+//! why all access goes through volatile slices and never through Rust references.
 
 use std::fs::File;
-use std::os::fd::{BorrowedFd, OwnedFd};
 
 mod mmap;
 pub mod route;
@@ -259,9 +258,4 @@ impl InterruptSink for RecordingInterrupts {
             .unwrap_or_else(|p| p.into_inner())
             .push(vector);
     }
-}
-
-/// Duplicate a borrowed fd into an owned one (`F_DUPFD_CLOEXEC`).
-pub fn dup_fd(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
-    fd.try_clone_to_owned()
 }

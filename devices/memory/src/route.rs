@@ -32,11 +32,11 @@ impl std::fmt::Debug for HostRoute {
 /// server's DMA map table; the fabric routes to it after the BAR windows).
 pub trait HostMemory: Send + Sync {
     /// The map containing `addr` and how many bytes from `addr` stay inside it (<= len).
-    fn resolve(&self, addr: u64, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError>;
+    fn resolve(&self, addr: BusAddr, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError>;
     /// The client reads guest memory at `addr` into `buf` for us.
-    fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError>;
+    fn relay_read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError>;
     /// The client writes `data` to guest memory at `addr` for us.
-    fn relay_write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError>;
+    fn relay_write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError>;
 }
 
 /// Where one piece of a transfer goes.
@@ -63,8 +63,8 @@ pub trait Pieces {
 }
 
 /// `addr + at`, or [`DmaError::Overflow`].
-fn at_addr(addr: BusAddr, at: usize, len: usize) -> Result<u64, DmaError> {
-    addr.0.checked_add(at as u64).ok_or(DmaError::Overflow {
+fn at_addr(addr: BusAddr, at: usize, len: usize) -> Result<BusAddr, DmaError> {
+    addr.checked_add(at as u64).ok_or(DmaError::Overflow {
         addr: addr.0,
         len: len as u64,
     })

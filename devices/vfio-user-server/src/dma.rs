@@ -246,7 +246,7 @@ impl ClientDma {
                     checked_file = Some((id, file.clone()));
                     MmapRegion::new_size_checked(file, map_offset, len, writable)
                 } else {
-                    MmapRegion::new(&file, map_offset, len, writable)
+                    MmapRegion::new(Arc::new(file), map_offset, len, writable)
                 }
                 .map_err(Errno::from)?;
                 Some((Arc::new(region), delta))
@@ -426,14 +426,14 @@ impl Pieces for ClientDma {
 }
 
 impl HostMemory for ClientDma {
-    fn resolve(&self, addr: u64, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError> {
-        ClientDma::resolve(self, addr, len, write)
+    fn resolve(&self, addr: BusAddr, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError> {
+        ClientDma::resolve(self, addr.0, len, write)
     }
-    fn relay_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        ClientDma::relay_read(self, addr, buf)
+    fn relay_read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        ClientDma::relay_read(self, addr.0, buf)
     }
-    fn relay_write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        ClientDma::relay_write(self, addr, data)
+    fn relay_write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
+        ClientDma::relay_write(self, addr.0, data)
     }
 }
 

@@ -34,7 +34,7 @@ fn map_count() -> usize {
 /// DMA_UNMAP, the socket just closes. `check` = the (fds, maps) baseline to compare
 /// with while the client is still connected.
 fn connect_map_and_vanish(r: &Running, i: usize, check: Option<(usize, usize)>) {
-    // Alternate the two ways a map is held: sealed (the mapping only) and
+    // Alternate the two ways a map is held: sealed (the mapping and its file) and
     // size-checked (the mapping plus the client's file kept open).
     let sealed = i.is_multiple_of(2);
     let ram = if sealed {
@@ -57,9 +57,10 @@ fn connect_map_and_vanish(r: &Running, i: usize, check: Option<(usize, usize)>) 
     assert_eq!(dma.maps()[0].size_checked, !sealed);
     if let Some((fds0, maps0)) = check {
         // While connected: one more mapping; fds: the client's socket and memfd, the
-        // accepted socket, and (unsealed) the file the map keeps open.
+        // accepted socket, and the file the map keeps open (vm-memory's fd-backed region
+        // holds its file, sealed or not).
         assert_eq!(map_count(), maps0 + 1, "the DMA map is visible");
-        assert_eq!(fd_count(), fds0 + 3 + usize::from(!sealed));
+        assert_eq!(fd_count(), fds0 + 4);
     }
     drop(dma);
     drop(c);
