@@ -32,7 +32,7 @@ pub const SUBSYSTEM_ID: u16 = 0x0001;
 /// Revision ID.
 pub const REVISION_ID: u8 = 0x01;
 /// Class code: base 0x03 (display), sub 0x02 (3D controller), prog-if 0.
-pub const CLASS_CODE: u32 = 0x03_02_00;
+pub const CLASS_CODE: u32 = p2plab_guest_abi::ids::GPU_CLASS_CODE;
 
 /// Size of BAR4 (MSI-X table and PBA).
 pub const MSIX_BAR_SIZE: u64 = 4096;

@@ -160,4 +160,4 @@ pub const CK_ERR_READ: u8 = 2;
 pub const CK_ALGO_SHA256: u32 = 1;
 
 /// Size of BAR0.
-pub const BAR0_SIZE: u64 = 64 * 1024;
+pub const BAR0_SIZE: u64 = p2plab_guest_abi::ids::GPU_REG_BAR_SIZE;

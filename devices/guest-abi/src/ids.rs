@@ -13,3 +13,12 @@ pub const VENDOR_ID: u16 = 0x2b2b;
 pub const GPU_DEVICE_ID: u16 = 0x0001;
 /// The NVMe controller (`p2plab-nvme`).
 pub const NVME_DEVICE_ID: u16 = 0x0002;
+/// The NVMe controller's class code: base 0x01 (mass storage), sub 0x08 (NVM),
+/// prog-if 0x02 (NVMe I/O controller).
+pub const NVME_CLASS_CODE: u32 = 0x01_08_02;
+/// The GPU-like device's class code: base 0x03 (display), sub 0x02 (3D controller).
+pub const GPU_CLASS_CODE: u32 = 0x03_02_00;
+/// Size of the NVMe controller's register BAR (BAR0: registers and doorbells).
+pub const NVME_REG_BAR_SIZE: u64 = 16 * 1024;
+/// Size of the GPU-like device's register BAR (BAR0, `p2pgpu_regs.h`).
+pub const GPU_REG_BAR_SIZE: u64 = 64 * 1024;

@@ -6,7 +6,7 @@ use crate::ktap::{self, Verdict};
 use crate::summary::{environment_line, run_environment};
 use anyhow::Context;
 use p2plab_counters::{BytesSnapshot, Counters, DeviceSnapshot, DirSnapshot};
-use p2plab_guest_abi::{CaseId, Marker};
+use p2plab_guest_abi::{CaseId, Marker, Role};
 use p2plab_lab::config::{DeviceKind, Topology};
 use serde_json::Value;
 use std::path::Path;
@@ -94,46 +94,33 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     let mut topo: Topology = toml::from_str(run["topology_toml"].as_str().unwrap_or_default())
         .context("topology in run.json")?;
     topo.name = run["topology"].as_str().unwrap_or_default().to_string();
-    // Who moved the data where: the page-less (dma-buf) cases' initiator is the importer
-    // GPU and their target the exporter's VRAM; the others' the client NVMe and the
-    // provider's BAR.
-    let pageless = case.starts_with("dmabuf-");
-    let uring_dmabuf = case.starts_with("uring-dmabuf-");
-    let (client, provider) = if uring_dmabuf {
-        (
-            topo.roles
-                .client
-                .clone()
-                .context("topology has no client role")?,
-            topo.roles
-                .exporter
-                .clone()
-                .or_else(|| topo.roles.provider.clone())
-                .context("topology has no exporter or provider role")?,
-        )
-    } else if pageless {
-        (
-            topo.roles
-                .importer
-                .clone()
-                .context("topology has no importer role")?,
-            topo.roles
-                .exporter
-                .clone()
-                .context("topology has no exporter role")?,
-        )
-    } else {
-        (
-            topo.roles
-                .client
-                .clone()
-                .context("topology has no client role")?,
-            topo.roles
-                .provider
-                .clone()
-                .context("topology has no provider role")?,
-        )
+    // Who moved the data where, by the roles the case table gives the case: with an
+    // importer, the importer GPU's copy engine into the exporter's VRAM (page-less
+    // dma-buf); with an exporter only, the client NVMe into the exporter's dma-buf; else
+    // the client NVMe into the provider's BAR. A target behind a dma-buf is page-less.
+    let roles = CaseId::from_name(case)
+        .with_context(|| format!("{case} is not a guest case (p2plab run --list)"))?
+        .case()
+        .roles;
+    let role = |r: Role| -> anyhow::Result<String> {
+        topo.roles
+            .get(r)
+            .map(str::to_string)
+            .with_context(|| format!("topology has no {r} role"))
     };
+    let pageless = roles.contains(&Role::Exporter);
+    let (client, provider) = if roles.contains(&Role::Importer) {
+        (role(Role::Importer)?, role(Role::Exporter)?)
+    } else if pageless {
+        // A topology without an exporter lends the provider's buffer as the dma-buf.
+        let target = role(Role::Exporter).or_else(|_| role(Role::Provider))?;
+        (role(Role::Client)?, target)
+    } else {
+        (role(Role::Client)?, role(Role::Provider)?)
+    };
+    // The NVMe's guest-RAM reads are its queues and PRP lists (not data); a GPU
+    // initiator's guest-RAM reads and writes are its ring and status words.
+    let gpu_initiator = roles.contains(&Role::Importer);
     let ktap = std::fs::read_to_string(run_dir.join("results.ktap")).unwrap_or_default();
     let verdict = ktap::parse(&ktap).into_iter().find(|r| r.name == case);
     let cdir = run_dir.join("cases").join(case);
@@ -146,9 +133,8 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     let p = delta.device(&provider).unwrap_or(&none);
     let peer = c.dma.peers.get(&provider).map_or(0, |d| d.write_bytes);
     let inbound = p.inbound.peers.get(&client).map_or(0, |b| b.write_bytes);
-    // The NVMe's guest-RAM reads are its queues and PRP lists; a GPU's are its ring.
     let ram_data = c.dma.host_memory.write_bytes
-        + if pageless {
+        + if gpu_initiator {
             c.dma.host_memory.read_bytes
         } else {
             0
@@ -190,7 +176,7 @@ pub fn proof_main(run_dir: &Path, case: &str) -> anyhow::Result<i32> {
     );
     println!(
         "  {:<52} {}",
-        if pageless {
+        if gpu_initiator {
             format!("bytes {client} moved through guest RAM")
         } else {
             format!("bytes {client} wrote into guest RAM")

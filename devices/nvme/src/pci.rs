@@ -36,10 +36,10 @@ pub const SUBSYSTEM_ID: u16 = 0x0002;
 /// Revision ID.
 pub const REVISION_ID: u8 = 0x01;
 /// Class code: base 0x01 (mass storage), sub 0x08 (NVM), prog-if 0x02 (NVMe).
-pub const CLASS_CODE: u32 = 0x01_08_02;
+pub const CLASS_CODE: u32 = p2plab_guest_abi::ids::NVME_CLASS_CODE;
 
 /// Size of BAR0.
-pub const REG_BAR_SIZE: u64 = 16 * 1024;
+pub const REG_BAR_SIZE: u64 = p2plab_guest_abi::ids::NVME_REG_BAR_SIZE;
 /// Size of BAR4 (MSI-X table and PBA).
 pub const MSIX_BAR_SIZE: u64 = 4096;
 /// Offset of the MSI-X table in BAR4.

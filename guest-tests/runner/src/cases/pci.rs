@@ -7,14 +7,13 @@
 
 use super::Ctx;
 use crate::devices::{Found, Role};
-use p2plab_guest_abi::ids::{NVME_DEVICE_ID, VENDOR_ID};
+use p2plab_guest_abi::ids::{
+    GPU_CLASS_CODE as GPU_CLASS, GPU_REG_BAR_SIZE as GPU_REG_BAR, NVME_CLASS_CODE as NVME_CLASS,
+    NVME_DEVICE_ID, NVME_REG_BAR_SIZE as NVME_REG_BAR, VENDOR_ID,
+};
 use p2plab_guest_abi::DeviceKind;
 
 /// The designed layouts (devices/nvme/src/pci.rs, devices/gpu/src/pci.rs).
-const NVME_CLASS: u32 = 0x01_08_02;
-const NVME_REG_BAR: u64 = 16 << 10;
-const GPU_CLASS: u32 = 0x03_02_00;
-const GPU_REG_BAR: u64 = 64 << 10;
 const MSIX_BAR: usize = 4;
 const MSIX_BAR_SIZE: u64 = 4096;
 
