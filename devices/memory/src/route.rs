@@ -48,7 +48,7 @@ pub enum Piece<'a> {
 }
 
 /// A bus that splits a transfer into pieces, each inside one mapping or one relayed map.
-/// [`read`], [`write`], [`write_from_file`] and [`read_to_file`] move the data for any
+/// [`read`], [`write()`], [`write_from_file`] and [`read_to_file`] move the data for any
 /// such bus, so every [`DmaSpace`](crate::DmaSpace) built on one moves it the same way.
 pub trait Pieces {
     /// Walk `addr..addr+len`: `op(piece, offset into the transfer, bytes)` once per
