@@ -120,6 +120,63 @@ pub enum GpuError {
     Config(#[from] p2plab_pci::ConfigError),
 }
 
+/// Counters of guest errors the engines caught ([`PciFunction::error_counters`]). Kept
+/// with the registers (updated under their lock) but never reset.
+#[derive(Clone, Copy, Debug, Default)]
+struct ErrorCounts {
+    /// Copy descriptors completed with an error, by `copy::DESC_ERR_*` code (index).
+    ce_desc: [u64; 6],
+    /// Copy engine halts, by `regs::CE_HALT_*` code (index).
+    ce_halt: [u64; 5],
+    /// Checksum runs that failed, by `regs::CK_ERR_*` code (index).
+    ck: [u64; 3],
+}
+
+impl ErrorCounts {
+    fn count(slots: &mut [u64], code: u8) {
+        let i = usize::from(code).min(slots.len() - 1);
+        slots[i] = slots[i].wrapping_add(1);
+    }
+
+    /// `(name, count)` pairs, every code named (0 included).
+    fn export(&self) -> Vec<(String, u64)> {
+        let desc = [
+            (copy::DESC_ERR_LENGTH, "length"),
+            (copy::DESC_ERR_OVERFLOW, "overflow"),
+            (copy::DESC_ERR_SRC_FAULT, "src_fault"),
+            (copy::DESC_ERR_DST_FAULT, "dst_fault"),
+            (copy::DESC_ERR_FLAGS, "flags"),
+        ];
+        let halt = [
+            (regs::CE_HALT_BAD_RING, "bad_ring"),
+            (regs::CE_HALT_BAD_TAIL, "bad_tail"),
+            (regs::CE_HALT_FETCH_FAULT, "fetch_fault"),
+            (regs::CE_HALT_WRITEBACK_FAULT, "writeback_fault"),
+        ];
+        let ck = [(regs::CK_ERR_RANGE, "range"), (regs::CK_ERR_READ, "read")];
+        let mut out = vec![(
+            "ce_descriptor_errors".to_string(),
+            self.ce_desc.iter().sum(),
+        )];
+        let by = |slots: &[u64], code: u8| slots.get(usize::from(code)).copied().unwrap_or(0);
+        out.extend(
+            desc.iter()
+                .map(|&(c, n)| (format!("ce_error_{n}"), by(&self.ce_desc, c))),
+        );
+        out.push(("ce_halts".into(), self.ce_halt.iter().sum()));
+        out.extend(
+            halt.iter()
+                .map(|&(c, n)| (format!("ce_halt_{n}"), by(&self.ce_halt, c))),
+        );
+        out.push(("ck_errors".into(), self.ck.iter().sum()));
+        out.extend(
+            ck.iter()
+                .map(|&(c, n)| (format!("ck_error_{n}"), by(&self.ck, c))),
+        );
+        out
+    }
+}
+
 /// Guest-visible register state. Only ever locked briefly, never across DMA.
 #[derive(Default)]
 struct Regs {
@@ -154,6 +211,9 @@ struct Regs {
     ck_generation: u64,
     ck_digest: [u8; regs::CK_DIGEST_LEN],
     ck_bytes: u64,
+
+    /// Not a register: survives resets.
+    errors: ErrorCounts,
 }
 
 impl Regs {
@@ -182,6 +242,7 @@ impl Regs {
     #[must_use]
     fn ce_halt_with(&mut self, code: u8) -> Option<u16> {
         log::debug!("gpu copy engine halted: code {code}");
+        ErrorCounts::count(&mut self.errors.ce_halt, code);
         self.ce_halt = code;
         self.raise(regs::INTR_CE_ERROR)
     }
@@ -564,8 +625,9 @@ impl GpuDevice {
                 match outcome {
                     Ok(()) if want_irq => r.raise(regs::INTR_CE_DONE),
                     Ok(()) => None,
-                    Err(_) => {
+                    Err(code) => {
                         r.ce_errors = r.ce_errors.wrapping_add(1);
+                        ErrorCounts::count(&mut r.errors.ce_desc, code);
                         r.raise(regs::INTR_CE_ERROR)
                     }
                 }
@@ -584,6 +646,7 @@ impl GpuDevice {
                     .checked_add(len)
                     .is_some_and(|end| end <= self.cfg.vram_size);
                 if !in_range {
+                    ErrorCounts::count(&mut r.errors.ck, regs::CK_ERR_RANGE);
                     r.ck_status = regs::CK_STATUS_ERROR
                         | (u32::from(regs::CK_ERR_RANGE) << regs::CK_STATUS_CODE_SHIFT);
                     let v = r.raise(regs::INTR_CK_ERROR);
@@ -643,6 +706,7 @@ impl GpuDevice {
                 r.raise(regs::INTR_CK_DONE)
             }
             Err(code) => {
+                ErrorCounts::count(&mut r.errors.ck, code);
                 r.ck_status =
                     regs::CK_STATUS_ERROR | (u32::from(code) << regs::CK_STATUS_CODE_SHIFT);
                 r.raise(regs::INTR_CK_ERROR)
@@ -752,6 +816,7 @@ impl PciFunction for GpuDevice {
         *r = Regs {
             ce_generation,
             ck_generation,
+            errors: r.errors,
             ..Regs::default()
         };
         drop(r);
@@ -770,5 +835,14 @@ impl PciFunction for GpuDevice {
 
     fn needs_processing(&self) -> bool {
         self.work.load(Ordering::Acquire)
+    }
+
+    /// `ce_descriptor_errors` and `ce_error_<code>` (copy descriptors completed with an
+    /// error: `length`, `overflow`, `src_fault`, `dst_fault`, `flags`), `ce_halts` and
+    /// `ce_halt_<reason>` (`bad_ring`, `bad_tail`, `fetch_fault`, `writeback_fault`),
+    /// `ck_errors` and `ck_error_<code>` (`range`, `read`). Unlike `CE_ERRORS` they
+    /// survive resets.
+    fn error_counters(&self) -> Vec<(String, u64)> {
+        lock(&self.regs).errors.export()
     }
 }

@@ -795,3 +795,109 @@ fn disable_mid_copy_is_acknowledged_through_active() {
     l.vram.read(64, &mut b).unwrap();
     assert_eq!(b, [5; 16]);
 }
+
+#[test]
+fn a_descriptor_that_rewrites_its_own_ring_runs_what_it_wrote() {
+    let l = lab();
+    l.enable_ring();
+    // Slots 1..=3 are posted as good copies into VRAM; slot 0 copies replacements with
+    // a wild source over them before the engine fetches them.
+    let wild = 0x10_0000_0000;
+    let repl: Vec<u8> = (0..3)
+        .flat_map(|_| {
+            CopyDescriptor {
+                src: U64::new(wild),
+                dst: U64::new(VRAM_BASE),
+                len: U64::new(4096),
+                flags: U32::new(0),
+                status: U32::new(0),
+            }
+            .as_bytes()
+            .to_vec()
+        })
+        .collect();
+    let repl_at = RAM_BASE + (2 << 20);
+    l.bus.ram.poke(repl_at, &repl);
+    l.bus.ram.poke(RAM_BASE + (1 << 20), &pattern(4096, 3));
+    l.post(0, repl_at, RING + copy::DESC_SIZE, 3 * copy::DESC_SIZE, 0);
+    for i in 1..=3 {
+        l.post(i, RAM_BASE + (1 << 20), VRAM_BASE, 4096, 0);
+    }
+    l.wr(regs::CE_TAIL, 4);
+    l.run();
+    assert_eq!(l.desc_status(0), copy::DESC_STATUS_DONE);
+    for i in 1..=3 {
+        assert_eq!(l.desc_status(i), err_status(copy::DESC_ERR_SRC_FAULT));
+    }
+    assert_eq!(l.rd(regs::CE_HEAD), 4);
+    let mut v = vec![0xff; 4096];
+    l.vram.read(0, &mut v).unwrap();
+    assert_eq!(v, vec![0; 4096], "the replaced copies never ran");
+}
+
+#[test]
+fn a_descriptor_copying_the_whole_ring_onto_itself_completes() {
+    let l = lab();
+    l.enable_ring();
+    let ring_bytes = u64::from(RING_ENTRIES) * copy::DESC_SIZE;
+    l.post(0, RING, RING, ring_bytes, 0);
+    l.wr(regs::CE_TAIL, 1);
+    l.run();
+    assert_eq!(l.desc_status(0), copy::DESC_STATUS_DONE);
+    assert_eq!(l.rd(regs::CE_HEAD), 1);
+    assert_eq!(l.rd(regs::CE_STATUS), regs::CE_STATUS_ENABLED);
+}
+
+#[test]
+fn a_source_running_past_the_vram_end_writes_nothing() {
+    let l = lab();
+    l.enable_ring();
+    let dst = RAM_BASE + (4 << 20);
+    l.bus.ram.poke(dst, &[0xc5; 1 << 20]);
+    l.post(0, VRAM_BASE + VRAM_SIZE - 65536, dst, 1 << 20, 0);
+    l.wr(regs::CE_TAIL, 1);
+    l.run();
+    assert_eq!(l.desc_status(0), err_status(copy::DESC_ERR_SRC_FAULT));
+    assert_eq!(l.bus.ram.peek(dst, 1 << 20), vec![0xc5; 1 << 20]);
+}
+
+fn counters(l: &Lab) -> std::collections::BTreeMap<String, u64> {
+    l.dev.error_counters().into_iter().collect()
+}
+
+#[test]
+fn error_counters_count_each_code_and_survive_reset() {
+    let l = lab();
+    l.enable_ring();
+    l.post(0, RAM_BASE, VRAM_BASE, 0, 0);
+    l.post(1, u64::MAX - 10, VRAM_BASE, 4096, 0);
+    l.post(2, 0x10_0000_0000, VRAM_BASE, 4096, 0);
+    l.post(3, 0x10_0000_0000, VRAM_BASE, 4096, 0);
+    l.post(4, RAM_BASE, 0x10_0000_0000, 4096, 0);
+    l.wr(regs::CE_TAIL, 5);
+    l.run();
+    l.wr(regs::CE_TAIL, RING_ENTRIES);
+    l.wr64(regs::CK_OFFSET_LO, VRAM_SIZE - 4096);
+    l.wr64(regs::CK_LEN_LO, 8192);
+    l.wr(regs::CK_CTRL, regs::CK_CTRL_START);
+    l.run();
+    l.dev.reset();
+    l.run();
+    assert_eq!(l.rd(regs::CE_ERRORS), 0, "the register is reset");
+    let c = counters(&l);
+    for (name, n) in [
+        ("ce_descriptor_errors", 5),
+        ("ce_error_length", 1),
+        ("ce_error_overflow", 1),
+        ("ce_error_src_fault", 2),
+        ("ce_error_dst_fault", 1),
+        ("ce_error_flags", 0),
+        ("ce_halts", 1),
+        ("ce_halt_bad_tail", 1),
+        ("ce_halt_fetch_fault", 0),
+        ("ck_errors", 1),
+        ("ck_error_range", 1),
+    ] {
+        assert_eq!(c.get(name), Some(&n), "{name} in {c:?}");
+    }
+}

@@ -17,6 +17,8 @@ pub struct WriteEffect {
     pub controller_reset: bool,
     /// Vectors unmasked by INTMC that had an interrupt pending.
     pub unmasked_pending: u32,
+    /// A CMBMSC write left CMBSTS.CBAI set (the CMB stays disabled).
+    pub cmb_address_invalid: bool,
 }
 
 #[derive(Debug)]
@@ -135,9 +137,11 @@ impl RegFile {
             o if o == r::ACQ + 4 => self.acq = set_half(self.acq, true, val),
             o if o == r::CMBMSC => {
                 let v = (u64::from(self.cmbmsc_hi) << 32) | u64::from(val);
-                self.cmb.write_msc(v);
+                fx.cmb_address_invalid = self.cmb.write_msc(v);
             }
             o if o == r::CMBMSC + 4 => {
+                // Counted at the low dword's write, which carries CMSE (Linux writes
+                // the high dword first).
                 self.cmbmsc_hi = val;
                 let v = set_half(self.cmb.msc.into_bits(), true, val);
                 self.cmb.write_msc(v);
