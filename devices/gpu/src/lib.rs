@@ -125,7 +125,7 @@ pub enum GpuError {
 #[derive(Clone, Copy, Debug, Default)]
 struct ErrorCounts {
     /// Copy descriptors completed with an error, by `copy::DESC_ERR_*` code (index).
-    ce_desc: [u64; 6],
+    ce_desc: [u64; 7],
     /// Copy engine halts, by `regs::CE_HALT_*` code (index).
     ce_halt: [u64; 5],
     /// Checksum runs that failed, by `regs::CK_ERR_*` code (index).
@@ -146,6 +146,7 @@ impl ErrorCounts {
             (copy::DESC_ERR_SRC_FAULT, "src_fault"),
             (copy::DESC_ERR_DST_FAULT, "dst_fault"),
             (copy::DESC_ERR_FLAGS, "flags"),
+            (copy::DESC_ERR_VRAM_RANGE, "vram_range"),
         ];
         let halt = [
             (regs::CE_HALT_BAD_RING, "bad_ring"),
@@ -431,6 +432,9 @@ pub struct GpuDevice {
     irq: Arc<dyn InterruptSink>,
     vram: Arc<dyn VramAccess>,
     regs: Mutex<Regs>,
+    /// BAR2's bus address as the guest programmed it (the copy engine refuses ranges
+    /// that lie partly in it); kept across resets, as the host keeps the BAR.
+    vram_bar: Mutex<Option<u64>>,
     worker: Mutex<Worker>,
     /// Work recorded for `process` since it last started (`needs_processing`).
     work: AtomicBool,
@@ -474,6 +478,7 @@ impl GpuDevice {
             irq,
             vram,
             regs: Mutex::new(Regs::default()),
+            vram_bar: Mutex::new(None),
             worker: Mutex::new(Worker {
                 ce: None,
                 ck: None,
@@ -553,7 +558,8 @@ impl GpuDevice {
                 }
                 return true;
             }
-            let outcome = copy::validate(&desc).err().map(Err);
+            let vram = lock(&self.vram_bar).map(|a| (a, self.cfg.vram_size));
+            let outcome = copy::validate(&desc, vram).err().map(Err);
             w.ce = Some(copy::InFlight {
                 generation,
                 index,
@@ -798,6 +804,13 @@ impl PciFunction for GpuDevice {
         }
     }
 
+    /// BAR2's address: copy ranges lying partly in VRAM are refused against it.
+    fn bar_moved(&self, bar: usize, address: Option<u64>) {
+        if bar == VRAM_BAR {
+            *lock(&self.vram_bar) = address;
+        }
+    }
+
     /// Without Bus Master Enable the copy engine does not fetch or copy (posted work
     /// waits); enabling it asks for processing.
     fn set_bus_master(&self, enabled: bool) {
@@ -838,7 +851,7 @@ impl PciFunction for GpuDevice {
     }
 
     /// `ce_descriptor_errors` and `ce_error_<code>` (copy descriptors completed with an
-    /// error: `length`, `overflow`, `src_fault`, `dst_fault`, `flags`), `ce_halts` and
+    /// error: `length`, `overflow`, `src_fault`, `dst_fault`, `flags`, `vram_range`), `ce_halts` and
     /// `ce_halt_<reason>` (`bad_ring`, `bad_tail`, `fetch_fault`, `writeback_fault`),
     /// `ck_errors` and `ck_error_<code>` (`range`, `read`). Unlike `CE_ERRORS` they
     /// survive resets.

@@ -116,6 +116,7 @@ fn lab() -> Lab {
         serial: 7,
     };
     let dev = GpuDevice::new(cfg, bus.clone(), irq.clone(), vram.clone()).expect("valid config");
+    dev.bar_moved(VRAM_BAR, Some(VRAM_BASE));
     dev.set_bus_master(true);
     Lab {
         dev,
@@ -377,7 +378,7 @@ fn unmapped_source_reports_error_and_engine_continues() {
 }
 
 #[test]
-fn destination_past_vram_end_is_a_dst_fault() {
+fn destination_past_vram_end_is_a_vram_range_error() {
     let l = lab();
     l.wr(regs::INTR_ENABLE, regs::INTR_ALL);
     l.enable_ring();
@@ -391,8 +392,11 @@ fn destination_past_vram_end_is_a_dst_fault() {
     );
     l.wr(regs::CE_TAIL, 1);
     l.run();
-    assert_eq!(l.desc_status(0), err_status(copy::DESC_ERR_DST_FAULT));
+    assert_eq!(l.desc_status(0), err_status(copy::DESC_ERR_VRAM_RANGE));
     assert_eq!(l.irq.take(), vec![regs::VECTOR_CE]);
+    let mut tail = vec![0xff; 2048];
+    l.vram.read(VRAM_SIZE - 2048, &mut tail).unwrap();
+    assert_eq!(tail, vec![0; 2048], "refused before any byte moved");
 }
 
 #[test]
@@ -857,8 +861,123 @@ fn a_source_running_past_the_vram_end_writes_nothing() {
     l.post(0, VRAM_BASE + VRAM_SIZE - 65536, dst, 1 << 20, 0);
     l.wr(regs::CE_TAIL, 1);
     l.run();
-    assert_eq!(l.desc_status(0), err_status(copy::DESC_ERR_SRC_FAULT));
+    assert_eq!(l.desc_status(0), err_status(copy::DESC_ERR_VRAM_RANGE));
     assert_eq!(l.bus.ram.peek(dst, 1 << 20), vec![0xc5; 1 << 20]);
+}
+
+/// A bus where a peer's BAR follows the VRAM window directly, as the guest's BIOS lays
+/// out two prefetchable BARs below one switch (gpu0 VRAM, then nvme0's CMB).
+struct AdjacentBus {
+    vram: Arc<VecVram>,
+    peer: TestDmaSpace,
+}
+
+/// A piece of an access: bus address and length.
+type Piece = Option<(u64, usize)>;
+
+impl AdjacentBus {
+    /// The VRAM part and the peer part of an access.
+    fn split(addr: u64, len: usize) -> (Piece, Piece) {
+        let end = addr + len as u64;
+        let vend = VRAM_BASE + VRAM_SIZE;
+        let v = (addr < vend && end > VRAM_BASE).then(|| {
+            (
+                addr.max(VRAM_BASE),
+                (end.min(vend) - addr.max(VRAM_BASE)) as usize,
+            )
+        });
+        let p = (end > vend).then(|| (addr.max(vend), (end - addr.max(vend)) as usize));
+        (v, p)
+    }
+}
+
+impl DmaSpace for AdjacentBus {
+    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        let (v, p) = Self::split(addr.0, buf.len());
+        let mut at = 0;
+        if let Some((a, n)) = v {
+            self.vram.read(a - VRAM_BASE, &mut buf[..n])?;
+            at = n;
+        }
+        if let Some((a, _)) = p {
+            self.peer.read(BusAddr(a), &mut buf[at..])?;
+        }
+        Ok(())
+    }
+    fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
+        let (v, p) = Self::split(addr.0, data.len());
+        let mut at = 0;
+        if let Some((a, n)) = v {
+            self.vram.write(a - VRAM_BASE, &data[..n])?;
+            at = n;
+        }
+        if let Some((a, _)) = p {
+            self.peer.write(BusAddr(a), &data[at..])?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_copy_running_past_the_vram_end_never_reaches_the_adjacent_peer() {
+    let vram = Arc::new(VecVram::new(VRAM_SIZE));
+    let peer_base = VRAM_BASE + VRAM_SIZE;
+    let bus = Arc::new(AdjacentBus {
+        vram: vram.clone(),
+        peer: TestDmaSpace::new(peer_base, 4 << 20),
+    });
+    let cfg = GpuConfig {
+        vram_size: VRAM_SIZE,
+        serial: 7,
+    };
+    let irq = Arc::new(RecordingInterrupts::default());
+    let dev = GpuDevice::new(cfg, bus.clone(), irq, vram.clone()).expect("valid config");
+    dev.bar_moved(VRAM_BAR, Some(VRAM_BASE));
+    dev.set_bus_master(true);
+    let ring = VRAM_BASE;
+    let src = VRAM_BASE + (1 << 20);
+    vram.write(1 << 20, &pattern(1 << 20, 5)).unwrap();
+    bus.peer.poke(peer_base, &[0xab; 1 << 20]);
+    let d = [
+        // 1 MiB to 64 KiB before the VRAM end: 960 KiB would land in the peer's BAR.
+        (src, peer_base - 65536),
+        // 1 MiB from 64 KiB before the end: 960 KiB would be read from the peer.
+        (peer_base - 65536, src + (1 << 20)),
+    ];
+    for (i, (s, t)) in d.iter().enumerate() {
+        let desc = CopyDescriptor {
+            src: U64::new(*s),
+            dst: U64::new(*t),
+            len: U64::new(1 << 20),
+            flags: U32::new(0),
+            status: U32::new(0),
+        };
+        vram.write(i as u64 * copy::DESC_SIZE, desc.as_bytes())
+            .unwrap();
+    }
+    dev.bar_write(REG_BAR, regs::CE_RING_BASE_LO, &ring.to_le_bytes());
+    dev.bar_write(REG_BAR, regs::CE_RING_SIZE, &4u32.to_le_bytes());
+    dev.bar_write(REG_BAR, regs::CE_CTRL, &regs::CE_CTRL_ENABLE.to_le_bytes());
+    dev.bar_write(REG_BAR, regs::CE_TAIL, &2u32.to_le_bytes());
+    while dev.process() || dev.needs_processing() {}
+    for i in 0..2u64 {
+        let mut st = [0u8; 4];
+        vram.read(i * copy::DESC_SIZE + copy::DESC_STATUS_OFFSET, &mut st)
+            .unwrap();
+        assert_eq!(
+            u32::from_le_bytes(st),
+            err_status(copy::DESC_ERR_VRAM_RANGE),
+            "descriptor {i}"
+        );
+    }
+    assert_eq!(bus.peer.peek(peer_base, 1 << 20), vec![0xab; 1 << 20]);
+    let mut out = vec![0xff; 1 << 20];
+    vram.read(2 << 20, &mut out).unwrap();
+    assert_eq!(
+        out,
+        vec![0; 1 << 20],
+        "nothing read from the peer landed in VRAM"
+    );
 }
 
 fn counters(l: &Lab) -> std::collections::BTreeMap<String, u64> {
@@ -892,6 +1011,7 @@ fn error_counters_count_each_code_and_survive_reset() {
         ("ce_error_src_fault", 2),
         ("ce_error_dst_fault", 1),
         ("ce_error_flags", 0),
+        ("ce_error_vram_range", 0),
         ("ce_halts", 1),
         ("ce_halt_bad_tail", 1),
         ("ce_halt_fetch_fault", 0),

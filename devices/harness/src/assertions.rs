@@ -287,6 +287,103 @@ pub const RULES: &[Rule] = &[
             0,
         )],
     },
+    // The hostile group (guest-tests/runner/src/cases/hostile*): every attack the guest
+    // made shows in the device's error counters, and what it made the device write
+    // stayed inside the guest's targets.
+    Rule {
+        case: CaseId::HostileNvmeRegs,
+        expect: &[
+            Expect::AtLeast("devices[{client}].errors.fatal_enable", 1),
+            Expect::AtLeast("devices[{client}].errors.doorbell_invalid_value", 2),
+            Expect::AtLeast("devices[{client}].errors.doorbell_invalid_register", 2),
+            Expect::AtLeast("devices[{client}].errors.cmb_address_invalid", 1),
+            // One per attack, plus the driver's own at the rebind.
+            Expect::AtLeast("devices[{client}].errors.controller_resets", 6),
+            // Identify sent to the address CMBMSC.CBA named went to RAM, not the CMB.
+            Expect::Eq("devices[{client}].dma.self.write_bytes", 0),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    Rule {
+        case: CaseId::HostileNvmeDma,
+        expect: &[
+            Expect::AtLeast("devices[{client}].errors.status_data_transfer_error", 3),
+            Expect::AtLeast("devices[{client}].errors.status_prp_offset_invalid", 4),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_number_of_sgl_descriptors",
+                1,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_use_of_controller_memory_buffer",
+                2,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_queue_identifier",
+                3,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_completion_queue_invalid",
+                1,
+            ),
+            Expect::AtLeast("devices[{client}].errors.status_invalid_queue_size", 1),
+            Expect::AtLeast("devices[{client}].errors.status_lba_out_of_range", 1),
+            Expect::AtLeast("devices[{client}].errors.fatal_cq_post", 1),
+            Expect::AtLeast("devices[{client}].errors.fatal_enable", 1),
+            Expect::AtLeast("devices[{client}].errors.fatal_sq_fetch", 1),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_field_in_command",
+                2,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_namespace_or_format",
+                1,
+            ),
+            Expect::AtLeast("devices[{client}].errors.status_invalid_command_opcode", 1),
+            // The unmapped data pointers, list, CQ and SQ: stopped by the fabric at their
+            // first page (the read's and the write's 4 KiB), not carried out elsewhere.
+            Expect::AtLeast("devices[{client}].dma.faults.write_bytes", 4096),
+            Expect::AtLeast("devices[{client}].dma.faults.read_bytes", 4096),
+            Expect::AtLeast("devices[{client}].dma.faults.ops", 5),
+            // Nothing in its own CMB; guest RAM got the targets' data only: the reads
+            // that succeeded (the staging read-back 1 MiB, 384 KiB of raw reads) and the
+            // rebind's probe, not the 1 MiB reads refused for their PRPs.
+            Expect::Eq("devices[{client}].dma.self.write_bytes", 0),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", 2 * NV_MIB),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    Rule {
+        case: CaseId::HostileGpuCe,
+        expect: &[
+            Expect::AtLeast("devices[{provider}].errors.ce_error_src_fault", 4),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_dst_fault", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_vram_range", 2),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_length", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_overflow", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_flags", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_halt_fetch_fault", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_halt_bad_ring", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_halt_bad_tail", 1),
+            Expect::AtLeast("devices[{provider}].errors.ck_error_range", 1),
+            // Wild source and destination, the three rewritten slots, the ring in BAR0.
+            Expect::AtLeast("devices[{provider}].dma.faults.ops", 6),
+            Expect::AtLeast("devices[{provider}].dma.faults.read_bytes", 4 * 4096),
+            Expect::AtLeast("devices[{provider}].dma.faults.write_bytes", 4096),
+            // Ring and buffers were in VRAM: the engine never touched guest RAM.
+            Expect::Eq("devices[{provider}].dma.host_memory.read_bytes", 0),
+            Expect::Eq("devices[{provider}].dma.host_memory.write_bytes", 0),
+            Expect::Eq("devices[{provider}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    // The client's CMB BAR follows the VRAM BAR on switch: the copies running past the
+    // VRAM end must not have reached it.
+    Rule {
+        case: CaseId::HostileGpuCe,
+        expect: &[
+            Expect::Eq("devices[{provider}].dma.peers.{client}.write_bytes", 0),
+            Expect::Eq("devices[{provider}].dma.peers.{client}.read_bytes", 0),
+        ],
+    },
 ];
 
 /// Two counters of a case's delta that must be equal (e.g. what one device wrote to a

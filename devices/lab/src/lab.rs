@@ -123,6 +123,13 @@ impl InterruptSink for ClientIrqs {
             irqs.signal(vector);
         }
     }
+    fn msix_enabled(&self) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|irqs| irqs.msix_enabled())
+    }
 }
 
 /// The vfio-user client's DMA map table, as the fabric's view of host memory.

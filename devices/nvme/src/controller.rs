@@ -670,7 +670,8 @@ impl NvmeController {
                 continue;
             }
             let v = cq.iv;
-            let masked = {
+            // INTMS is for pin-based and MSI interrupts only (§3.1.3).
+            let masked = !self.sh.irq.msix_enabled() && {
                 let mut r = self.sh.regs();
                 let bit = 1u32.checked_shl(u32::from(v)).unwrap_or(0);
                 if r.intms & bit != 0 {

@@ -29,7 +29,9 @@ pub struct RegFile {
     pub aqa: Aqa,
     pub asq: u64,
     pub acq: u64,
-    /// INTMS/INTMC mask (pin-based / MSI only; vectors 0..32).
+    /// INTMS/INTMC mask (pin-based / MSI only: ignored while MSI-X is in use, §3.1.3;
+    /// vectors 0..32). Cleared by a Controller Reset, like every register but
+    /// AQA/ASQ/ACQ (and CMBMSC, see `cmb`).
     pub intms: u32,
     /// Interrupts that fired while masked.
     pub irq_pending: u32,
@@ -117,8 +119,12 @@ impl RegFile {
                 let old = self.cc;
                 self.cc = new;
                 if old.en() && !new.en() {
+                    // §7.3.2: every register but AQA, ASQ and ACQ is reset (CSTS by the
+                    // worker, once it has stopped).
                     fx.controller_reset = true;
                     fx.kick = true;
+                    self.intms = 0;
+                    self.irq_pending = 0;
                 }
                 if !old.en() && new.en() {
                     fx.kick = true;

@@ -875,6 +875,37 @@ fn intms_defers_vector_until_intmc() {
 }
 
 #[test]
+fn controller_reset_clears_intms() {
+    // A driver that masked vectors and reset the controller must not leave the next
+    // driver without interrupts (§7.3.2: every register but AQA/ASQ/ACQ is reset).
+    let mut h = Harness::new();
+    h.enable();
+    h.w32(r::INTMS, u32::MAX);
+    h.w32(r::CC, 0);
+    h.run();
+    assert_eq!(h.r32(r::INTMS), 0);
+    h.enable();
+    h.irq.take();
+    let ka = h.cmd(AdminOpcode::KEEP_ALIVE.0);
+    h.admin_ok(ka);
+    assert_eq!(h.irq.take(), vec![0]);
+}
+
+#[test]
+fn intms_is_ignored_while_msix_is_in_use() {
+    // §3.1.3: INTMS/INTMC mask pin-based and MSI interrupts; MSI-X has its own mask. A
+    // guest that set INTMS with the controller disabled cannot wedge an MSI-X driver.
+    let mut h = Harness::new();
+    h.w32(r::INTMS, u32::MAX);
+    h.irq.msix.store(true, Ordering::Relaxed);
+    h.enable();
+    h.irq.take();
+    let ka = h.cmd(AdminOpcode::KEEP_ALIVE.0);
+    h.admin_ok(ka);
+    assert_eq!(h.irq.take(), vec![0]);
+}
+
+#[test]
 fn full_cq_holds_back_commands_until_the_head_moves() {
     let mut h = Harness::new();
     h.enable();
