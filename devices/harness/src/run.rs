@@ -54,7 +54,7 @@ pub struct RunArgs {
     pub modules: Option<PathBuf>,
     /// Comma-separated cases, run in the order given (default: every case valid for the
     /// topology, or none with --exec/--shell; "all": every valid case; a group such as
-    /// "hostile": its cases; "none": boot only).
+    /// "hostile": its cases valid for the topology; "none": boot only).
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
     /// List the guest cases (name, where they apply, description) and exit.

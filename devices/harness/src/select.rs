@@ -53,10 +53,10 @@ fn need_met(n: Need, t: &Topology, named: bool) -> bool {
 }
 
 /// The cases `--cases` asks for on `t`, a list of words run in the order given: `all`
-/// (every case that applies; also what no word means), a group (`hostile`: its cases,
-/// in table order) or a case name; a case named twice runs once, at its first place.
-/// `none` alone: no case (boot only). A named case (alone or by its group) that seems
-/// not to apply runs anyway, with a warning.
+/// (every case that applies; also what no word means), a group (`hostile`: those of its
+/// cases that apply, in table order; the others are named on stderr) or a case name; a
+/// case named twice runs once, at its first place. `none` alone: no case (boot only). A
+/// case named by itself that seems not to apply runs anyway, with a warning.
 pub fn select_cases(want: &[String], t: &Topology) -> Result<Vec<CaseId>> {
     let want: Vec<&str> = want
         .iter()
@@ -80,7 +80,17 @@ pub fn select_cases(want: &[String], t: &Topology) -> Result<Vec<CaseId>> {
         let ids: Vec<CaseId> = if w == "all" {
             defaults().collect()
         } else if let Some(g) = Group::from_name(w) {
-            g.cases().collect()
+            let (fit, unfit): (Vec<CaseId>, Vec<CaseId>) = g
+                .cases()
+                .partition(|c| not_applicable(c.case(), t, true).is_none());
+            for c in unfit {
+                let why = not_applicable(c.case(), t, true).unwrap_or_default();
+                eprintln!(
+                    "p2plab: note: group {g}: case {c} does not apply to topology {}: {why}",
+                    t.name
+                );
+            }
+            fit
         } else {
             let c = CaseId::from_name(w).map(CaseId::case).with_context(|| {
                 format!(
@@ -102,7 +112,7 @@ pub fn select_cases(want: &[String], t: &Topology) -> Result<Vec<CaseId>> {
             if out.contains(&id) {
                 continue;
             }
-            if w != "all" {
+            if w != "all" && Group::from_name(w).is_none() {
                 if let Some(why) = not_applicable(id.case(), t, true) {
                     eprintln!(
                         "p2plab: warning: case {id} may not apply to topology {}: {why}",
@@ -236,6 +246,12 @@ mod tests {
         assert_eq!(
             select_cases(&["nvme-identify".into(), "hostile".into()], &sw).unwrap()[0],
             CaseId::NvmeIdentify
+        );
+        // A group brings only its cases that apply: QEMU's NVMe has no raw attacks.
+        let qemu = topo("[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='qemu-nvme'\n[[device]]\nname='b'\nkind='gpu'\n");
+        assert_eq!(
+            select_cases(&["hostile".into()], &qemu).unwrap(),
+            [CaseId::HostileGpuCe]
         );
     }
 
