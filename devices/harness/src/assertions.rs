@@ -794,6 +794,44 @@ mod tests {
         assert!(check_rules(R, "other", &topo(), &d).is_empty());
     }
 
+    /// The GPU's delta over hostile-gpu-ce as a switch run measured it.
+    fn hostile_gpu_delta() -> Value {
+        json!({"devices": [{"name": "gpu0", "kind": "gpu",
+            "dma": {"client_relay": {"ops": 0, "read_bytes": 0, "write_bytes": 0},
+                    "faults": {"ops": 6, "read_bytes": 16416, "write_bytes": 4096},
+                    "host_memory": {"ops": 0, "read_bytes": 0, "write_bytes": 0},
+                    "peers": {"nvme0": {"ops": 0, "read_bytes": 0, "write_bytes": 0}},
+                    "self": {"ops": 37, "read_bytes": 1122848, "write_bytes": 1118360}},
+            "errors": {"ce_descriptor_errors": 10, "ce_error_dst_fault": 1, "ce_error_flags": 1,
+                       "ce_error_length": 1, "ce_error_overflow": 1, "ce_error_src_fault": 4,
+                       "ce_error_vram_range": 2, "ce_halt_bad_ring": 1, "ce_halt_bad_tail": 1,
+                       "ce_halt_fetch_fault": 1, "ce_halt_writeback_fault": 0, "ce_halts": 3,
+                       "ck_error_range": 1, "ck_error_read": 0, "ck_errors": 1}},
+            {"name": "nvme0", "kind": "nvme"}]})
+    }
+
+    #[test]
+    fn hostile_rules_pass_a_caught_attack_and_fail_a_leak_or_a_silent_device() {
+        let ok = hostile_gpu_delta();
+        assert_eq!(check("hostile-gpu-ce", &topo(), &ok), Vec::<String>::new());
+        // The copy past the VRAM end carried into the next BAR (nvme0's CMB).
+        let mut leak = ok.clone();
+        leak["devices"][0]["dma"]["peers"]["nvme0"]["write_bytes"] = json!(983040);
+        assert_eq!(
+            check("hostile-gpu-ce", &topo(), &leak),
+            vec![
+                "counter devices[gpu0].dma.peers.nvme0.write_bytes: expected == 0, seen 983040"
+                    .to_string()
+            ]
+        );
+        // A device without error counters (or one that never noticed) fails every one.
+        let mut silent = ok;
+        silent["devices"][0]["errors"] = json!({});
+        let f = check("hostile-gpu-ce", &topo(), &silent);
+        assert_eq!(f.len(), 10, "{f:?}");
+        assert!(f[0].contains("errors.ce_error_src_fault: expected >= 4, seen nothing"));
+    }
+
     #[test]
     fn reported_counters_must_lie_between_the_host_snapshots() {
         let snap = |w: i64| json!({"devices": [{"name": "nvme0", "kind": "nvme", "dma": {"host_memory": {"write_bytes": w}}}]});
