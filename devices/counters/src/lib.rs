@@ -53,6 +53,9 @@ pub struct DmaSnapshot {
     pub peers: BTreeMap<String, DirSnapshot>,
     /// Guest memory reached through `VFIO_USER_DMA_READ/WRITE` messages.
     pub client_relay: DirSnapshot,
+    /// Transfers that failed (no route, Bus Master off, the target failed): the bytes
+    /// that were not moved, one op per failed transfer.
+    pub faults: DirSnapshot,
 }
 
 /// What arrived at a device's BARs.
@@ -93,6 +96,10 @@ pub struct DeviceSnapshot {
     /// touched). Filled in by the lab; the fabric does not know the files.
     #[serde(default)]
     pub bar_resident_bytes: u64,
+    /// The device model's own counters of guest errors it caught (failed commands by
+    /// status, bad doorbells, engine faults), by name; monotonic.
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// The lab process as a whole.
@@ -168,6 +175,7 @@ impl DeviceSnapshot {
                 self_: d.self_.since(&b.self_),
                 peers: map_since(&d.peers, &b.peers, DirSnapshot::since),
                 client_relay: d.client_relay.since(&b.client_relay),
+                faults: d.faults.since(&b.faults),
             },
             inbound: InboundSnapshot {
                 peers: map_since(
@@ -180,6 +188,7 @@ impl DeviceSnapshot {
             bars: self.bars.clone(),
             bus_master: self.bus_master,
             bar_resident_bytes: self.bar_resident_bytes,
+            errors: map_since(&self.errors, &begin.errors, |e, b| e.saturating_sub(*b)),
         }
     }
 
@@ -196,6 +205,7 @@ impl DeviceSnapshot {
             (DmaRoute::HostMemory, &self.dma.host_memory),
             (DmaRoute::SelfBars, &self.dma.self_),
             (DmaRoute::ClientRelay, &self.dma.client_relay),
+            (DmaRoute::Faults, &self.dma.faults),
         ];
         let peers = self
             .dma
@@ -221,6 +231,9 @@ impl DeviceSnapshot {
                 ));
             }
         }
+        for (name, v) in &self.errors {
+            out.push((dev(Counter::Error(name.clone())), *v));
+        }
         out
     }
 
@@ -230,6 +243,7 @@ impl DeviceSnapshot {
                 DmaRoute::HostMemory => self.dma.host_memory.get(*f),
                 DmaRoute::SelfBars => self.dma.self_.get(*f),
                 DmaRoute::ClientRelay => self.dma.client_relay.get(*f),
+                DmaRoute::Faults => self.dma.faults.get(*f),
                 DmaRoute::Peer(p) => self.dma.peers.get(p)?.get(*f),
             },
             Counter::Inbound(from, f) => match from {
@@ -237,6 +251,7 @@ impl DeviceSnapshot {
                 Inbound::Peer(p) => self.inbound.peers.get(p)?.get(*f),
             },
             Counter::BarResidentBytes => Some(self.bar_resident_bytes),
+            Counter::Error(name) => self.errors.get(name).copied(),
         }
     }
 }
@@ -294,6 +309,8 @@ pub enum DmaRoute {
     SelfBars,
     Peer(String),
     ClientRelay,
+    /// `dma.faults`: what failed transfers did not move (not a route, but counted alike).
+    Faults,
 }
 
 /// Where inbound traffic came from (`inbound.<from>`).
@@ -309,6 +326,8 @@ pub enum Counter {
     Dma(DmaRoute, Field),
     Inbound(Inbound, Field),
     BarResidentBytes,
+    /// `errors.<name>`: one of the device model's error counters.
+    Error(String),
 }
 
 /// A numeric counter of a snapshot, written like
@@ -376,6 +395,7 @@ impl std::str::FromStr for CounterPath {
         };
         let counter = match segs.as_slice() {
             ["bar_resident_bytes"] => Counter::BarResidentBytes,
+            ["errors", name] if is_name(name) => Counter::Error(name.to_string()),
             ["dma", "peers", peer, f] if is_name(peer) => {
                 Counter::Dma(DmaRoute::Peer(peer.to_string()), field(f)?)
             }
@@ -384,11 +404,10 @@ impl std::str::FromStr for CounterPath {
                     "host_memory" => DmaRoute::HostMemory,
                     "self" => DmaRoute::SelfBars,
                     "client_relay" => DmaRoute::ClientRelay,
-                    _ => {
-                        return Err(err(
-                            "dma route is not host_memory, self, peers.NAME or client_relay",
-                        ))
-                    }
+                    "faults" => DmaRoute::Faults,
+                    _ => return Err(err(
+                        "dma route is not host_memory, self, peers.NAME, client_relay or faults",
+                    )),
                 };
                 Counter::Dma(route, field(f)?)
             }
@@ -424,11 +443,13 @@ impl fmt::Display for CounterPath {
         write!(f, "devices[{device}].")?;
         match counter {
             Counter::BarResidentBytes => f.write_str("bar_resident_bytes"),
+            Counter::Error(name) => write!(f, "errors.{name}"),
             Counter::Dma(route, field) => {
                 let route = match route {
                     DmaRoute::HostMemory => "host_memory".to_string(),
                     DmaRoute::SelfBars => "self".to_string(),
                     DmaRoute::ClientRelay => "client_relay".to_string(),
+                    DmaRoute::Faults => "faults".to_string(),
                     DmaRoute::Peer(p) => format!("peers.{p}"),
                 };
                 write!(f, "dma.{route}.{}", field.as_str())

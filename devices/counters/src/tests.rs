@@ -8,6 +8,8 @@ fn dev(name: &str, host_read: u64, peer: Option<(&str, u64)>) -> DeviceSnapshot 
     };
     d.dma.host_memory.read_bytes = host_read;
     d.dma.host_memory.ops = host_read / 4096;
+    d.errors
+        .insert("status_invalid_field_in_command".into(), host_read / 4096);
     if let Some((p, n)) = peer {
         d.dma.peers.insert(
             p.into(),
@@ -67,6 +69,7 @@ fn since_matches_devices_by_name_and_counts_new_peers_from_zero() {
     let n = d.device("nvme0").unwrap();
     assert_eq!(n.dma.host_memory.read_bytes, 4096);
     assert_eq!(n.dma.host_memory.ops, 1);
+    assert_eq!(n.errors["status_invalid_field_in_command"], 1);
     assert_eq!(n.dma.peers["gpu0"].write_bytes, 64);
     assert_eq!(d.devices[0].name, "nvme0", "order of the end snapshot");
     assert_eq!(d.process, Some(ProcessSnapshot { rss_bytes: 9 }));
@@ -96,6 +99,12 @@ fn paths_parse_print_and_look_up() {
         ("devices[nvme0].inbound.peers.gpu0.read_bytes", Some(64)),
         ("devices[nvme0].inbound.cpu_mmio.write_bytes", Some(0)),
         ("devices[nvme0].bar_resident_bytes", Some(0)),
+        ("devices[nvme0].dma.faults.write_bytes", Some(0)),
+        (
+            "devices[nvme0].errors.status_invalid_field_in_command",
+            Some(1),
+        ),
+        ("devices[nvme0].errors.status_lba_out_of_range", None),
         ("devices[nvme0].dma.peers.gpu1.write_bytes", None),
         ("devices[gpu9].dma.self.ops", None),
         ("process.rss_bytes", Some(5)),
@@ -129,8 +138,8 @@ fn leaves_name_every_numeric_counter_and_round_trip() {
         process: None,
     };
     let leaves = c.leaves();
-    // 4 routes × 3 fields + 2 inbound × 2 fields; no levels
-    assert_eq!(leaves.len(), 12 + 4);
+    // 5 routes (faults included) × 3 fields + 2 inbound × 2 fields + 1 error; no levels
+    assert_eq!(leaves.len(), 15 + 4 + 1);
     for (path, v) in &leaves {
         let reparsed: CounterPath = path.to_string().parse().unwrap();
         assert_eq!(c.get(&reparsed), Some(*v));

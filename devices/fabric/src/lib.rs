@@ -19,7 +19,14 @@
 //!    [`DmaError::Unmapped`]: the device turns it into a clean error status.
 //!
 //! A transfer that crosses window boundaries is split; each piece is routed on its own.
-//! Bus Master Enable is checked for every route but the device's own memory.
+//! Bus Master Enable is checked for every route but the device's own memory. What a
+//! transfer could not move — no route, Bus Master off, a target that failed — is counted
+//! as `dma.faults` (the bytes not moved), so a test can see a device was stopped.
+//!
+//! Besides the fabric's own counters, each device's snapshot carries `errors`: the
+//! device model's counters of guest errors it caught (failed commands by status, bad
+//! doorbells, engine faults), read through the source given to
+//! [`Fabric::set_error_source`].
 //!
 //! # What it does not implement
 //! An IOMMU, ACS, or ordering between initiators: the lab's topologies have none, and a
@@ -71,6 +78,10 @@ impl Dir {
     }
 }
 
+/// Where a device's `errors` counters come from: the device model's counters of guest
+/// errors it caught, as `(name, count)` pairs; monotonic over the lab's life.
+pub type ErrorSource = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+
 #[derive(Clone)]
 struct Window {
     start: u64,
@@ -90,6 +101,8 @@ struct Device {
     host_memory: Dir,
     self_: Dir,
     client_relay: Dir,
+    faults: Dir,
+    errors: RwLock<Option<ErrorSource>>,
     /// Indexed by the peer's DeviceId (grown on add_device).
     peers: RwLock<Vec<Arc<Dir>>>,
     inbound: RwLock<Vec<Arc<Dir>>>,
@@ -145,6 +158,8 @@ impl Fabric {
             host_memory: Dir::default(),
             self_: Dir::default(),
             client_relay: Dir::default(),
+            faults: Dir::default(),
+            errors: RwLock::new(None),
             peers: RwLock::new(Vec::new()),
             inbound: RwLock::new(Vec::new()),
             cpu_mmio: Dir::default(),
@@ -191,6 +206,12 @@ impl Fabric {
     /// The client connection of this device (guest RAM maps, relay), or None.
     pub fn set_client(&self, id: DeviceId, client: Option<Arc<dyn HostMemory>>) {
         *write(&self.dev(id).client) = client;
+    }
+
+    /// The source of device `id`'s `errors` counters (its model's own counters). It is
+    /// called by every [`Fabric::snapshot`]; it must not call back into the fabric.
+    pub fn set_error_source(&self, id: DeviceId, source: ErrorSource) {
+        *write(&self.dev(id).errors) = Some(source);
     }
 
     /// Count trapped BAR accesses relayed by QEMU (CPU MMIO).
@@ -243,6 +264,7 @@ impl Fabric {
                     host_memory: d.host_memory.snap(),
                     self_: d.self_.snap(),
                     client_relay: d.client_relay.snap(),
+                    faults: d.faults.snap(),
                     peers: BTreeMap::new(),
                 };
                 let mut inb = InboundSnapshot {
@@ -268,6 +290,10 @@ impl Fabric {
                         })
                     })
                     .collect();
+                let errors = read(&d.errors)
+                    .as_ref()
+                    .map(|f| f().into_iter().collect())
+                    .unwrap_or_default();
                 DeviceSnapshot {
                     name: d.name.clone(),
                     kind: d.kind.clone(),
@@ -276,6 +302,7 @@ impl Fabric {
                     bars,
                     bus_master: d.bus_master.load(Relaxed),
                     bar_resident_bytes: 0,
+                    errors,
                 }
             })
             .collect();
@@ -342,6 +369,7 @@ impl Fabric {
     }
 
     /// Route and count one transfer piecewise; `op` does the data movement per piece.
+    /// A failure counts the bytes not moved as `dma.faults`.
     fn transfer(
         &self,
         id: DeviceId,
@@ -351,32 +379,62 @@ impl Fabric {
         mut op: impl FnMut(&Route, usize, usize) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         let dev = self.dev(id);
+        let x = Transfer {
+            id,
+            addr,
+            len,
+            write,
+        };
         let mut done = 0usize;
         while done < len {
-            let a = addr.0.checked_add(done as u64).ok_or(DmaError::Overflow {
-                addr: addr.0,
-                len: len as u64,
-            })?;
-            let (route, avail) = self.route(id, a, (len - done) as u64, write)?;
-            if !matches!(route, Route::Own(..)) && !dev.bus_master.load(Relaxed) {
-                return Err(DmaError::BusMasterDisabled);
-            }
-            let n = usize::try_from(avail).unwrap_or(usize::MAX).min(len - done);
-            op(&route, done, n)?;
-            let n64 = n as u64;
-            match &route {
-                Route::Own(..) => dev.self_.add(write, n64),
-                Route::Peer(peer, ..) => {
-                    read(&dev.peers)[peer.0].add(write, n64);
-                    let target = self.dev(*peer);
-                    read(&target.inbound)[id.0].add(write, n64);
+            match self.piece(&dev, &x, done, &mut op) {
+                Ok(n) => done += n,
+                Err(e) => {
+                    dev.faults.add(write, (len - done) as u64);
+                    return Err(e);
                 }
-                Route::Host(..) => dev.host_memory.add(write, n64),
-                Route::Relay(..) => dev.client_relay.add(write, n64),
             }
-            done += n;
         }
         Ok(())
+    }
+
+    /// Routes, moves and counts the piece of transfer `x` that starts `done` bytes in;
+    /// returns its length.
+    fn piece(
+        &self,
+        dev: &Device,
+        x: &Transfer,
+        done: usize,
+        op: &mut impl FnMut(&Route, usize, usize) -> Result<(), DmaError>,
+    ) -> Result<usize, DmaError> {
+        let a = x
+            .addr
+            .0
+            .checked_add(done as u64)
+            .ok_or(DmaError::Overflow {
+                addr: x.addr.0,
+                len: x.len as u64,
+            })?;
+        let (route, avail) = self.route(x.id, a, (x.len - done) as u64, x.write)?;
+        if !matches!(route, Route::Own(..)) && !dev.bus_master.load(Relaxed) {
+            return Err(DmaError::BusMasterDisabled);
+        }
+        let n = usize::try_from(avail)
+            .unwrap_or(usize::MAX)
+            .min(x.len - done);
+        op(&route, done, n)?;
+        let n64 = n as u64;
+        match &route {
+            Route::Own(..) => dev.self_.add(x.write, n64),
+            Route::Peer(peer, ..) => {
+                read(&dev.peers)[peer.0].add(x.write, n64);
+                let target = self.dev(*peer);
+                read(&target.inbound)[x.id.0].add(x.write, n64);
+            }
+            Route::Host(..) => dev.host_memory.add(x.write, n64),
+            Route::Relay(..) => dev.client_relay.add(x.write, n64),
+        }
+        Ok(n)
     }
 
     /// Every memory-backed window currently decoded, for the CPU witness.
@@ -402,6 +460,14 @@ fn read<T: ?Sized>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 fn write<T: ?Sized>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One transfer a device issued: `len` bytes at `addr`, `write` = device to target.
+struct Transfer {
+    id: DeviceId,
+    addr: BusAddr,
+    len: usize,
+    write: bool,
 }
 
 enum Route {

@@ -188,6 +188,52 @@ fn trapped_bars_and_holes_are_errors() {
 }
 
 #[test]
+fn failed_transfers_count_the_bytes_not_moved_as_faults() {
+    let l = lab();
+    let port = l.fabric.port(l.gpu);
+    assert!(port.write(BusAddr(0x7000_0000_0000), &[1; 100]).is_err());
+    // 8 bytes inside the VRAM window are read, the 24 past its end are not.
+    let mut b = [0u8; 32];
+    assert!(port.read(BusAddr(GPU_BAR + 8 * MIB - 8), &mut b).is_err());
+    l.fabric.set_bus_master(l.gpu, false);
+    assert_eq!(
+        port.write(BusAddr(0x1000), &[1; 10]),
+        Err(DmaError::BusMasterDisabled)
+    );
+    let c = l.fabric.snapshot();
+    let g = dev(&c, "gpu0");
+    assert_eq!(
+        g.dma.faults,
+        DirSnapshot {
+            read_bytes: 24,
+            write_bytes: 110,
+            ops: 3
+        }
+    );
+    assert_eq!(
+        g.dma.self_.read_bytes, 8,
+        "the part inside the window moved"
+    );
+    assert_eq!(g.dma.host_memory, DirSnapshot::default());
+    assert_eq!(dev(&c, "nvme0").dma.faults, DirSnapshot::default());
+}
+
+#[test]
+fn snapshots_carry_each_device_s_error_counters() {
+    let l = lab();
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = n.clone();
+    l.fabric.set_error_source(
+        l.nvme,
+        Box::new(move || vec![("doorbell_invalid_value".into(), seen.load(Relaxed))]),
+    );
+    n.store(3, Relaxed);
+    let v = serde_json::to_value(l.fabric.snapshot()).unwrap();
+    assert_eq!(v["devices"][0]["errors"]["doorbell_invalid_value"], 3);
+    assert_eq!(v["devices"][1]["errors"], serde_json::json!({}));
+}
+
+#[test]
 fn disabled_window_is_not_routed() {
     let l = lab();
     l.fabric.set_bar_window(l.gpu, 2, None);
@@ -232,7 +278,7 @@ fn snapshot_matches_the_counter_contract() {
     let v = serde_json::to_value(l.fabric.snapshot()).unwrap();
     let d = &v["devices"][0];
     assert_eq!(d["name"], "nvme0");
-    for k in ["host_memory", "self", "client_relay"] {
+    for k in ["host_memory", "self", "client_relay", "faults"] {
         assert!(d["dma"][k]["read_bytes"].is_u64(), "{k}");
     }
     assert!(d["dma"]["peers"]["gpu0"]["ops"].is_u64());

@@ -7,6 +7,12 @@
 //! them) in chunks of [`CHUNK`] bytes, writes the status word back into the descriptor,
 //! then advances `CE_HEAD` and raises `INTR_CE_DONE`/`INTR_CE_ERROR`.
 //!
+//! A source or destination range that lies partly in this device's own VRAM — it starts
+//! inside the VRAM BAR and runs past its end, or starts below it and runs into it — is
+//! refused before any byte moves ([`DESC_ERR_VRAM_RANGE`]): the engine knows its VRAM,
+//! and the bytes past its end belong to whatever the bus has there (below a switch,
+//! often a peer's BAR).
+//!
 //! A failed copy is reported in that descriptor's status word and the engine goes on with
 //! the next one. Only a failure to fetch a descriptor or to write its status back halts
 //! the ring (`CE_STATUS.HALTED`), since the guest could not learn the outcome otherwise.
@@ -65,6 +71,9 @@ pub const DESC_ERR_SRC_FAULT: u8 = 3;
 pub const DESC_ERR_DST_FAULT: u8 = 4;
 /// Descriptor error: reserved flag bits set.
 pub const DESC_ERR_FLAGS: u8 = 5;
+/// Descriptor error: the source or destination lies partly in this device's VRAM (runs
+/// past its end or into its start); nothing was copied.
+pub const DESC_ERR_VRAM_RANGE: u8 = 6;
 
 /// The status word the device writes for an outcome.
 pub fn status_word(result: Result<(), u8>) -> u32 {
@@ -76,8 +85,9 @@ pub fn status_word(result: Result<(), u8>) -> u32 {
     }
 }
 
-/// Check a fetched descriptor before any data moves.
-pub fn validate(desc: &CopyDescriptor) -> Result<(), u8> {
+/// Check a fetched descriptor before any data moves. `vram`: this device's VRAM window
+/// on the bus (`(start, len)`), if its BAR is programmed.
+pub fn validate(desc: &CopyDescriptor, vram: Option<(u64, u64)>) -> Result<(), u8> {
     if desc.flags.get() & !DESC_FLAGS_ALL != 0 {
         return Err(DESC_ERR_FLAGS);
     }
@@ -87,6 +97,17 @@ pub fn validate(desc: &CopyDescriptor) -> Result<(), u8> {
     }
     if desc.src.get().checked_add(len).is_none() || desc.dst.get().checked_add(len).is_none() {
         return Err(DESC_ERR_OVERFLOW);
+    }
+    if let Some((start, size)) = vram {
+        let end = start.saturating_add(size);
+        // Overlaps the window without lying inside it (the ends cannot overflow: checked).
+        let partly = |a: u64| {
+            let b = a + len;
+            a < end && b > start && (a < start || b > end)
+        };
+        if partly(desc.src.get()) || partly(desc.dst.get()) {
+            return Err(DESC_ERR_VRAM_RANGE);
+        }
     }
     Ok(())
 }

@@ -120,6 +120,64 @@ pub enum GpuError {
     Config(#[from] p2plab_pci::ConfigError),
 }
 
+/// Counters of guest errors the engines caught ([`PciFunction::error_counters`]). Kept
+/// with the registers (updated under their lock) but never reset.
+#[derive(Clone, Copy, Debug, Default)]
+struct ErrorCounts {
+    /// Copy descriptors completed with an error, by `copy::DESC_ERR_*` code (index).
+    ce_desc: [u64; 7],
+    /// Copy engine halts, by `regs::CE_HALT_*` code (index).
+    ce_halt: [u64; 5],
+    /// Checksum runs that failed, by `regs::CK_ERR_*` code (index).
+    ck: [u64; 3],
+}
+
+impl ErrorCounts {
+    fn count(slots: &mut [u64], code: u8) {
+        let i = usize::from(code).min(slots.len() - 1);
+        slots[i] = slots[i].wrapping_add(1);
+    }
+
+    /// `(name, count)` pairs, every code named (0 included).
+    fn export(&self) -> Vec<(String, u64)> {
+        let desc = [
+            (copy::DESC_ERR_LENGTH, "length"),
+            (copy::DESC_ERR_OVERFLOW, "overflow"),
+            (copy::DESC_ERR_SRC_FAULT, "src_fault"),
+            (copy::DESC_ERR_DST_FAULT, "dst_fault"),
+            (copy::DESC_ERR_FLAGS, "flags"),
+            (copy::DESC_ERR_VRAM_RANGE, "vram_range"),
+        ];
+        let halt = [
+            (regs::CE_HALT_BAD_RING, "bad_ring"),
+            (regs::CE_HALT_BAD_TAIL, "bad_tail"),
+            (regs::CE_HALT_FETCH_FAULT, "fetch_fault"),
+            (regs::CE_HALT_WRITEBACK_FAULT, "writeback_fault"),
+        ];
+        let ck = [(regs::CK_ERR_RANGE, "range"), (regs::CK_ERR_READ, "read")];
+        let mut out = vec![(
+            "ce_descriptor_errors".to_string(),
+            self.ce_desc.iter().sum(),
+        )];
+        let by = |slots: &[u64], code: u8| slots.get(usize::from(code)).copied().unwrap_or(0);
+        out.extend(
+            desc.iter()
+                .map(|&(c, n)| (format!("ce_error_{n}"), by(&self.ce_desc, c))),
+        );
+        out.push(("ce_halts".into(), self.ce_halt.iter().sum()));
+        out.extend(
+            halt.iter()
+                .map(|&(c, n)| (format!("ce_halt_{n}"), by(&self.ce_halt, c))),
+        );
+        out.push(("ck_errors".into(), self.ck.iter().sum()));
+        out.extend(
+            ck.iter()
+                .map(|&(c, n)| (format!("ck_error_{n}"), by(&self.ck, c))),
+        );
+        out
+    }
+}
+
 /// Guest-visible register state. Only ever locked briefly, never across DMA.
 #[derive(Default)]
 struct Regs {
@@ -154,6 +212,9 @@ struct Regs {
     ck_generation: u64,
     ck_digest: [u8; regs::CK_DIGEST_LEN],
     ck_bytes: u64,
+
+    /// Not a register: survives resets.
+    errors: ErrorCounts,
 }
 
 impl Regs {
@@ -182,6 +243,7 @@ impl Regs {
     #[must_use]
     fn ce_halt_with(&mut self, code: u8) -> Option<u16> {
         log::debug!("gpu copy engine halted: code {code}");
+        ErrorCounts::count(&mut self.errors.ce_halt, code);
         self.ce_halt = code;
         self.raise(regs::INTR_CE_ERROR)
     }
@@ -370,6 +432,9 @@ pub struct GpuDevice {
     irq: Arc<dyn InterruptSink>,
     vram: Arc<dyn VramAccess>,
     regs: Mutex<Regs>,
+    /// BAR2's bus address as the guest programmed it (the copy engine refuses ranges
+    /// that lie partly in it); kept across resets, as the host keeps the BAR.
+    vram_bar: Mutex<Option<u64>>,
     worker: Mutex<Worker>,
     /// Work recorded for `process` since it last started (`needs_processing`).
     work: AtomicBool,
@@ -413,6 +478,7 @@ impl GpuDevice {
             irq,
             vram,
             regs: Mutex::new(Regs::default()),
+            vram_bar: Mutex::new(None),
             worker: Mutex::new(Worker {
                 ce: None,
                 ck: None,
@@ -492,7 +558,8 @@ impl GpuDevice {
                 }
                 return true;
             }
-            let outcome = copy::validate(&desc).err().map(Err);
+            let vram = lock(&self.vram_bar).map(|a| (a, self.cfg.vram_size));
+            let outcome = copy::validate(&desc, vram).err().map(Err);
             w.ce = Some(copy::InFlight {
                 generation,
                 index,
@@ -564,8 +631,9 @@ impl GpuDevice {
                 match outcome {
                     Ok(()) if want_irq => r.raise(regs::INTR_CE_DONE),
                     Ok(()) => None,
-                    Err(_) => {
+                    Err(code) => {
                         r.ce_errors = r.ce_errors.wrapping_add(1);
+                        ErrorCounts::count(&mut r.errors.ce_desc, code);
                         r.raise(regs::INTR_CE_ERROR)
                     }
                 }
@@ -584,6 +652,7 @@ impl GpuDevice {
                     .checked_add(len)
                     .is_some_and(|end| end <= self.cfg.vram_size);
                 if !in_range {
+                    ErrorCounts::count(&mut r.errors.ck, regs::CK_ERR_RANGE);
                     r.ck_status = regs::CK_STATUS_ERROR
                         | (u32::from(regs::CK_ERR_RANGE) << regs::CK_STATUS_CODE_SHIFT);
                     let v = r.raise(regs::INTR_CK_ERROR);
@@ -643,6 +712,7 @@ impl GpuDevice {
                 r.raise(regs::INTR_CK_DONE)
             }
             Err(code) => {
+                ErrorCounts::count(&mut r.errors.ck, code);
                 r.ck_status =
                     regs::CK_STATUS_ERROR | (u32::from(code) << regs::CK_STATUS_CODE_SHIFT);
                 r.raise(regs::INTR_CK_ERROR)
@@ -734,6 +804,13 @@ impl PciFunction for GpuDevice {
         }
     }
 
+    /// BAR2's address: copy ranges lying partly in VRAM are refused against it.
+    fn bar_moved(&self, bar: usize, address: Option<u64>) {
+        if bar == VRAM_BAR {
+            *lock(&self.vram_bar) = address;
+        }
+    }
+
     /// Without Bus Master Enable the copy engine does not fetch or copy (posted work
     /// waits); enabling it asks for processing.
     fn set_bus_master(&self, enabled: bool) {
@@ -752,6 +829,7 @@ impl PciFunction for GpuDevice {
         *r = Regs {
             ce_generation,
             ck_generation,
+            errors: r.errors,
             ..Regs::default()
         };
         drop(r);
@@ -770,5 +848,14 @@ impl PciFunction for GpuDevice {
 
     fn needs_processing(&self) -> bool {
         self.work.load(Ordering::Acquire)
+    }
+
+    /// `ce_descriptor_errors` and `ce_error_<code>` (copy descriptors completed with an
+    /// error: `length`, `overflow`, `src_fault`, `dst_fault`, `flags`, `vram_range`), `ce_halts` and
+    /// `ce_halt_<reason>` (`bad_ring`, `bad_tail`, `fetch_fault`, `writeback_fault`),
+    /// `ck_errors` and `ck_error_<code>` (`range`, `read`). Unlike `CE_ERRORS` they
+    /// survive resets.
+    fn error_counters(&self) -> Vec<(String, u64)> {
+        lock(&self.regs).errors.export()
     }
 }

@@ -116,6 +116,7 @@ fn lab() -> Lab {
         serial: 7,
     };
     let dev = GpuDevice::new(cfg, bus.clone(), irq.clone(), vram.clone()).expect("valid config");
+    dev.bar_moved(VRAM_BAR, Some(VRAM_BASE));
     dev.set_bus_master(true);
     Lab {
         dev,
@@ -377,7 +378,7 @@ fn unmapped_source_reports_error_and_engine_continues() {
 }
 
 #[test]
-fn destination_past_vram_end_is_a_dst_fault() {
+fn destination_past_vram_end_is_a_vram_range_error() {
     let l = lab();
     l.wr(regs::INTR_ENABLE, regs::INTR_ALL);
     l.enable_ring();
@@ -391,8 +392,11 @@ fn destination_past_vram_end_is_a_dst_fault() {
     );
     l.wr(regs::CE_TAIL, 1);
     l.run();
-    assert_eq!(l.desc_status(0), err_status(copy::DESC_ERR_DST_FAULT));
+    assert_eq!(l.desc_status(0), err_status(copy::DESC_ERR_VRAM_RANGE));
     assert_eq!(l.irq.take(), vec![regs::VECTOR_CE]);
+    let mut tail = vec![0xff; 2048];
+    l.vram.read(VRAM_SIZE - 2048, &mut tail).unwrap();
+    assert_eq!(tail, vec![0; 2048], "refused before any byte moved");
 }
 
 #[test]
@@ -794,4 +798,226 @@ fn disable_mid_copy_is_acknowledged_through_active() {
     let mut b = [0u8; 16];
     l.vram.read(64, &mut b).unwrap();
     assert_eq!(b, [5; 16]);
+}
+
+#[test]
+fn a_descriptor_that_rewrites_its_own_ring_runs_what_it_wrote() {
+    let l = lab();
+    l.enable_ring();
+    // Slots 1..=3 are posted as good copies into VRAM; slot 0 copies replacements with
+    // a wild source over them before the engine fetches them.
+    let wild = 0x10_0000_0000;
+    let repl: Vec<u8> = (0..3)
+        .flat_map(|_| {
+            CopyDescriptor {
+                src: U64::new(wild),
+                dst: U64::new(VRAM_BASE),
+                len: U64::new(4096),
+                flags: U32::new(0),
+                status: U32::new(0),
+            }
+            .as_bytes()
+            .to_vec()
+        })
+        .collect();
+    let repl_at = RAM_BASE + (2 << 20);
+    l.bus.ram.poke(repl_at, &repl);
+    l.bus.ram.poke(RAM_BASE + (1 << 20), &pattern(4096, 3));
+    l.post(0, repl_at, RING + copy::DESC_SIZE, 3 * copy::DESC_SIZE, 0);
+    for i in 1..=3 {
+        l.post(i, RAM_BASE + (1 << 20), VRAM_BASE, 4096, 0);
+    }
+    l.wr(regs::CE_TAIL, 4);
+    l.run();
+    assert_eq!(l.desc_status(0), copy::DESC_STATUS_DONE);
+    for i in 1..=3 {
+        assert_eq!(l.desc_status(i), err_status(copy::DESC_ERR_SRC_FAULT));
+    }
+    assert_eq!(l.rd(regs::CE_HEAD), 4);
+    let mut v = vec![0xff; 4096];
+    l.vram.read(0, &mut v).unwrap();
+    assert_eq!(v, vec![0; 4096], "the replaced copies never ran");
+}
+
+#[test]
+fn a_descriptor_copying_the_whole_ring_onto_itself_completes() {
+    let l = lab();
+    l.enable_ring();
+    let ring_bytes = u64::from(RING_ENTRIES) * copy::DESC_SIZE;
+    l.post(0, RING, RING, ring_bytes, 0);
+    l.wr(regs::CE_TAIL, 1);
+    l.run();
+    assert_eq!(l.desc_status(0), copy::DESC_STATUS_DONE);
+    assert_eq!(l.rd(regs::CE_HEAD), 1);
+    assert_eq!(l.rd(regs::CE_STATUS), regs::CE_STATUS_ENABLED);
+}
+
+#[test]
+fn a_source_running_past_the_vram_end_writes_nothing() {
+    let l = lab();
+    l.enable_ring();
+    let dst = RAM_BASE + (4 << 20);
+    l.bus.ram.poke(dst, &[0xc5; 1 << 20]);
+    l.post(0, VRAM_BASE + VRAM_SIZE - 65536, dst, 1 << 20, 0);
+    l.wr(regs::CE_TAIL, 1);
+    l.run();
+    assert_eq!(l.desc_status(0), err_status(copy::DESC_ERR_VRAM_RANGE));
+    assert_eq!(l.bus.ram.peek(dst, 1 << 20), vec![0xc5; 1 << 20]);
+}
+
+/// A bus where a peer's BAR follows the VRAM window directly, as the guest's BIOS lays
+/// out two prefetchable BARs below one switch (gpu0 VRAM, then nvme0's CMB).
+struct AdjacentBus {
+    vram: Arc<VecVram>,
+    peer: TestDmaSpace,
+}
+
+/// A piece of an access: bus address and length.
+type Piece = Option<(u64, usize)>;
+
+impl AdjacentBus {
+    /// The VRAM part and the peer part of an access.
+    fn split(addr: u64, len: usize) -> (Piece, Piece) {
+        let end = addr + len as u64;
+        let vend = VRAM_BASE + VRAM_SIZE;
+        let v = (addr < vend && end > VRAM_BASE).then(|| {
+            (
+                addr.max(VRAM_BASE),
+                (end.min(vend) - addr.max(VRAM_BASE)) as usize,
+            )
+        });
+        let p = (end > vend).then(|| (addr.max(vend), (end - addr.max(vend)) as usize));
+        (v, p)
+    }
+}
+
+impl DmaSpace for AdjacentBus {
+    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        let (v, p) = Self::split(addr.0, buf.len());
+        let mut at = 0;
+        if let Some((a, n)) = v {
+            self.vram.read(a - VRAM_BASE, &mut buf[..n])?;
+            at = n;
+        }
+        if let Some((a, _)) = p {
+            self.peer.read(BusAddr(a), &mut buf[at..])?;
+        }
+        Ok(())
+    }
+    fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
+        let (v, p) = Self::split(addr.0, data.len());
+        let mut at = 0;
+        if let Some((a, n)) = v {
+            self.vram.write(a - VRAM_BASE, &data[..n])?;
+            at = n;
+        }
+        if let Some((a, _)) = p {
+            self.peer.write(BusAddr(a), &data[at..])?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_copy_running_past_the_vram_end_never_reaches_the_adjacent_peer() {
+    let vram = Arc::new(VecVram::new(VRAM_SIZE));
+    let peer_base = VRAM_BASE + VRAM_SIZE;
+    let bus = Arc::new(AdjacentBus {
+        vram: vram.clone(),
+        peer: TestDmaSpace::new(peer_base, 4 << 20),
+    });
+    let cfg = GpuConfig {
+        vram_size: VRAM_SIZE,
+        serial: 7,
+    };
+    let irq = Arc::new(RecordingInterrupts::default());
+    let dev = GpuDevice::new(cfg, bus.clone(), irq, vram.clone()).expect("valid config");
+    dev.bar_moved(VRAM_BAR, Some(VRAM_BASE));
+    dev.set_bus_master(true);
+    let ring = VRAM_BASE;
+    let src = VRAM_BASE + (1 << 20);
+    vram.write(1 << 20, &pattern(1 << 20, 5)).unwrap();
+    bus.peer.poke(peer_base, &[0xab; 1 << 20]);
+    let d = [
+        // 1 MiB to 64 KiB before the VRAM end: 960 KiB would land in the peer's BAR.
+        (src, peer_base - 65536),
+        // 1 MiB from 64 KiB before the end: 960 KiB would be read from the peer.
+        (peer_base - 65536, src + (1 << 20)),
+    ];
+    for (i, (s, t)) in d.iter().enumerate() {
+        let desc = CopyDescriptor {
+            src: U64::new(*s),
+            dst: U64::new(*t),
+            len: U64::new(1 << 20),
+            flags: U32::new(0),
+            status: U32::new(0),
+        };
+        vram.write(i as u64 * copy::DESC_SIZE, desc.as_bytes())
+            .unwrap();
+    }
+    dev.bar_write(REG_BAR, regs::CE_RING_BASE_LO, &ring.to_le_bytes());
+    dev.bar_write(REG_BAR, regs::CE_RING_SIZE, &4u32.to_le_bytes());
+    dev.bar_write(REG_BAR, regs::CE_CTRL, &regs::CE_CTRL_ENABLE.to_le_bytes());
+    dev.bar_write(REG_BAR, regs::CE_TAIL, &2u32.to_le_bytes());
+    while dev.process() || dev.needs_processing() {}
+    for i in 0..2u64 {
+        let mut st = [0u8; 4];
+        vram.read(i * copy::DESC_SIZE + copy::DESC_STATUS_OFFSET, &mut st)
+            .unwrap();
+        assert_eq!(
+            u32::from_le_bytes(st),
+            err_status(copy::DESC_ERR_VRAM_RANGE),
+            "descriptor {i}"
+        );
+    }
+    assert_eq!(bus.peer.peek(peer_base, 1 << 20), vec![0xab; 1 << 20]);
+    let mut out = vec![0xff; 1 << 20];
+    vram.read(2 << 20, &mut out).unwrap();
+    assert_eq!(
+        out,
+        vec![0; 1 << 20],
+        "nothing read from the peer landed in VRAM"
+    );
+}
+
+fn counters(l: &Lab) -> std::collections::BTreeMap<String, u64> {
+    l.dev.error_counters().into_iter().collect()
+}
+
+#[test]
+fn error_counters_count_each_code_and_survive_reset() {
+    let l = lab();
+    l.enable_ring();
+    l.post(0, RAM_BASE, VRAM_BASE, 0, 0);
+    l.post(1, u64::MAX - 10, VRAM_BASE, 4096, 0);
+    l.post(2, 0x10_0000_0000, VRAM_BASE, 4096, 0);
+    l.post(3, 0x10_0000_0000, VRAM_BASE, 4096, 0);
+    l.post(4, RAM_BASE, 0x10_0000_0000, 4096, 0);
+    l.wr(regs::CE_TAIL, 5);
+    l.run();
+    l.wr(regs::CE_TAIL, RING_ENTRIES);
+    l.wr64(regs::CK_OFFSET_LO, VRAM_SIZE - 4096);
+    l.wr64(regs::CK_LEN_LO, 8192);
+    l.wr(regs::CK_CTRL, regs::CK_CTRL_START);
+    l.run();
+    l.dev.reset();
+    l.run();
+    assert_eq!(l.rd(regs::CE_ERRORS), 0, "the register is reset");
+    let c = counters(&l);
+    for (name, n) in [
+        ("ce_descriptor_errors", 5),
+        ("ce_error_length", 1),
+        ("ce_error_overflow", 1),
+        ("ce_error_src_fault", 2),
+        ("ce_error_dst_fault", 1),
+        ("ce_error_flags", 0),
+        ("ce_error_vram_range", 0),
+        ("ce_halts", 1),
+        ("ce_halt_bad_tail", 1),
+        ("ce_halt_fetch_fault", 0),
+        ("ck_errors", 1),
+        ("ck_error_range", 1),
+    ] {
+        assert_eq!(c.get(name), Some(&n), "{name} in {c:?}");
+    }
 }

@@ -3,9 +3,10 @@
 //! To add a case: one row in `case_table!`'s invocation below (its [`CaseId`]
 //! variant, its name, where it applies), then one arm in the runner's `match` from
 //! [`CaseId`] to the case's function (`guest-tests/runner/src/cases.rs`); the compiler
-//! names a missing arm, an unknown [`Role`] or an unknown [`Need`]. The host
+//! names a missing arm, an unknown [`Role`], [`Need`] or [`Group`]. The host
 //! (`p2plab run`) picks a topology's default cases from [`CASES`]; the runner lists
-//! them with `--list` / `--list-json`.
+//! them with `--list` / `--list-json`. A row may name a [`Group`]: `--cases <group>`
+//! runs every case of it.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -68,6 +69,49 @@ impl fmt::Display for Need {
     }
 }
 
+/// A named set of cases, run together with `--cases <group>` (in table order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Group {
+    /// A hostile guest: the runner, with the devices' drivers unbound, drives them
+    /// through raw BAR accesses with invalid values (doorbells, queue attributes, data
+    /// pointers, copy descriptors) and checks the spec's answers, then resets them and
+    /// hands them back to their drivers. Run by the suite on `switch`, before the
+    /// topology's other cases.
+    Hostile,
+}
+
+impl Group {
+    /// Every group.
+    pub const ALL: &'static [Group] = &[Group::Hostile];
+
+    /// The word `--cases` takes (`hostile`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Hostile => "hostile",
+        }
+    }
+
+    /// The group of this name.
+    pub fn from_name(name: &str) -> Option<Group> {
+        Group::ALL.iter().copied().find(|g| g.as_str() == name)
+    }
+
+    /// Its cases, in table order.
+    pub fn cases(self) -> impl Iterator<Item = CaseId> {
+        CASES
+            .iter()
+            .filter(move |c| c.group == Some(self))
+            .map(|c| c.id)
+    }
+}
+
+impl fmt::Display for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An optional image layer a case needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -89,6 +133,9 @@ pub struct Case {
     pub tools: &'static [Tool],
     /// Further conditions on the topology.
     pub needs: &'static [Need],
+    /// The group the case belongs to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
 }
 
 impl Case {
@@ -97,9 +144,12 @@ impl Case {
         self.id.name()
     }
 
-    /// Its `--list` line: name, then description.
+    /// Its `--list` line: name, then description (and its group).
     pub fn list_line(&self) -> String {
-        format!("{:<16} {}", self.name(), self.description)
+        match self.group {
+            Some(g) => format!("{:<16} [{g}] {}", self.name(), self.description),
+            None => format!("{:<16} {}", self.name(), self.description),
+        }
     }
 }
 
@@ -113,6 +163,7 @@ macro_rules! case_table {
             roles: [$($role:ident),* $(,)?],
             tools: [$($tool:ident),* $(,)?],
             needs: [$($need:ident),* $(,)?],
+            $(group: $group:ident,)?
             description: $description:literal $(,)?
         }
     ),* $(,)?) => {
@@ -143,8 +194,19 @@ macro_rules! case_table {
                 roles: &[$(Role::$role),*],
                 tools: &[$(Tool::$tool),*],
                 needs: &[$(Need::$need),*],
+                group: case_group!($($group)?),
             },
         )*];
+    };
+}
+
+/// A row's optional `group:` as an `Option<Group>`.
+macro_rules! case_group {
+    () => {
+        None
+    };
+    ($group:ident) => {
+        Some(Group::$group)
     };
 }
 
@@ -257,6 +319,21 @@ case_table! {
         when: Any, roles: [Client, Exporter], tools: [], needs: [P2plabClient],
         description: "series regression: 4 and 8 MiB inline READ/WRITE_FIXED, then revoke within 30 s (a hang is reported with the blocked tasks, the run goes on) (SKIP without the series)",
     },
+    HostileNvmeRegs = "hostile-nvme-regs" {
+        when: Any, roles: [Client], tools: [], needs: [P2plabClient, ClientCmb, OnRequest],
+        group: Hostile,
+        description: "nvme unbound, raw BAR0: AQA=0 (CFS); doorbells past a queue's size and of queues that do not exist (AERs: Invalid Doorbell Write Value, Write to Invalid Doorbell Register); CMBMSC pointing at RAM (CBAI, data stays in RAM); CC.EN cleared during I/O (RDY clears, nothing posted after); a controller reset after each, then rebound and live",
+    },
+    HostileNvmeDma = "hostile-nvme-dma" {
+        when: Any, roles: [Client], tools: [], needs: [P2plabClient, ClientCmb, OnRequest],
+        group: Hostile,
+        description: "nvme unbound, raw queues: PRPs at unmapped and misaligned addresses, a looping PRP list and SGL segment, an SQ running past the CMB's end, bad queue ids and fields (the spec's statuses), an unreachable CQ and ASQ (CFS); nothing written outside the targets, the namespace intact; rebound and live",
+    },
+    HostileGpuCe = "hostile-gpu-ce" {
+        when: Any, roles: [Provider], tools: [], needs: [GpuProvider, OnRequest],
+        group: Hostile,
+        description: "p2pgpu unbound, raw BAR0: copy descriptors with wild addresses, lengths past VRAM, bad length/flags, one rewriting its own ring (per-descriptor error status); rings in the registers, past the address space, a tail past the ring (halts); checksum past VRAM; nothing written outside the targets; rebound and working",
+    },
     Bench = "bench" {
         when: Any, roles: [Client, Provider], tools: [Fio], needs: [OnRequest],
         description: "throughput figures for `p2plab bench` (NVMe<->RAM, P2P read/write, own CMB, CPU on p2pmem); on request only",
@@ -346,6 +423,39 @@ mod tests {
             CaseId::P2pRead
         );
         assert!(serde_json::from_str::<CaseId>("\"no-such-case\"").is_err());
+    }
+
+    #[test]
+    fn groups_name_their_cases_in_table_order() {
+        let hostile: Vec<CaseId> = Group::Hostile.cases().collect();
+        assert_eq!(
+            hostile,
+            [
+                CaseId::HostileNvmeRegs,
+                CaseId::HostileNvmeDma,
+                CaseId::HostileGpuCe
+            ]
+        );
+        assert_eq!(Group::from_name("hostile"), Some(Group::Hostile));
+        assert!(Group::from_name("hostile-nvme-dma").is_none());
+        for g in Group::ALL {
+            assert!(
+                CaseId::from_name(g.as_str()).is_none(),
+                "a group is not named like a case"
+            );
+            // A group's cases are never defaults: they run when the group is named.
+            assert!(g.cases().all(|c| c.case().needs.contains(&Need::OnRequest)));
+        }
+        let v = serde_json::to_value(CaseId::HostileGpuCe.case()).unwrap();
+        assert_eq!(v["group"], "hostile");
+        assert!(serde_json::to_value(CaseId::P2pRead.case())
+            .unwrap()
+            .get("group")
+            .is_none());
+        assert!(CaseId::HostileGpuCe
+            .case()
+            .list_line()
+            .contains("[hostile]"));
     }
 
     #[test]

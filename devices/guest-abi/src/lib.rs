@@ -32,6 +32,6 @@ pub mod ids;
 pub mod markers;
 pub mod run;
 
-pub use cases::{Case, CaseId, Need, Tool, When, CASES};
+pub use cases::{Case, CaseId, Group, Need, Tool, When, CASES};
 pub use markers::Marker;
 pub use run::{DevInfo, DeviceKind, ExecConfig, Role, Roles, RunConfig};

@@ -287,6 +287,103 @@ pub const RULES: &[Rule] = &[
             0,
         )],
     },
+    // The hostile group (guest-tests/runner/src/cases/hostile*): every attack the guest
+    // made shows in the device's error counters, and what it made the device write
+    // stayed inside the guest's targets.
+    Rule {
+        case: CaseId::HostileNvmeRegs,
+        expect: &[
+            Expect::AtLeast("devices[{client}].errors.fatal_enable", 1),
+            Expect::AtLeast("devices[{client}].errors.doorbell_invalid_value", 2),
+            Expect::AtLeast("devices[{client}].errors.doorbell_invalid_register", 2),
+            Expect::AtLeast("devices[{client}].errors.cmb_address_invalid", 1),
+            // One per attack, plus the driver's own at the rebind.
+            Expect::AtLeast("devices[{client}].errors.controller_resets", 6),
+            // Identify sent to the address CMBMSC.CBA named went to RAM, not the CMB.
+            Expect::Eq("devices[{client}].dma.self.write_bytes", 0),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    Rule {
+        case: CaseId::HostileNvmeDma,
+        expect: &[
+            Expect::AtLeast("devices[{client}].errors.status_data_transfer_error", 3),
+            Expect::AtLeast("devices[{client}].errors.status_prp_offset_invalid", 4),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_number_of_sgl_descriptors",
+                1,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_use_of_controller_memory_buffer",
+                2,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_queue_identifier",
+                3,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_completion_queue_invalid",
+                1,
+            ),
+            Expect::AtLeast("devices[{client}].errors.status_invalid_queue_size", 1),
+            Expect::AtLeast("devices[{client}].errors.status_lba_out_of_range", 1),
+            Expect::AtLeast("devices[{client}].errors.fatal_cq_post", 1),
+            Expect::AtLeast("devices[{client}].errors.fatal_enable", 1),
+            Expect::AtLeast("devices[{client}].errors.fatal_sq_fetch", 1),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_field_in_command",
+                2,
+            ),
+            Expect::AtLeast(
+                "devices[{client}].errors.status_invalid_namespace_or_format",
+                1,
+            ),
+            Expect::AtLeast("devices[{client}].errors.status_invalid_command_opcode", 1),
+            // The unmapped data pointers, list, CQ and SQ: stopped by the fabric at their
+            // first page (the read's and the write's 4 KiB), not carried out elsewhere.
+            Expect::AtLeast("devices[{client}].dma.faults.write_bytes", 4096),
+            Expect::AtLeast("devices[{client}].dma.faults.read_bytes", 4096),
+            Expect::AtLeast("devices[{client}].dma.faults.ops", 5),
+            // Nothing in its own CMB; guest RAM got the targets' data only: the reads
+            // that succeeded (the staging read-back 1 MiB, 384 KiB of raw reads) and the
+            // rebind's probe, not the 1 MiB reads refused for their PRPs.
+            Expect::Eq("devices[{client}].dma.self.write_bytes", 0),
+            Expect::AtMost("devices[{client}].dma.host_memory.write_bytes", 2 * NV_MIB),
+            Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    Rule {
+        case: CaseId::HostileGpuCe,
+        expect: &[
+            Expect::AtLeast("devices[{provider}].errors.ce_error_src_fault", 4),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_dst_fault", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_vram_range", 2),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_length", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_overflow", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_error_flags", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_halt_fetch_fault", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_halt_bad_ring", 1),
+            Expect::AtLeast("devices[{provider}].errors.ce_halt_bad_tail", 1),
+            Expect::AtLeast("devices[{provider}].errors.ck_error_range", 1),
+            // Wild source and destination, the three rewritten slots, the ring in BAR0.
+            Expect::AtLeast("devices[{provider}].dma.faults.ops", 6),
+            Expect::AtLeast("devices[{provider}].dma.faults.read_bytes", 4 * 4096),
+            Expect::AtLeast("devices[{provider}].dma.faults.write_bytes", 4096),
+            // Ring and buffers were in VRAM: the engine never touched guest RAM.
+            Expect::Eq("devices[{provider}].dma.host_memory.read_bytes", 0),
+            Expect::Eq("devices[{provider}].dma.host_memory.write_bytes", 0),
+            Expect::Eq("devices[{provider}].dma.client_relay.write_bytes", 0),
+        ],
+    },
+    // The client's CMB BAR follows the VRAM BAR on switch: the copies running past the
+    // VRAM end must not have reached it.
+    Rule {
+        case: CaseId::HostileGpuCe,
+        expect: &[
+            Expect::Eq("devices[{provider}].dma.peers.{client}.write_bytes", 0),
+            Expect::Eq("devices[{provider}].dma.peers.{client}.read_bytes", 0),
+        ],
+    },
 ];
 
 /// Two counters of a case's delta that must be equal (e.g. what one device wrote to a
@@ -727,6 +824,47 @@ mod tests {
             ]
         );
         assert!(check_rules(R, "other", &topo(), &d).is_empty());
+    }
+
+    /// The GPU's delta over hostile-gpu-ce as a switch run measured it.
+    fn hostile_gpu_delta() -> Value {
+        json!({"devices": [{"name": "gpu0", "kind": "gpu",
+            "dma": {"client_relay": {"ops": 0, "read_bytes": 0, "write_bytes": 0},
+                    "faults": {"ops": 6, "read_bytes": 16416, "write_bytes": 4096},
+                    "host_memory": {"ops": 0, "read_bytes": 0, "write_bytes": 0},
+                    "peers": {"nvme0": {"ops": 0, "read_bytes": 0, "write_bytes": 0}},
+                    "self": {"ops": 37, "read_bytes": 1122848, "write_bytes": 1118360}},
+            "errors": {"ce_descriptor_errors": 10, "ce_error_dst_fault": 1, "ce_error_flags": 1,
+                       "ce_error_length": 1, "ce_error_overflow": 1, "ce_error_src_fault": 4,
+                       "ce_error_vram_range": 2, "ce_halt_bad_ring": 1, "ce_halt_bad_tail": 1,
+                       "ce_halt_fetch_fault": 1, "ce_halt_writeback_fault": 0, "ce_halts": 3,
+                       "ck_error_range": 1, "ck_error_read": 0, "ck_errors": 1}},
+            {"name": "nvme0", "kind": "nvme"}]})
+    }
+
+    #[test]
+    fn hostile_rules_pass_a_caught_attack_and_fail_a_leak_or_a_silent_device() {
+        let ok = hostile_gpu_delta();
+        assert_eq!(
+            check("hostile-gpu-ce", &topo(), &c(ok.clone())),
+            Vec::<String>::new()
+        );
+        // The copy past the VRAM end carried into the next BAR (nvme0's CMB).
+        let mut leak = ok.clone();
+        leak["devices"][0]["dma"]["peers"]["nvme0"]["write_bytes"] = json!(983040);
+        assert_eq!(
+            check("hostile-gpu-ce", &topo(), &c(leak)),
+            vec![
+                "counter devices[gpu0].dma.peers.nvme0.write_bytes: expected == 0, seen 983040"
+                    .to_string()
+            ]
+        );
+        // A device without error counters (or one that never noticed) fails every one.
+        let mut silent = ok;
+        silent["devices"][0]["errors"] = json!({});
+        let f = check("hostile-gpu-ce", &topo(), &c(silent));
+        assert_eq!(f.len(), 10, "{f:?}");
+        assert!(f[0].contains("errors.ce_error_src_fault: expected >= 4, seen nothing"));
     }
 
     #[test]

@@ -52,8 +52,9 @@ pub struct RunArgs {
     /// nvme and its dependencies are taken from there. Default: the toolroot's.
     #[arg(long)]
     pub modules: Option<PathBuf>,
-    /// Comma-separated cases (default: every case valid for the topology, or none with
-    /// --exec/--shell; "all": every valid case; "none": boot only).
+    /// Comma-separated cases, run in the order given (default: every case valid for the
+    /// topology, or none with --exec/--shell; "all": every valid case; a group such as
+    /// "hostile": its cases valid for the topology; "none": boot only).
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
     /// List the guest cases (name, where they apply, description) and exit.

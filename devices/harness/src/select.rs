@@ -8,7 +8,9 @@
 use crate::qemu;
 use anyhow::{bail, Context, Result};
 use p2plab_guest_abi::CASES;
-use p2plab_guest_abi::{ids, Case, CaseId, DevInfo, ExecConfig, Need, Role, RunConfig, When};
+use p2plab_guest_abi::{
+    ids, Case, CaseId, DevInfo, ExecConfig, Group, Need, Role, RunConfig, When,
+};
 use p2plab_lab::config::{DeviceConfig, DeviceKind, Port, Topology};
 
 /// Why case `c` does not apply to topology `t` (None: it does). `named`: the case was
@@ -50,9 +52,11 @@ fn need_met(n: Need, t: &Topology, named: bool) -> bool {
     }
 }
 
-/// The cases `--cases` asks for on `t`: none given or `all`: every case that applies;
-/// `none`: no case (boot only); else the named cases, in order (a named case that seems
-/// not to apply runs anyway, with a warning).
+/// The cases `--cases` asks for on `t`, a list of words run in the order given: `all`
+/// (every case that applies; also what no word means), a group (`hostile`: those of its
+/// cases that apply, in table order; the others are named on stderr) or a case name; a
+/// case named twice runs once, at its first place. `none` alone: no case (boot only). A
+/// case named by itself that seems not to apply runs anyway, with a warning.
 pub fn select_cases(want: &[String], t: &Topology) -> Result<Vec<CaseId>> {
     let want: Vec<&str> = want
         .iter()
@@ -62,31 +66,62 @@ pub fn select_cases(want: &[String], t: &Topology) -> Result<Vec<CaseId>> {
     if want == ["none"] {
         return Ok(vec![]);
     }
-    if want.is_empty() || want == ["all"] {
-        return Ok(CASES
+    let defaults = || {
+        CASES
             .iter()
             .filter(|c| not_applicable(c, t, false).is_none())
             .map(|c| c.id)
-            .collect());
+    };
+    if want.is_empty() {
+        return Ok(defaults().collect());
     }
-    let mut out = vec![];
+    let mut out: Vec<CaseId> = vec![];
     for w in want {
-        let c = CaseId::from_name(w).map(CaseId::case).with_context(|| {
-            format!(
-                "unknown case '{w}' (known: {})",
-                CASES.iter().map(Case::name).collect::<Vec<_>>().join(", ")
-            )
-        })?;
-        if c.needs.contains(&Need::ExecCommand) {
-            bail!("case '{w}' runs the --exec command: give --exec CMD instead");
+        let ids: Vec<CaseId> = if w == "all" {
+            defaults().collect()
+        } else if let Some(g) = Group::from_name(w) {
+            let (fit, unfit): (Vec<CaseId>, Vec<CaseId>) = g
+                .cases()
+                .partition(|c| not_applicable(c.case(), t, true).is_none());
+            for c in unfit {
+                let why = not_applicable(c.case(), t, true).unwrap_or_default();
+                eprintln!(
+                    "p2plab: note: group {g}: case {c} does not apply to topology {}: {why}",
+                    t.name
+                );
+            }
+            fit
+        } else {
+            let c = CaseId::from_name(w).map(CaseId::case).with_context(|| {
+                format!(
+                    "unknown case '{w}' (known: all, none, {}, {})",
+                    Group::ALL
+                        .iter()
+                        .map(|g| g.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    CASES.iter().map(Case::name).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            if c.needs.contains(&Need::ExecCommand) {
+                bail!("case '{w}' runs the --exec command: give --exec CMD instead");
+            }
+            vec![c.id]
+        };
+        for id in ids {
+            if out.contains(&id) {
+                continue;
+            }
+            if w != "all" && Group::from_name(w).is_none() {
+                if let Some(why) = not_applicable(id.case(), t, true) {
+                    eprintln!(
+                        "p2plab: warning: case {id} may not apply to topology {}: {why}",
+                        t.name
+                    );
+                }
+            }
+            out.push(id);
         }
-        if let Some(why) = not_applicable(c, t, true) {
-            eprintln!(
-                "p2plab: warning: case {w} may not apply to topology {}: {why}",
-                t.name
-            );
-        }
-        out.push(c.id);
     }
     Ok(out)
 }
@@ -147,6 +182,7 @@ mod tests {
             roles: &[Role::Client, Role::Provider],
             tools: &[],
             needs: &[],
+            group: None,
         }
     }
 
@@ -182,6 +218,41 @@ mod tests {
         );
         assert!(select_cases(&["exec".into()], &sw).is_err());
         assert!(select_cases(&["no-such-case".into()], &sw).is_err());
+    }
+
+    #[test]
+    fn groups_and_all_combine_in_the_order_given() {
+        let sw = topo("[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='nvme'\n[[device]]\nname='b'\nkind='gpu'\n");
+        let all = select_cases(&[], &sw).unwrap();
+        assert!(
+            Group::Hostile.cases().all(|c| !all.contains(&c)),
+            "not defaults"
+        );
+        let hostile: Vec<CaseId> = Group::Hostile.cases().collect();
+        assert_eq!(select_cases(&["hostile".into()], &sw).unwrap(), hostile);
+        // The suite's switch row: the group first, then every default case after it.
+        let both = select_cases(&["hostile".into(), "all".into()], &sw).unwrap();
+        assert_eq!(both[..hostile.len()], hostile[..]);
+        assert_eq!(both[hostile.len()..], all[..]);
+        // A case named twice runs once, at its first place.
+        assert_eq!(
+            select_cases(&["p2p-read".into(), "all".into(), "p2p-read".into()], &sw)
+                .unwrap()
+                .iter()
+                .filter(|c| **c == CaseId::P2pRead)
+                .count(),
+            1
+        );
+        assert_eq!(
+            select_cases(&["nvme-identify".into(), "hostile".into()], &sw).unwrap()[0],
+            CaseId::NvmeIdentify
+        );
+        // A group brings only its cases that apply: QEMU's NVMe has no raw attacks.
+        let qemu = topo("[roles]\nclient='a'\nprovider='b'\n[[device]]\nname='a'\nkind='qemu-nvme'\n[[device]]\nname='b'\nkind='gpu'\n");
+        assert_eq!(
+            select_cases(&["hostile".into()], &qemu).unwrap(),
+            [CaseId::HostileGpuCe]
+        );
     }
 
     #[test]

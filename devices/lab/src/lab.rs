@@ -124,6 +124,13 @@ impl InterruptSink for ClientIrqs {
             irqs.signal(vector);
         }
     }
+    fn msix_enabled(&self) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|irqs| irqs.msix_enabled())
+    }
 }
 
 /// Wakes the worker thread: a BAR write that recorded work, a config event that left
@@ -214,6 +221,17 @@ fn bar_registers(cfg: &ConfigSpace) -> BarRegisters {
 impl<F: PciFunction + 'static> LabDevice<F> {
     fn new(name: &str, fabric: &Fabric, wiring: Wiring, function: Arc<F>) -> Arc<Self> {
         let cfg = function.config_space();
+        // The function holds a fabric port: a weak reference breaks the cycle.
+        let errors = Arc::downgrade(&function);
+        fabric.set_error_source(
+            wiring.id,
+            Box::new(move || {
+                errors
+                    .upgrade()
+                    .map(|f| f.error_counters())
+                    .unwrap_or_default()
+            }),
+        );
         let msix_vectors = u32::from(cfg.msix().map_or(0, |m| m.vectors));
         Arc::new(Self {
             name: name.to_string(),
@@ -884,6 +902,18 @@ mod tests {
         fn needs_processing(&self) -> bool {
             self.work.load(Ordering::SeqCst)
         }
+        fn error_counters(&self) -> Vec<(String, u64)> {
+            vec![("resets_seen".into(), self.resets())]
+        }
+    }
+
+    impl Recorder {
+        fn resets(&self) -> u64 {
+            lock(&self.calls)
+                .iter()
+                .filter(|c| **c == Call::Reset)
+                .count() as u64
+        }
     }
 
     struct Bench {
@@ -1044,6 +1074,23 @@ mod tests {
         b.power_state(PowerState::D0);
         assert_eq!(b.fabric_view(), (decoded(), true));
         assert!(b.kicked(), "work queued while in D3hot may run again");
+    }
+
+    #[test]
+    fn the_function_s_error_counters_reach_the_fabric_snapshot() {
+        let b = bench();
+        b.dev.reset();
+        b.dev.reset();
+        let snap = b.fabric.snapshot();
+        assert_eq!(snap.devices[0].errors.get("resets_seen"), Some(&2));
+        // The source holds the function weakly: dropping the device drops the function.
+        let function = Arc::downgrade(&b.dev.function);
+        drop(b.dev);
+        assert!(
+            function.upgrade().is_none(),
+            "no reference cycle through the fabric"
+        );
+        assert!(b.fabric.snapshot().devices[0].errors.is_empty());
     }
 
     #[test]

@@ -142,6 +142,13 @@ impl<T: DmaSpace + ?Sized> DmaSpace for std::sync::Arc<T> {
 /// How a device raises an interrupt: one MSI-X vector (or vector 0 for INTx/MSI).
 pub trait InterruptSink: Send + Sync {
     fn signal(&self, vector: u16);
+
+    /// Whether interrupts go out as MSI-X now (the host installed MSI-X vectors). A
+    /// device's own masks meant for pin-based and MSI interrupts (NVMe INTMS/INTMC) do
+    /// not apply then: MSI-X has its own per-vector mask. The default: no.
+    fn msix_enabled(&self) -> bool {
+        false
+    }
 }
 
 /// File → a target without a mapping: `pread` `len` bytes at `offset` into a buffer and
@@ -243,6 +250,8 @@ impl DmaSpace for TestDmaSpace {
 #[derive(Default)]
 pub struct RecordingInterrupts {
     pub signalled: std::sync::Mutex<Vec<u16>>,
+    /// What [`InterruptSink::msix_enabled`] answers.
+    pub msix: std::sync::atomic::AtomicBool,
 }
 
 impl RecordingInterrupts {
@@ -257,5 +266,8 @@ impl InterruptSink for RecordingInterrupts {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(vector);
+    }
+    fn msix_enabled(&self) -> bool {
+        self.msix.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

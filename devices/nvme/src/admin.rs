@@ -450,7 +450,10 @@ fn check_queue_base(
     if base.checked_add(bytes).is_none() {
         return Err(Status::INVALID_FIELD_IN_COMMAND.into());
     }
-    if !in_cmb_ok && sh.regs().cmb.overlaps(base, bytes) {
+    // A queue lies wholly in the CMB or wholly outside it: one that straddles an edge
+    // would have entries fetched from (or posted to) whatever lies beyond.
+    let cmb = &sh.regs().cmb;
+    if cmb.overlaps(base, bytes) && !(in_cmb_ok && cmb.contains(base, bytes)) {
         return Err(Status::INVALID_USE_OF_CONTROLLER_MEMORY_BUFFER.into());
     }
     Ok(())

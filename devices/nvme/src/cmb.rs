@@ -65,13 +65,16 @@ impl Cmb {
     }
 
     /// A write of the whole CMBMSC value (dword writes are merged by the caller).
-    pub fn write_msc(&mut self, value: u64) {
+    /// Returns whether it left CMBSTS.CBAI set: CMSE with a CBA that is not the CMB
+    /// BAR's address (§3.1.16; the CMB then stays disabled).
+    pub fn write_msc(&mut self, value: u64) -> bool {
         if !self.supported() {
-            return;
+            return false;
         }
         // Reserved bits 11:2 read as zero.
         self.msc = Cmbmsc::from_bits(value & !0xffc);
         self.revalidate();
+        self.sts.cbai()
     }
 
     pub fn set_bar_address(&mut self, addr: Option<u64>) {
@@ -88,6 +91,19 @@ impl Cmb {
     pub fn window(&self) -> Option<(u64, u64)> {
         (self.supported() && self.msc.cmse() && !self.sts.cbai())
             .then(|| (self.msc.cba_addr(), self.size))
+    }
+
+    /// Whether `[addr, addr + len)` lies entirely inside the enabled CMB window.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        match self.window() {
+            Some((start, size)) => {
+                addr >= start
+                    && addr
+                        .checked_add(len)
+                        .is_some_and(|end| end <= start.saturating_add(size))
+            }
+            None => false,
+        }
     }
 
     /// Whether `[addr, addr + len)` touches the enabled CMB window.

@@ -34,7 +34,7 @@ use crate::queue::{
     DB_ERR_INVALID_VALUE,
 };
 use crate::regs::RegFile;
-use crate::state::{lock, AsyncEvents, Shared, State, Stats, VendorLogSource};
+use crate::state::{lock, AsyncEvents, ErrorStats, Fatal, Shared, State, Stats, VendorLogSource};
 
 /// Commands taken from the admin SQ per `process` pass.
 pub const ADMIN_BATCH: usize = 16;
@@ -175,6 +175,7 @@ impl NvmeController {
             vendor_log: RwLock::new(None),
             namespaces,
             stats: Stats::default(),
+            errors: ErrorStats::default(),
         };
         let config_space = pci::layout(cfg.cmb_size, msix_vectors, &sh.serial).config_space()?;
         let features = Features::new(cfg.max_io_queues);
@@ -270,6 +271,20 @@ impl NvmeController {
             if fx.controller_reset {
                 self.sh.doorbells.close_all();
                 self.sh.reset_epoch.fetch_add(1, Ordering::AcqRel);
+                self.sh
+                    .errors
+                    .controller_resets
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if fx.cmb_address_invalid {
+                log::debug!(
+                    "nvme {}: CMBMSC.CBA is not the CMB BAR's address (CMBSTS.CBAI)",
+                    self.sh.serial
+                );
+                self.sh
+                    .errors
+                    .cmb_address_invalid
+                    .fetch_add(1, Ordering::Relaxed);
             }
             for v in 0..32u16 {
                 if fx.unmasked_pending & (1 << v) != 0 {
@@ -293,9 +308,16 @@ impl NvmeController {
             st.epoch = epoch;
             did = true;
         }
-        let (cc, aqa, asq, acq) = {
+        let (cc, aqa, asq, acq, admin_queues_fit_cmb) = {
             let r = self.sh.regs();
-            (r.cc, r.aqa, r.asq, r.acq)
+            // Admin queues and the CMB (CMBSZ.SQS = 1, CQS = 0): the ASQ may lie in the
+            // CMB but not straddle its edge (its entries past the edge would be fetched
+            // from whatever lies beyond); the ACQ may not touch it.
+            let sq_bytes = (u64::from(r.aqa.asqs()) + 1) * nvme_spec::SQE_SIZE as u64;
+            let cq_bytes = (u64::from(r.aqa.acqs()) + 1) * nvme_spec::CQE_SIZE as u64;
+            let fit = (!r.cmb.overlaps(r.asq, sq_bytes) || r.cmb.contains(r.asq, sq_bytes))
+                && !r.cmb.overlaps(r.acq, cq_bytes);
+            (r.cc, r.aqa, r.asq, r.acq, fit)
         };
         if cc.en() && !st.enabled && !st.failed {
             did = true;
@@ -307,13 +329,14 @@ impl NvmeController {
                 && cc.css() == 0
                 && cc.ams() == 0
                 && asq != 0
-                && acq != 0;
+                && acq != 0
+                && admin_queues_fit_cmb;
             if !valid {
                 log::warn!(
-                    "nvme {}: invalid enable (CC {cc:?}, AQA {aqa:?})",
+                    "nvme {}: invalid enable (CC {cc:?}, AQA {aqa:?}, ASQ {asq:#x}, ACQ {acq:#x}): CSTS.CFS",
                     self.sh.serial
                 );
-                self.fatal(st);
+                self.fatal(st, Fatal::Enable);
             } else {
                 let sq_entries = u32::from(aqa.asqs()) + 1;
                 let cq_entries = u32::from(aqa.acqs()) + 1;
@@ -372,8 +395,9 @@ impl NvmeController {
     }
 
     /// CSTS.CFS: the controller cannot go on (e.g. its admin queue is unreachable).
-    fn fatal(&self, st: &mut State) {
+    fn fatal(&self, st: &mut State, why: Fatal) {
         st.failed = true;
+        self.sh.errors.fatal(why);
         self.sh.regs().csts.set_cfs(true);
     }
 
@@ -546,7 +570,7 @@ impl NvmeController {
                         "nvme {}: fetching from SQ {qid} failed: {e}",
                         self.sh.serial
                     );
-                    self.fatal(st);
+                    self.fatal(st, Fatal::SqFetch);
                     break;
                 }
             };
@@ -561,6 +585,7 @@ impl NvmeController {
                 Ok(Outcome::Complete(dw0)) => (dw0, Status::SUCCESS),
                 Ok(Outcome::Deferred) => continue,
                 Err(e) => {
+                    self.sh.errors.failed(e.status);
                     if let Some(src) = &e.source {
                         log::debug!(
                             "nvme {}: SQ {qid} opcode {:#x} cid {}: {:?}: {src}",
@@ -603,7 +628,7 @@ impl NvmeController {
             }
             Err(e) => {
                 log::warn!("nvme {}: posting to CQ {cqid} failed: {e}", self.sh.serial);
-                self.fatal(st);
+                self.fatal(st, Fatal::CqPost);
             }
         }
     }
@@ -645,7 +670,8 @@ impl NvmeController {
                 continue;
             }
             let v = cq.iv;
-            let masked = {
+            // INTMS is for pin-based and MSI interrupts only (§3.1.3).
+            let masked = !self.sh.irq.msix_enabled() && {
                 let mut r = self.sh.regs();
                 let bit = 1u32.checked_shl(u32::from(v)).unwrap_or(0);
                 if r.intms & bit != 0 {
@@ -750,6 +776,10 @@ impl PciFunction for NvmeController {
     /// (DESIGN.md §4): Linux writes it once per probe, so a reset through the PCI core
     /// with the driver bound would otherwise lose the CMB. Never blocks on the worker.
     fn reset(&self) {
+        self.sh
+            .errors
+            .function_resets
+            .fetch_add(1, Ordering::Relaxed);
         self.sh.bus_master.store(false, Ordering::Release);
         let mut regs = self.sh.regs();
         regs.reset();
@@ -788,6 +818,27 @@ impl PciFunction for NvmeController {
         did |= self.deliver_async_events(&mut st);
         self.raise_interrupts(&mut st);
         did
+    }
+
+    /// `doorbell_invalid_register` / `doorbell_invalid_value` (rejected doorbell
+    /// values), `fatal_enable` / `fatal_sq_fetch` / `fatal_cq_post` (why CSTS.CFS was
+    /// set), `controller_resets` (CC.EN 1→0), `function_resets`, `cmb_address_invalid`
+    /// (CMBMSC writes that left CMBSTS.CBAI set), `commands_failed` and
+    /// `status_<mnemonic>` per error status completed (`status_prp_offset_invalid`).
+    fn error_counters(&self) -> Vec<(String, u64)> {
+        let db = &self.sh.doorbells;
+        let mut out = vec![
+            (
+                "doorbell_invalid_register".to_string(),
+                db.invalid_register.load(Ordering::Relaxed),
+            ),
+            (
+                "doorbell_invalid_value".to_string(),
+                db.invalid_value.load(Ordering::Relaxed),
+            ),
+        ];
+        out.extend(self.sh.errors.export());
+        out
     }
 
     /// A doorbell, a CC change, a Bus Master Enable or a reset arrived since `process`

@@ -4,7 +4,7 @@
 //! so the doorbell values live in atomics ([`Doorbells`]); the queues themselves
 //! ([`SubmissionQueue`], [`CompletionQueue`]) belong to the worker's state.
 
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use nvme_spec::{Command, Completion, CqeStatus, CQE_SIZE, SQE_SIZE};
 use p2plab_memory::{BusAddr, DmaError, DmaSpace};
@@ -22,6 +22,10 @@ pub struct Doorbells {
     /// Entries of the queue behind each doorbell; 0 = no such queue.
     limits: Box<[AtomicU32]>,
     errors: AtomicU32,
+    /// Rejected doorbell values, counted (never reset): writes to a doorbell with no
+    /// queue behind it, and out-of-range values (MMIO or shadow).
+    pub invalid_register: AtomicU64,
+    pub invalid_value: AtomicU64,
 }
 
 impl Doorbells {
@@ -31,6 +35,8 @@ impl Doorbells {
             values: (0..n).map(|_| AtomicU32::new(0)).collect(),
             limits: (0..n).map(|_| AtomicU32::new(0)).collect(),
             errors: AtomicU32::new(0),
+            invalid_register: AtomicU64::new(0),
+            invalid_value: AtomicU64::new(0),
         }
     }
 
@@ -42,12 +48,11 @@ impl Doorbells {
             .get(index)
             .map_or(0, |l| l.load(Ordering::Acquire));
         if limit == 0 {
-            self.errors
-                .fetch_or(DB_ERR_INVALID_REGISTER, Ordering::AcqRel);
+            self.note_error(DB_ERR_INVALID_REGISTER);
             return false;
         }
         if value >= limit {
-            self.errors.fetch_or(DB_ERR_INVALID_VALUE, Ordering::AcqRel);
+            self.note_error(DB_ERR_INVALID_VALUE);
             return false;
         }
         self.values[index].store(value, Ordering::Release);
@@ -78,8 +83,15 @@ impl Doorbells {
         self.errors.swap(0, Ordering::AcqRel)
     }
 
-    /// Records an error found by the worker (e.g. a bad shadow doorbell value).
+    /// Records a rejected doorbell value: from a write, or found by the worker (a bad
+    /// shadow doorbell value).
     pub fn note_error(&self, bits: u32) {
+        if bits & DB_ERR_INVALID_REGISTER != 0 {
+            self.invalid_register.fetch_add(1, Ordering::Relaxed);
+        }
+        if bits & DB_ERR_INVALID_VALUE != 0 {
+            self.invalid_value.fetch_add(1, Ordering::Relaxed);
+        }
         self.errors.fetch_or(bits, Ordering::AcqRel);
     }
 }

@@ -17,6 +17,8 @@ pub struct WriteEffect {
     pub controller_reset: bool,
     /// Vectors unmasked by INTMC that had an interrupt pending.
     pub unmasked_pending: u32,
+    /// A CMBMSC write left CMBSTS.CBAI set (the CMB stays disabled).
+    pub cmb_address_invalid: bool,
 }
 
 #[derive(Debug)]
@@ -27,7 +29,9 @@ pub struct RegFile {
     pub aqa: Aqa,
     pub asq: u64,
     pub acq: u64,
-    /// INTMS/INTMC mask (pin-based / MSI only; vectors 0..32).
+    /// INTMS/INTMC mask (pin-based / MSI only: ignored while MSI-X is in use, §3.1.3;
+    /// vectors 0..32). Cleared by a Controller Reset, like every register but
+    /// AQA/ASQ/ACQ (and CMBMSC, see `cmb`).
     pub intms: u32,
     /// Interrupts that fired while masked.
     pub irq_pending: u32,
@@ -115,8 +119,12 @@ impl RegFile {
                 let old = self.cc;
                 self.cc = new;
                 if old.en() && !new.en() {
+                    // §7.3.2: every register but AQA, ASQ and ACQ is reset (CSTS by the
+                    // worker, once it has stopped).
                     fx.controller_reset = true;
                     fx.kick = true;
+                    self.intms = 0;
+                    self.irq_pending = 0;
                 }
                 if !old.en() && new.en() {
                     fx.kick = true;
@@ -135,9 +143,11 @@ impl RegFile {
             o if o == r::ACQ + 4 => self.acq = set_half(self.acq, true, val),
             o if o == r::CMBMSC => {
                 let v = (u64::from(self.cmbmsc_hi) << 32) | u64::from(val);
-                self.cmb.write_msc(v);
+                fx.cmb_address_invalid = self.cmb.write_msc(v);
             }
             o if o == r::CMBMSC + 4 => {
+                // Counted at the low dword's write, which carries CMSE (Linux writes
+                // the high dword first).
                 self.cmbmsc_hi = val;
                 let v = set_half(self.cmb.msc.into_bits(), true, val);
                 self.cmb.write_msc(v);

@@ -10,12 +10,12 @@
 //! Nothing here knows the controller or the workers: they import this module, never
 //! the other way round.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use nvme_spec::log::LogPageId;
-use nvme_spec::{AsyncEventCompletion, AsyncEventType};
+use nvme_spec::{AsyncEventCompletion, AsyncEventType, Status};
 use p2plab_memory::{DmaSpace, InterruptSink};
 
 use crate::features::Features;
@@ -34,6 +34,75 @@ pub(crate) struct Stats {
     pub read_cmds: AtomicU64,
     pub write_cmds: AtomicU64,
     pub media_errors: AtomicU64,
+}
+
+/// Why the controller set CSTS.CFS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fatal {
+    /// CC.EN was set with admin queue attributes or addresses it cannot use.
+    Enable,
+    /// An entry could not be fetched from a submission queue.
+    SqFetch,
+    /// A completion could not be posted to a completion queue.
+    CqPost,
+}
+
+/// Counters of guest errors the controller caught, for
+/// `PciFunction::error_counters`. Never reset: they count over the controller's life.
+#[derive(Default)]
+pub(crate) struct ErrorStats {
+    /// Completions posted with an error status, by status.
+    pub statuses: Mutex<BTreeMap<Status, u64>>,
+    pub fatal_enable: AtomicU64,
+    pub fatal_sq_fetch: AtomicU64,
+    pub fatal_cq_post: AtomicU64,
+    /// CC.EN 1→0 (Controller Reset).
+    pub controller_resets: AtomicU64,
+    /// Function resets (FLR, conventional reset).
+    pub function_resets: AtomicU64,
+    /// CMBMSC writes that left CMBSTS.CBAI set (CBA is not the CMB BAR's address).
+    pub cmb_address_invalid: AtomicU64,
+}
+
+impl ErrorStats {
+    pub fn failed(&self, status: Status) {
+        *lock(&self.statuses).entry(status).or_default() += 1;
+    }
+
+    pub fn fatal(&self, why: Fatal) {
+        match why {
+            Fatal::Enable => &self.fatal_enable,
+            Fatal::SqFetch => &self.fatal_sq_fetch,
+            Fatal::CqPost => &self.fatal_cq_post,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// `(name, count)` pairs: the fixed counters, `commands_failed` and one
+    /// `status_<mnemonic>` per status seen (`status_0x<sct><sc>` for one without a name).
+    pub fn export(&self) -> Vec<(String, u64)> {
+        let statuses = lock(&self.statuses).clone();
+        let mut out: Vec<(String, u64)> = [
+            ("fatal_enable", &self.fatal_enable),
+            ("fatal_sq_fetch", &self.fatal_sq_fetch),
+            ("fatal_cq_post", &self.fatal_cq_post),
+            ("controller_resets", &self.controller_resets),
+            ("function_resets", &self.function_resets),
+            ("cmb_address_invalid", &self.cmb_address_invalid),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c.load(Relaxed)))
+        .collect();
+        out.push(("commands_failed".into(), statuses.values().sum()));
+        for (status, n) in statuses {
+            let name = match status.name() {
+                Some(m) => format!("status_{}", m.to_ascii_lowercase()),
+                None => format!("status_{:#05x}", status.0),
+            };
+            out.push((name, n));
+        }
+        out
+    }
 }
 
 /// What the worker and register paths share.
@@ -62,6 +131,7 @@ pub(crate) struct Shared {
     pub vendor_log: RwLock<Option<VendorLogSource>>,
     pub namespaces: Vec<Namespace>,
     pub stats: Stats,
+    pub errors: ErrorStats,
 }
 
 impl Shared {

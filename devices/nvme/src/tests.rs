@@ -875,6 +875,37 @@ fn intms_defers_vector_until_intmc() {
 }
 
 #[test]
+fn controller_reset_clears_intms() {
+    // A driver that masked vectors and reset the controller must not leave the next
+    // driver without interrupts (§7.3.2: every register but AQA/ASQ/ACQ is reset).
+    let mut h = Harness::new();
+    h.enable();
+    h.w32(r::INTMS, u32::MAX);
+    h.w32(r::CC, 0);
+    h.run();
+    assert_eq!(h.r32(r::INTMS), 0);
+    h.enable();
+    h.irq.take();
+    let ka = h.cmd(AdminOpcode::KEEP_ALIVE.0);
+    h.admin_ok(ka);
+    assert_eq!(h.irq.take(), vec![0]);
+}
+
+#[test]
+fn intms_is_ignored_while_msix_is_in_use() {
+    // §3.1.3: INTMS/INTMC mask pin-based and MSI interrupts; MSI-X has its own mask. A
+    // guest that set INTMS with the controller disabled cannot wedge an MSI-X driver.
+    let mut h = Harness::new();
+    h.w32(r::INTMS, u32::MAX);
+    h.irq.msix.store(true, Ordering::Relaxed);
+    h.enable();
+    h.irq.take();
+    let ka = h.cmd(AdminOpcode::KEEP_ALIVE.0);
+    h.admin_ok(ka);
+    assert_eq!(h.irq.take(), vec![0]);
+}
+
+#[test]
 fn full_cq_holds_back_commands_until_the_head_moves() {
     let mut h = Harness::new();
     h.enable();
@@ -1421,6 +1452,100 @@ fn cq_in_the_cmb_is_invalid_use_of_cmb() {
     );
 }
 
+#[test]
+fn sq_straddling_an_edge_of_the_cmb_is_invalid_use_of_cmb() {
+    let mut h = Harness::new();
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
+    linux_map_cmb(&h, CMB_ADDR);
+    h.enable();
+    assert_eq!(
+        status(&h.create_cq(1, IO_CQ, IO_ENTRIES, 1, true, true)),
+        Status::SUCCESS
+    );
+    // 128 entries (8 KiB) from the CMB's last page: the second half lies past its end,
+    // where the controller would fetch whatever the bus has there.
+    let end = CMB_ADDR + CMB_SIZE;
+    assert_eq!(
+        status(&h.create_sq(1, end - 0x1000, 128, 1, true)),
+        Status::INVALID_USE_OF_CONTROLLER_MEMORY_BUFFER
+    );
+    // Starting below the CMB and running into it.
+    assert_eq!(
+        status(&h.create_sq(1, CMB_ADDR - 0x1000, 128, 1, true)),
+        Status::INVALID_USE_OF_CONTROLLER_MEMORY_BUFFER
+    );
+    // Wholly inside (ending at the last byte) is fine.
+    assert_eq!(
+        status(&h.create_sq(1, end - 0x2000, 128, 1, true)),
+        Status::SUCCESS
+    );
+}
+
+/// Admin queue attributes and addresses, then CC.EN.
+fn enable_admin_at(h: &Harness, asq: u64, acq: u64, entries: u16) {
+    h.w32(
+        r::AQA,
+        Aqa::new()
+            .with_asqs(entries - 1)
+            .with_acqs(entries - 1)
+            .into_bits(),
+    );
+    h.w64(r::ASQ, asq);
+    h.w64(r::ACQ, acq);
+    h.w32(r::CC, Harness::cc_enabled().into_bits());
+    h.run();
+}
+
+#[test]
+fn admin_sq_straddling_the_cmb_end_sets_cfs() {
+    let h = Harness::new();
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
+    linux_map_cmb(&h, CMB_ADDR);
+    enable_admin_at(&h, CMB_ADDR + CMB_SIZE - 0x1000, ACQ, 128);
+    assert!(h.csts().cfs() && !h.csts().rdy());
+    h.w32(r::CC, 0);
+    h.run();
+    assert_eq!(h.csts(), Csts::new(), "a controller reset recovers");
+    // The same queue wholly inside the CMB is fine (CMBSZ.SQS).
+    enable_admin_at(&h, CMB_ADDR + CMB_SIZE - 0x2000, ACQ, 128);
+    assert!(h.csts().rdy() && !h.csts().cfs());
+}
+
+#[test]
+fn admin_cq_in_the_cmb_sets_cfs() {
+    let h = Harness::new();
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
+    linux_map_cmb(&h, CMB_ADDR);
+    // CMBSZ.CQS = 0: no completion queue may live in the CMB.
+    enable_admin_at(&h, ASQ, CMB_ADDR + 0x1000, 32);
+    assert!(h.csts().cfs() && !h.csts().rdy());
+}
+
+#[test]
+fn cmbmsc_pointing_at_ram_leaves_the_cmb_off_and_ram_is_ram() {
+    let mut h = Harness::new();
+    h.ctrl.bar_moved(CMB_BAR, Some(CMB_ADDR));
+    // CBA = a page of guest RAM: CBAI, and that page is not the CMB.
+    linux_map_cmb(&h, DATA);
+    assert!(cmb_regs(&h).3.cbai());
+    h.enable();
+    assert_eq!(
+        status(&h.create_cq(1, DATA, 16, 1, true, true)),
+        Status::SUCCESS,
+        "a CQ at the CBA is in RAM, not in a CMB"
+    );
+    h.mem.poke(CMB_ADDR, &[0x5a; 4096]);
+    let (s, id) = h.identify(Cns::CONTROLLER, 0);
+    assert_eq!(s, Status::SUCCESS);
+    assert_eq!(&id[4..20], b"P2PLAB-TEST-0001");
+    assert_eq!(h.mem.peek(CMB_ADDR, 4096), vec![0x5a; 4096]);
+    let n = counter(&h, "cmb_address_invalid");
+    assert_eq!(n, 1);
+    linux_map_cmb(&h, CMB_ADDR);
+    assert!(!cmb_regs(&h).3.cbai());
+    assert_eq!(counter(&h, "cmb_address_invalid"), 1);
+}
+
 // ---- shadow doorbells ----
 
 #[test]
@@ -1840,6 +1965,140 @@ fn wild_admin_queue_address_sets_cfs() {
     h.w32(r::sq_tail_doorbell(0, 0), 1);
     h.run();
     assert!(h.csts().cfs());
+}
+
+fn counter(h: &Harness, name: &str) -> u64 {
+    h.ctrl
+        .error_counters()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, v)| v)
+}
+
+#[test]
+fn error_counters_name_what_the_guest_got_wrong() {
+    let mut h = Harness::new();
+    h.ready();
+    h.w32(r::sq_tail_doorbell(1, 0), IO_ENTRIES + 5);
+    h.w32(r::sq_tail_doorbell(3, 0), 1);
+    h.w32(r::sq_tail_doorbell(3, 0), 1);
+    let c = h.rw(NvmOpcode::READ, 0, 8, DATA + 1, 0);
+    assert_eq!(h.io(c), Status::PRP_OFFSET_INVALID);
+    let c = h.rw(NvmOpcode::READ, 0, 8, 0xdead_0000_0000, 0);
+    assert_eq!(h.io(c), Status::DATA_TRANSFER_ERROR);
+    let c = h.rw(NvmOpcode::READ, 0, 8, 0xdead_0000_0000, 0);
+    assert_eq!(h.io(c), Status::DATA_TRANSFER_ERROR);
+    h.w32(r::CC, 0);
+    h.run();
+    h.w32(r::AQA, 0);
+    h.w32(r::CC, Harness::cc_enabled().into_bits());
+    h.run();
+    h.ctrl.reset();
+    let got: std::collections::BTreeMap<String, u64> =
+        h.ctrl.error_counters().into_iter().collect();
+    let want = [
+        ("doorbell_invalid_value", 1),
+        ("doorbell_invalid_register", 2),
+        ("status_prp_offset_invalid", 1),
+        ("status_data_transfer_error", 2),
+        ("commands_failed", 3),
+        ("controller_resets", 1),
+        ("function_resets", 1),
+        ("fatal_enable", 1),
+        ("fatal_sq_fetch", 0),
+        ("fatal_cq_post", 0),
+    ];
+    for (name, n) in want {
+        assert_eq!(got.get(name), Some(&n), "{name} in {got:?}");
+    }
+    // Counters outlive resets.
+    h.enable();
+    assert_eq!(counter(&h, "commands_failed"), 3);
+}
+
+#[test]
+fn unreachable_io_cq_sets_cfs_and_is_counted() {
+    let mut h = Harness::new();
+    h.enable();
+    assert_eq!(
+        status(&h.create_cq(1, 0xdead_0000_0000, 16, 1, true, true)),
+        Status::SUCCESS
+    );
+    assert_eq!(status(&h.create_sq(1, IO_SQ, 16, 1, true)), Status::SUCCESS);
+    let mut f = h.cmd(NvmOpcode::FLUSH.0);
+    f.nsid = 1;
+    h.mem.poke(IO_SQ, f.as_bytes());
+    h.w32(r::sq_tail_doorbell(1, 0), 1);
+    h.run();
+    assert!(h.csts().cfs());
+    assert_eq!(counter(&h, "fatal_cq_post"), 1);
+}
+
+#[test]
+fn prp_list_pointing_back_at_its_own_page_stays_inside_the_named_pages() {
+    let mut h = Harness::new();
+    h.ready();
+    let data = pattern(2 << 20, 9);
+    h.files[0].file.write_all_at(&data, 0).unwrap();
+    // PRP2 points at the last two entries of the list page: one data page, then a chain
+    // pointer back to the start of the same page, whose entries all name that data page.
+    let mut list = vec![DATA; 512];
+    list[511] = LISTS;
+    h.mem.poke(LISTS, list.as_bytes());
+    h.mem.poke(DATA - 0x1000, &[0xc1; 0x1000]);
+    h.mem.poke(DATA + 0x1000, &[0xc2; 0x1000]);
+    let c = h.rw(NvmOpcode::READ, 0, 4096, DATA, LISTS + 4080);
+    assert_eq!(
+        h.io(c),
+        Status::SUCCESS,
+        "bounded by the length: it completes"
+    );
+    // Every page of the transfer went to DATA: the last one is what it holds.
+    assert_eq!(h.mem.peek(DATA, 4096), data[(2 << 20) - 4096..]);
+    assert_eq!(h.mem.peek(DATA - 0x1000, 0x1000), vec![0xc1; 0x1000]);
+    assert_eq!(h.mem.peek(DATA + 0x1000, 0x1000), vec![0xc2; 0x1000]);
+    assert_eq!(
+        h.mem.peek(LISTS, 4096),
+        list.as_bytes(),
+        "the list is only read"
+    );
+}
+
+#[test]
+fn clearing_cc_en_with_commands_queued_posts_nothing_after_ready_clears() {
+    let mut h = Harness::new();
+    h.ready();
+    let queued = crate::IO_BATCH + 8;
+    for _ in 0..queued {
+        let c = h.rw(NvmOpcode::READ, 0, 256, DATA, LISTS);
+        h.submit_io(&c, false);
+    }
+    let list: Vec<u64> = (1..64).map(|i| DATA + i * 4096).collect();
+    h.mem.poke(LISTS, list.as_bytes());
+    h.w32(r::sq_tail_doorbell(1, 0), h.io_tail);
+    // One batch runs, then the driver clears CC.EN with the rest still queued.
+    assert!(h.ctrl.process());
+    let posted = h.mem.peek(IO_CQ, 16 * queued);
+    let done = (0..queued)
+        .filter(|i| {
+            Completion::read_from_bytes(&posted[i * 16..i * 16 + 16])
+                .unwrap()
+                .status
+                .p()
+        })
+        .count();
+    assert_eq!(done, crate::IO_BATCH, "one batch completed");
+    h.w32(r::CC, 0);
+    h.run();
+    assert!(!h.csts().rdy() && !h.csts().cfs());
+    assert_eq!(
+        h.mem.peek(IO_CQ, 16 * queued),
+        posted,
+        "no completion after the reset"
+    );
+    h.enable();
+    let (s, _) = h.identify(Cns::CONTROLLER, 0);
+    assert_eq!(s, Status::SUCCESS);
 }
 
 #[test]

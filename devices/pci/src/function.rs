@@ -102,6 +102,16 @@ pub trait PciFunction: Send + Sync {
     fn arm_notifications(&self) -> bool {
         false
     }
+
+    /// Counters of guest errors the function caught and answered (commands failed by
+    /// status, rejected doorbells, engine faults, fatal states), as `(name, count)`;
+    /// names are lower-case words joined by `_`. Monotonic over the function's life: a
+    /// reset does not clear them. The host exports them with the device's DMA counters
+    /// (`devices[<name>].errors.<counter>`), so a test can see that an attack it made
+    /// was caught. Never blocks on the worker. The default has none.
+    fn error_counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 // The contract is object safe: a host may also hold `Arc<dyn PciFunction>`.

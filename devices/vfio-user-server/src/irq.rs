@@ -193,6 +193,11 @@ impl Irqs {
 }
 
 impl InterruptSink for Irqs {
+    /// Whether the client installed any MSI-X vector.
+    fn msix_enabled(&self) -> bool {
+        self.eventfd_count(PCI_MSIX_IRQ_INDEX) > 0
+    }
+
     fn signal(&self, vector: u16) {
         let v = vector as usize;
         let fd = {

@@ -402,9 +402,14 @@ fn eventfd_chunk_without_fds_unassigns_and_count_zero_disables() {
     let irqs = s.dev.client().irqs().clone();
     assert!(irqs.has_eventfd(PCI_MSIX_IRQ_INDEX, 0));
     assert!(!irqs.has_eventfd(PCI_MSIX_IRQ_INDEX, 1));
+    assert!(irqs.msix_enabled());
     s.c.set_irqs(EVENTFD_TRIGGER, PCI_MSIX_IRQ_INDEX, 0, 0, &[])
         .ok();
     assert_eq!(irqs.eventfd_count(PCI_MSIX_IRQ_INDEX), 0);
+    assert!(
+        !irqs.msix_enabled(),
+        "MSI-X off: the device's INTx/MSI masks apply"
+    );
     s.c.set_irqs(EVENTFD_TRIGGER, PCI_MSIX_IRQ_INDEX, 0, 1, &[e[0].fd()])
         .ok();
     s.c.set_irqs(

@@ -7,6 +7,7 @@
 mod bench;
 mod dmabuf;
 mod gpu;
+mod hostile;
 mod nvme;
 mod p2p;
 mod pci;
@@ -74,6 +75,9 @@ pub fn body(id: CaseId) -> fn(&mut Ctx) -> Result<(), String> {
         CaseId::UringDmabufRefused => uring_dmabuf::refused,
         CaseId::UringDmabufBuffered => uring_dmabuf::buffered,
         CaseId::UringDmabufLarge => uring_dmabuf::large,
+        CaseId::HostileNvmeRegs => hostile::nvme_regs,
+        CaseId::HostileNvmeDma => hostile::nvme_dma,
+        CaseId::HostileGpuCe => hostile::gpu_ce,
         CaseId::Bench => bench::bench,
         CaseId::Exec => exec::run,
     }

@@ -329,18 +329,18 @@ const FLR_LEN: usize = 4 * MIB;
 /// How long the re-probed controller may take to show its namespace again (TCG).
 const REPROBE_WAIT: Duration = Duration::from_secs(30);
 
-fn read_sysfs(path: &str) -> Result<String, String> {
+pub(super) fn read_sysfs(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .map_err(|e| format!("{path}: {e}"))
 }
 
-fn write_sysfs(path: &str, value: &str) -> Result<(), String> {
+pub(super) fn write_sysfs(path: &str, value: &str) -> Result<(), String> {
     std::fs::write(path, value).map_err(|e| format!("writing '{value}' to {path}: {e}"))
 }
 
 /// The driver bound to PCI function `bdf`, if any.
-fn driver_of(bdf: &str) -> Option<String> {
+pub(super) fn driver_of(bdf: &str) -> Option<String> {
     std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver"))
         .ok()
         .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
@@ -381,7 +381,7 @@ impl Drop for Bar0 {
 
 /// The device again after its driver re-probed it (controller numbering may change), by
 /// serial as devices.rs finds every NVMe controller, waiting for its namespace.
-fn rediscover(info: &DevInfo) -> Result<crate::devices::Found, String> {
+pub(super) fn rediscover(info: &DevInfo) -> Result<crate::devices::Found, String> {
     // A run configuration naming only this device, in run.json's own terms.
     let cfg: RunConfig = serde_json::from_value(serde_json::json!({
         "devices": [{"name": info.name, "kind": info.kind, "serial": info.serial}],
@@ -404,7 +404,7 @@ fn rediscover(info: &DevInfo) -> Result<crate::devices::Found, String> {
 }
 
 /// An Identify Controller through the admin queue (`nvme id-ctrl`): the serial.
-fn identify_serial(ctrl: &str) -> Result<(String, String), String> {
+pub(super) fn identify_serial(ctrl: &str) -> Result<(String, String), String> {
     let dev = format!("/dev/{ctrl}");
     let o = std::process::Command::new("nvme")
         .args(["id-ctrl", &dev, "--output-format=json"])
@@ -425,7 +425,7 @@ fn identify_serial(ctrl: &str) -> Result<(String, String), String> {
 }
 
 /// A per-boot seed, so data an earlier run left on the namespace never verifies.
-fn boot_seed(tag: u64) -> u64 {
+pub(super) fn boot_seed(tag: u64) -> u64 {
     let ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
