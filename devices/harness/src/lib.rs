@@ -13,14 +13,17 @@
 //! - [`assertions`]: what each case's counter delta (and CPU witness) must show;
 //!   [`counters`]: deltas and paths over counter snapshots; [`ktap`]: KTAP results and
 //!   kernel reports; [`witness`]: the CPU witness plugin's control.
-//! - [`summary`]: `p2plab summary`, the suite's table; [`proof`]: `p2plab proof`;
+//! - [`summary`]: `p2plab summary`, the suite's table, `summary.json` and (with
+//!   [`junit`]) `junit.xml`; [`suite`]: `p2plab suite` (shard plans, a run's tally;
+//!   merging shards is `summary`'s); [`proof`]: `p2plab proof`;
 //!   [`bench`](mod@bench): `p2plab bench`.
 //!
 //! # Architecture
 //! `run` uses `select`, `image`, `qemu`, `witness` and `supervise`; `supervise` uses
 //! `assertions`, `counters`, `ktap` and `witness`;
 //! `select` uses `qemu`; `qemu` uses `image`; `assertions` uses `counters`; `proof` uses
-//! `summary` and `ktap`; `summary` uses `ktap`. Nothing reaches back up. `bench` runs
+//! `summary` and `ktap`; `summary` uses `ktap`, `junit` and `suite`; `suite` uses `ktap`;
+//! `junit` uses `ktap`. Nothing reaches back up. `bench` runs
 //! `p2plab run` as a child process.
 //!
 //! # What it does not implement
@@ -31,11 +34,13 @@ pub mod assertions;
 pub mod bench;
 pub mod counters;
 pub mod image;
+pub mod junit;
 pub mod ktap;
 pub mod proof;
 pub mod qemu;
 pub mod run;
 pub mod select;
+pub mod suite;
 pub mod summary;
 pub mod supervise;
 pub mod witness;
