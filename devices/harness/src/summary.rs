@@ -259,7 +259,8 @@ fn topology_dirs(out: &Path, only: &[String]) -> anyhow::Result<Vec<(String, Pat
         .collect())
 }
 
-/// Every case of the topologies under `out` (see [`topology_dirs`]).
+/// Every case of the topologies under `out` (`only`, else every sub-directory but the
+/// dot ones).
 pub fn collect(out: &Path, only: &[String]) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (name, dir) in topology_dirs(out, only)? {

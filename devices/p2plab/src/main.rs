@@ -43,7 +43,7 @@ enum Cmd {
     Summary {
         /// The suite's output directory.
         out: PathBuf,
-        /// A host-side row, NAME:RESULT:SECONDS[:MESSAGE] (e.g. cargo-test:ok:93.2); a
+        /// A host-side row, `NAME:RESULT:SECONDS[:MESSAGE]` (e.g. cargo-test:ok:93.2); a
         /// failed one's details are the tail of OUT/NAME.log.
         #[arg(long = "host-row")]
         host_rows: Vec<String>,
