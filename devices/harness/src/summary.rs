@@ -9,7 +9,8 @@
 //! - `OUT/summary.json` = `{"cases": [{"case", "topology", "result", "seconds",
 //!   "key_counters", "message", "details"?}], "rows": [{"row", "kind", "result",
 //!   "seconds", "passed", "failed", "skipped"}], "suite": {"jobs", "shard",
-//!   "wall_seconds", "row_seconds"}, "environment": {"<topology>": {...}}, "closing"}`
+//!   "wall_seconds", "setup_seconds", "row_seconds"}, "environment": {"<topology>":
+//!   {...}}, "closing"}`
 //!   (`details`: a failure's or skip's KTAP diagnostics or log tail; `environment`: what
 //!   produced the results — QEMU, kernel release, toolroot recipe, from each run's
 //!   `run.json`);
