@@ -412,19 +412,27 @@ pub fn merge_main(out: &Path, shards: &[PathBuf]) -> anyhow::Result<i32> {
 /// parallelism) and what came before them.
 fn time_line(rows: &[SuiteRow], suite: &Value) -> String {
     let sum: f64 = rows.iter().map(|r| r.seconds).sum();
-    let mut l = format!("rows: {sum:.0} s summed");
+    let mut parts = vec![format!("rows: {sum:.0} s summed")];
     if let Some(w) = suite["wall_seconds"].as_f64() {
-        let setup = suite["setup_seconds"].as_f64().unwrap_or(0.0);
-        let in_rows = w - setup;
-        if suite["setup_seconds"].is_f64() && in_rows > 0.0 {
-            l.push_str(&format!(
-                " in {in_rows:.0} s of wall time ({:.2}× parallel); before them (toolroot, release build) {setup:.0} s;",
-                sum / in_rows
+        if let Some(setup) = suite["setup_seconds"].as_f64() {
+            let in_rows = w - setup;
+            if in_rows > 0.0 {
+                parts[0].push_str(&format!(
+                    " in {in_rows:.0} s of wall time ({:.2}× parallel)",
+                    sum / in_rows
+                ));
+            }
+            parts.push(format!(
+                "before them (toolroot, release build) {setup:.0} s"
             ));
         }
-        l.push_str(&format!(" suite wall time {w:.0} s"));
+        parts.push(if suite["shards"].is_array() {
+            format!("slowest shard's wall time {w:.0} s")
+        } else {
+            format!("suite wall time {w:.0} s")
+        });
     }
-    l
+    parts.join("; ")
 }
 
 /// JUnit XML of a suite: a testsuite per row, its cases as testcases.
@@ -782,6 +790,11 @@ mod tests {
         let s = read_summary(&all);
         assert_eq!(s["closing"], "3 passed, 2 failed, 2 skipped");
         assert_eq!(s["suite"]["wall_seconds"], 130.0);
+        let rows_back: Vec<SuiteRow> = serde_json::from_value(s["rows"].clone()).unwrap();
+        assert_eq!(
+            time_line(&rows_back, &s["suite"]),
+            "rows: 183 s summed; slowest shard's wall time 130 s"
+        );
         assert_eq!(s["suite"]["shards"][1]["shard"], "2/2");
         assert_eq!(s["rows"].as_array().unwrap().len(), 3);
         let env: Vec<&String> = s["environment"].as_object().unwrap().keys().collect();
