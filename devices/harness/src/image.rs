@@ -487,7 +487,9 @@ pub fn extract_vmlinux(tr: &Toolroot, bz: &Path, out: &Path) -> Result<()> {
             // Trailing bytes after the stream make the tool complain; the ELF is what counts.
             if o.stdout.len() > 1 << 20 && o.stdout.starts_with(b"\x7fELF") {
                 std::fs::create_dir_all(out.parent().context("parent")?)?;
-                let tmp = out.with_extension("tmp");
+                // Per process: runs started together (scripts/test --jobs) may both
+                // extract; each renames a whole file into place.
+                let tmp = out.with_extension(format!("tmp{}", std::process::id()));
                 std::fs::write(&tmp, &o.stdout)?;
                 std::fs::rename(&tmp, out)?;
                 return Ok(());
@@ -674,9 +676,16 @@ pub fn build_kmod(
     if ko.is_file() {
         return Ok(Some(ko));
     }
-    let _ = std::fs::create_dir_all(&out);
+    // Built in a directory of this process's own, then renamed into place whole: runs
+    // started together (scripts/test --jobs) never load a half-copied module, and the
+    // first to finish wins (the others' builds are identical and dropped).
+    let staging = home
+        .join("kmod")
+        .join(format!("{}.tmp{}", key.hex(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let mut c = Command::new("bash");
-    c.arg(&script).arg(&tr.root).arg(&kdir).arg(&out);
+    c.arg(&script).arg(&tr.root).arg(&kdir).arg(&staging);
     if verbose {
         eprintln!(
             "p2plab: building p2pgpu.ko against {} ({})",
@@ -689,9 +698,20 @@ pub fn build_kmod(
         .stderr(Stdio::piped())
         .output()
         .with_context(|| format!("cannot run {}", script.display()))?;
-    if o.status.success() && ko.is_file() {
-        return Ok(Some(ko));
+    if o.status.success() && staging.join("p2pgpu.ko").is_file() {
+        // rename(2) refuses a non-empty target: another run's build got there first, or
+        // a failed build's leftover (no module in it) is in the way.
+        if std::fs::rename(&staging, &out).is_err() && !ko.is_file() {
+            let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::rename(&staging, &out);
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        if ko.is_file() {
+            return Ok(Some(ko));
+        }
+        bail!("{} is missing after a successful build", ko.display());
     }
+    // A failed build's directory stays: build.sh's message names its build.log.
     let err = String::from_utf8_lossy(&o.stderr);
     let tail: Vec<&str> = err.lines().rev().take(12).collect();
     bail!(

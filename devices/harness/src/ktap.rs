@@ -85,6 +85,43 @@ pub fn parse(text: &str) -> Vec<ResultLine> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// A result line with the diagnostics (`# …` and other non-result lines) the document
+/// printed since the previous result line: KTAP puts a test's diagnostics before its
+/// result (here also the harness's `# host assertion: …` lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseOutput {
+    pub result: ResultLine,
+    pub diagnostics: Vec<String>,
+}
+
+/// Every result line of a KTAP document, each with its diagnostics. The header
+/// (`KTAP version`, the `1..N` plan) belongs to no case; trailing lines after the last
+/// result are dropped.
+pub fn parse_with_output(text: &str) -> Vec<CaseOutput> {
+    let mut cases = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
+    for l in text.lines() {
+        if let Some(result) = parse_line(l) {
+            cases.push(CaseOutput {
+                result,
+                diagnostics: std::mem::take(&mut pending),
+            });
+        } else {
+            let t = l.trim();
+            if !(t.is_empty() || t.starts_with("KTAP version") || is_plan(t)) {
+                pending.push(l.to_string());
+            }
+        }
+    }
+    cases
+}
+
+/// A `1..N` plan line.
+fn is_plan(l: &str) -> bool {
+    l.strip_prefix("1..")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The closing line every runner's reader knows: `N passed, N failed, N skipped`.
 pub fn closing_line(verdicts: impl IntoIterator<Item = Verdict>) -> String {
     let (mut p, mut f, mut s) = (0, 0, 0);
@@ -171,6 +208,40 @@ mod tests {
         assert!(parse_line("okay 1 x").is_none());
         assert!(parse_line("# ok 1 x").is_none());
         assert!(parse_line("ok x y").is_none());
+    }
+
+    #[test]
+    fn diagnostics_belong_to_the_next_result() {
+        let c = parse_with_output(
+            "KTAP version 1\n1..3\n# device nvme0\n# a: 0.1 s\nok 1 a\nok 2 b # SKIP no GPU\n# host assertion: x moved 0\nnot ok 3 c # host assertions: x moved 0\n# trailing\n",
+        );
+        let got: Vec<_> = c
+            .iter()
+            .map(|c| {
+                (
+                    c.result.name.as_str(),
+                    c.result.verdict,
+                    c.diagnostics.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "a",
+                    Verdict::Pass,
+                    vec!["# device nvme0".into(), "# a: 0.1 s".into()]
+                ),
+                ("b", Verdict::Skip, vec![]),
+                (
+                    "c",
+                    Verdict::Fail,
+                    vec!["# host assertion: x moved 0".to_string()]
+                ),
+            ]
+        );
+        assert!(parse_with_output("KTAP version 1\n1..0\n").is_empty());
     }
 
     #[test]

@@ -14,14 +14,17 @@
 //!   the typed counter contract of `p2plab-counters` (snapshots, deltas, counter paths);
 //!   [`ktap`]: KTAP results and kernel reports; [`witness`]: the CPU witness plugin's
 //!   control.
-//! - [`summary`]: `p2plab summary`, the suite's table; [`proof`]: `p2plab proof`;
+//! - [`summary`]: `p2plab summary`, the suite's table, `summary.json` and (with
+//!   [`junit`]) `junit.xml`; [`suite`]: `p2plab suite` (shard plans, a run's tally;
+//!   merging shards is `summary`'s); [`proof`]: `p2plab proof`;
 //!   [`bench`](mod@bench): `p2plab bench`.
 //!
 //! # Architecture
 //! `run` uses `select`, `image`, `qemu`, `witness` and `supervise`; `supervise` uses
 //! `assertions`, `ktap` and `witness`;
 //! `select` uses `qemu`; `qemu` uses `image`; `proof` uses
-//! `summary` and `ktap`; `summary` uses `ktap`. Nothing reaches back up. `bench` runs
+//! `summary` and `ktap`; `summary` uses `ktap`, `junit` and `suite`; `suite` uses `ktap`;
+//! `junit` uses `ktap`. Nothing reaches back up. `bench` runs
 //! `p2plab run` as a child process.
 //!
 //! # What it does not implement
@@ -31,11 +34,13 @@
 pub mod assertions;
 pub mod bench;
 pub mod image;
+pub mod junit;
 pub mod ktap;
 pub mod proof;
 pub mod qemu;
 pub mod run;
 pub mod select;
+pub mod suite;
 pub mod summary;
 pub mod supervise;
 pub mod witness;

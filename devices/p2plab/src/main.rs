@@ -3,10 +3,11 @@
 //!
 //! The command line only: arguments are parsed here and each subcommand is handed to
 //! the crate that implements it — `serve` and `stats` to `p2plab-lab`, `run`,
-//! `summary`, `proof` and `bench` to `p2plab-harness`.
+//! `summary`, `suite`, `proof` and `bench` to `p2plab-harness`.
 
 use clap::{Parser, Subcommand};
-use p2plab_harness::{bench, proof, run, summary};
+use p2plab_harness::suite::Shard;
+use p2plab_harness::{bench, proof, run, suite, summary};
 use p2plab_lab::{control, serve};
 use std::path::PathBuf;
 
@@ -36,15 +37,39 @@ enum Cmd {
     },
     /// Boot a lab guest: serve the topology's devices, start QEMU, run guest cases.
     Run(Box<run::RunArgs>),
-    /// Summarise a suite run directory (one sub-directory per topology run):
-    /// print the table, write summary.json, exit 1 on any failure.
+    /// Summarise a suite run directory (one sub-directory per topology run): print the
+    /// tables (cases; rows with their seconds), write summary.json and junit.xml there,
+    /// print `N passed, N failed, N skipped`, exit 1 on any failure.
     Summary {
         /// The suite's output directory.
         out: PathBuf,
-        /// An extra host-side row, NAME:RESULT:SECONDS (e.g. cargo-test:ok:93.2).
+        /// A host-side row, `NAME:RESULT:SECONDS[:MESSAGE]` (e.g. cargo-test:ok:93.2); a
+        /// failed one's details are the tail of OUT/NAME.log.
         #[arg(long = "host-row")]
         host_rows: Vec<String>,
+        /// A topology row this suite ran (repeatable; default: every sub-directory of
+        /// OUT but dot ones). Others in OUT, left by earlier runs, are not counted.
+        #[arg(long = "topology")]
+        topologies: Vec<String>,
+        /// TOPOLOGY:SECONDS, a topology row's wall time (default: its timing.json).
+        #[arg(long = "row-seconds")]
+        row_seconds: Vec<String>,
+        /// The suite's wall time in seconds (recorded; rows' sum / wall = parallelism).
+        #[arg(long)]
+        wall_seconds: Option<f64>,
+        /// Seconds of that wall time spent before the rows (toolroot, release build).
+        #[arg(long)]
+        setup_seconds: Option<f64>,
+        /// The suite's --jobs (recorded).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// The suite's --shard I/N (recorded).
+        #[arg(long)]
+        shard: Option<Shard>,
     },
+    /// The suite's helpers for scripts/test: CI shards, a run's tally, shards merged.
+    #[command(subcommand)]
+    Suite(SuiteCmd),
     /// Benchmark the lab against QEMU's built-in NVMe measured in the same run.
     Bench(bench::BenchArgs),
     /// Print the bypass proof of a P2P case from a run directory; for a run without one
@@ -63,13 +88,65 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum SuiteCmd {
+    /// Print the rows shard I of N runs, one a line, in the given order: host rows
+    /// (setup-check, rustfmt, clippy, cargo-doc, cargo-test) on shard 1, the others
+    /// longest first to the least loaded shard (typical seconds; deterministic).
+    Plan {
+        /// I/N (1-based).
+        #[arg(long, default_value = "1/1")]
+        shard: Shard,
+        /// The suite's rows, in order.
+        rows: Vec<String>,
+    },
+    /// `N passed, N failed, N skipped` of RUN_DIR/results.ktap and its `not ok` lines;
+    /// exit 1 on a failure or no results.
+    Tally {
+        /// A `p2plab run` directory.
+        run_dir: PathBuf,
+    },
+    /// Merge shards' summary.json files into OUT/summary.json and OUT/junit.xml, print
+    /// the tables and the closing line; exit 1 on any failure.
+    Merge {
+        /// Where the merged summary.json and junit.xml go.
+        out: PathBuf,
+        /// The shards' output directories (each with a summary.json).
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Serve { config, dir } => serve::serve_main(&config, dir),
         Cmd::Run(args) => run::run_main(*args),
-        Cmd::Summary { out, host_rows } => summary::summary_main(&out, &host_rows),
+        Cmd::Summary {
+            out,
+            host_rows,
+            topologies,
+            row_seconds,
+            wall_seconds,
+            setup_seconds,
+            jobs,
+            shard,
+        } => summary::summary_main(
+            &out,
+            &summary::SummaryArgs {
+                host_rows,
+                topologies,
+                row_seconds,
+                wall_seconds,
+                setup_seconds,
+                jobs,
+                shard,
+            },
+        ),
+        Cmd::Suite(SuiteCmd::Plan { shard, rows }) => suite::plan_main(&rows, shard),
+        Cmd::Suite(SuiteCmd::Tally { run_dir }) => suite::tally_main(&run_dir),
+        Cmd::Suite(SuiteCmd::Merge { out, shards }) => summary::merge_main(&out, &shards),
         Cmd::Bench(args) => bench::bench_main(args),
         Cmd::Proof { run_dir, case } => proof::proof_or_movement(&run_dir, case.as_deref()),
         Cmd::Stats { target } => control::stats_main(&target),
