@@ -1643,6 +1643,87 @@ fn invalid_doorbell_value_completes_an_aer() {
     assert_eq!(LogPageId(ev.lid()), LogPageId::ERROR_INFORMATION);
 }
 
+/// Shadow doorbells configured and one AER outstanding.
+fn shadowed_with_aer(h: &mut Harness) -> Command {
+    h.ready();
+    let aer = h.cmd(AdminOpcode::ASYNC_EVENT_REQUEST.0);
+    h.submit_admin(&aer);
+    h.run();
+    let mut c = h.cmd(AdminOpcode::DOORBELL_BUFFER_CONFIG.0);
+    c.dptr = [DBS_BUF, EIS_BUF];
+    h.admin_ok(c);
+    aer
+}
+
+#[track_caller]
+fn assert_invalid_doorbell_value_event(h: &mut Harness, aer: &Command) {
+    let cqe = h.reap_admin().expect("AER completion");
+    assert_eq!(cqe.cid, aer.cdw0.cid());
+    let ev = AsyncEventCompletion::from_bits(cqe.dw0);
+    assert_eq!(
+        AsyncEventErrorInfo(ev.aei()),
+        AsyncEventErrorInfo::INVALID_DOORBELL_WRITE_VALUE
+    );
+}
+
+// Found by the nvme_commands fuzz target: a bad value left in the shadow buffer was
+// reported again on every pass, so `process` never went idle (a worker spinning for as
+// long as the guest liked).
+#[test]
+fn bad_shadow_sq_tail_is_reported_once_and_the_worker_goes_idle() {
+    let mut h = Harness::new();
+    let aer = shadowed_with_aer(&mut h);
+    h.mem.poke(DBS_BUF + 8, &(IO_ENTRIES + 5).to_le_bytes()); // SQ1 tail: index 2
+    h.run();
+    assert_invalid_doorbell_value_event(&mut h, &aer);
+    assert!(!h.ctrl.process(), "idle while the bad value stays");
+    assert!(!h.ctrl.needs_processing());
+    // A good tail afterwards is taken.
+    let mut f = h.cmd(NvmOpcode::FLUSH.0);
+    f.nsid = 1;
+    h.submit_io(&f, false);
+    h.mem.poke(DBS_BUF + 8, &h.io_tail.to_le_bytes());
+    h.w32(r::sq_tail_doorbell(1, 0), h.io_tail);
+    h.run();
+    assert_eq!(
+        status(&h.reap_io().expect("flush completion")),
+        Status::SUCCESS
+    );
+}
+
+#[test]
+fn bad_shadow_cq_head_is_reported_once_and_the_worker_goes_idle() {
+    let mut h = Harness::new();
+    let aer = shadowed_with_aer(&mut h);
+    let (sq_shadow, cq_shadow) = (DBS_BUF + 8, DBS_BUF + 12); // SQ1 tail, CQ1 head
+    let flush = |h: &mut Harness| {
+        let mut f = h.cmd(NvmOpcode::FLUSH.0);
+        f.nsid = 1;
+        h.submit_io(&f, false);
+        h.mem.poke(sq_shadow, &h.io_tail.to_le_bytes());
+        h.w32(r::sq_tail_doorbell(1, 0), h.io_tail);
+    };
+    // Fill the CQ (IO_ENTRIES - 1 completions, none consumed).
+    for _ in 0..IO_ENTRIES - 1 {
+        flush(&mut h);
+    }
+    h.run();
+    // One more command must wait for room, and the head the controller reads is no
+    // index at all.
+    h.mem.poke(cq_shadow, &(IO_ENTRIES + 7).to_le_bytes());
+    flush(&mut h);
+    h.run();
+    assert_invalid_doorbell_value_event(&mut h, &aer);
+    assert!(!h.ctrl.process(), "idle while the bad value stays");
+    // A valid head lets the waiting command complete.
+    h.mem.poke(cq_shadow, &(IO_ENTRIES - 1).to_le_bytes());
+    h.w32(r::cq_head_doorbell(1, 0), IO_ENTRIES - 1);
+    h.run();
+    let last = Completion::read_from_bytes(&h.mem.peek(IO_CQ + 16 * u64::from(IO_ENTRIES - 1), 16))
+        .unwrap();
+    assert!(last.status.p(), "the waiting flush completed");
+}
+
 #[test]
 fn doorbell_of_missing_queue_reports_invalid_register() {
     let mut h = Harness::new();
