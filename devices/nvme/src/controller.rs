@@ -333,7 +333,7 @@ impl NvmeController {
         if cc.shn() != 0 && !st.shutdown_done {
             did = true;
             for ns in &self.sh.namespaces {
-                if let Err(e) = ns.file.sync_data() {
+                if let Err(e) = ns.sync() {
                     log::warn!("nvme {}: flush at shutdown: {e}", self.sh.serial);
                 }
             }
@@ -563,7 +563,7 @@ impl NvmeController {
             let result = if qid == 0 {
                 admin::handle(&self.sh, st, &cmd)
             } else {
-                io::handle(&self.sh, &cmd)
+                io::handle(&self.sh, &cmd, st.features.volatile_write_cache)
             };
             let (dw0, status) = match result {
                 Ok(Outcome::Complete(dw0)) => (dw0, Status::SUCCESS),
@@ -847,6 +847,18 @@ fn copy_in(dst: &mut [u8], offset: u64, data: &[u8]) {
     }
     let n = data.len().min(dst.len() - start);
     dst[start..start + n].copy_from_slice(&data[..n]);
+}
+
+#[cfg(test)]
+impl NvmeController {
+    /// `fdatasync`s of each namespace's file so far, NSID 1 first.
+    pub(crate) fn namespace_syncs(&self) -> Vec<u64> {
+        self.sh
+            .namespaces
+            .iter()
+            .map(|ns| ns.syncs.load(Ordering::Relaxed))
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for NvmeController {

@@ -1038,18 +1038,119 @@ fn unknown_namespace_and_opcode_are_rejected() {
     assert_eq!(h.io(c), Status::INVALID_COMMAND_OPCODE);
 }
 
+// ---- data safety: Flush, FUA, the volatile write cache ----
+
+fn flush(h: &mut Harness, nsid: u32) -> Status {
+    let mut c = h.cmd(NvmOpcode::FLUSH.0);
+    c.nsid = nsid;
+    h.io(c)
+}
+
+fn set_write_cache(h: &mut Harness, enabled: bool) {
+    let mut c = h.cmd(AdminOpcode::SET_FEATURES.0);
+    c.cdw10 = u32::from(FeatureId::VOLATILE_WRITE_CACHE.0);
+    c.cdw11 = u32::from(enabled);
+    h.admin_ok(c);
+}
+
 #[test]
-fn flush_and_fua_write_succeed() {
+fn flush_fdatasyncs_its_namespace_or_every_one() {
     let mut h = Harness::new();
     h.ready();
-    let mut c = h.cmd(NvmOpcode::FLUSH.0);
-    c.nsid = 0xffff_ffff;
-    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(flush(&mut h, 1), Status::SUCCESS);
+    assert_eq!(h.ctrl.namespace_syncs(), [1, 0]);
+    assert_eq!(flush(&mut h, 0xffff_ffff), Status::SUCCESS);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [2, 1],
+        "broadcast: every namespace"
+    );
+    assert_eq!(flush(&mut h, 3), Status::INVALID_NAMESPACE_OR_FORMAT);
+    assert_eq!(h.ctrl.namespace_syncs(), [2, 1]);
+}
+
+#[test]
+fn fua_writes_are_durable_before_they_complete_and_plain_ones_wait_for_flush() {
+    let mut h = Harness::new();
+    h.ready();
     h.mem.poke(DATA, &[0x5a; 512]);
-    let mut c = h.rw(NvmOpcode::WRITE, 3, 1, DATA, 0);
+    let c = h.rw(NvmOpcode::WRITE, 3, 1, DATA, 0);
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [0, 0],
+        "write-back cache: no sync"
+    );
+    let mut c = h.rw(NvmOpcode::WRITE, 4, 1, DATA, 0);
     c.cdw12 = RwCdw12::from_bits(c.cdw12).with_fua(true).into_bits();
     assert_eq!(h.io(c), Status::SUCCESS);
-    assert_eq!(h.file_bytes(0, 3 * 512, 512), vec![0x5a; 512]);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [1, 0],
+        "FUA: synced before completion"
+    );
+    assert_eq!(h.file_bytes(0, 4 * 512, 512), vec![0x5a; 512]);
+    let mut c = h.rw(NvmOpcode::WRITE_ZEROES, 4, 1, 0, 0);
+    c.cdw12 = RwCdw12::from_bits(c.cdw12).with_fua(true).into_bits();
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [2, 0],
+        "Write Zeroes with FUA too"
+    );
+}
+
+#[test]
+fn writes_are_write_through_while_the_host_disables_the_write_cache() {
+    let mut h = Harness::new();
+    h.ready();
+    set_write_cache(&mut h, false);
+    h.mem.poke(DATA, &[0xa5; 512]);
+    let c = h.rw(NvmOpcode::WRITE, 0, 1, DATA, 0);
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(h.ctrl.namespace_syncs(), [1, 0]);
+    let c = h.rw(NvmOpcode::WRITE_ZEROES, 0, 1, 0, 0);
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(h.ctrl.namespace_syncs(), [2, 0]);
+    set_write_cache(&mut h, true);
+    let c = h.rw(NvmOpcode::WRITE, 0, 1, DATA, 0);
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [2, 0],
+        "cache back on: write-back"
+    );
+}
+
+#[test]
+fn a_normal_shutdown_syncs_every_namespace() {
+    let mut h = Harness::new();
+    h.enable();
+    h.w32(
+        r::CC,
+        Harness::cc_enabled().with_shn(CC_SHN_NORMAL).into_bits(),
+    );
+    h.run();
+    assert_eq!(h.csts().shst(), CSTS_SHST_COMPLETE);
+    assert_eq!(h.ctrl.namespace_syncs(), [1, 1]);
+}
+
+#[test]
+fn a_failed_fdatasync_is_a_write_fault() {
+    use std::os::unix::fs::OpenOptionsExt;
+    // An O_PATH descriptor: fstat works (the namespace opens), fdatasync fails (EBADF).
+    let path = TempFile::new(NS_SIZE);
+    let mut h = Harness::with(|cfg| {
+        cfg.namespaces[1].file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&path.path)
+            .unwrap();
+    });
+    h.ready();
+    assert_eq!(flush(&mut h, 1), Status::SUCCESS);
+    assert_eq!(flush(&mut h, 2), Status::WRITE_FAULT);
+    assert_eq!(flush(&mut h, 0xffff_ffff), Status::WRITE_FAULT);
 }
 
 #[test]
