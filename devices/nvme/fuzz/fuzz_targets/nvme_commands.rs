@@ -18,7 +18,7 @@
 //! ([`Addr`]) so commands get past the first bounds check.
 #![no_main]
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,12 +47,12 @@ const IO_BASE: u64 = MEM_BASE + 0x4000;
 const IO_QUEUES: u16 = 2;
 const ADMIN_ENTRIES: u32 = 16;
 const IO_ENTRIES: u32 = 16;
-const NS_SIZE: [u64; 2] = [1 << 20, 1 << 20];
+const NS_SIZE: [u64; 2] = [256 << 10, 256 << 10];
 const LBA_SIZE: [u32; 2] = [512, 4096];
 /// How many `process` calls a burst of work may take before the worker must be idle:
-/// each call takes at most ADMIN_BATCH + IO_BATCH per queue commands, and the queues
-/// hold at most 16 entries each; a generous bound.
-const IDLE_BOUND: usize = 4096;
+/// each call takes up to ADMIN_BATCH + IO_BATCH per queue commands, and the queues hold
+/// at most 16 entries each; a generous bound.
+const IDLE_BOUND: usize = 256;
 
 /// The DMA space the controller sees: guest memory, flagging any access while Bus Master
 /// is off — except to the controller's own CMB BAR (where the host put it), which the
@@ -63,18 +63,15 @@ struct Guest {
     bus_master: AtomicBool,
     /// CMB BAR address (`NO_BAR` while unassigned).
     cmb_bar: AtomicU64,
-    /// Ranges the controller itself wrote by DMA (bounded; see `self_fed`).
-    written: Mutex<Vec<(u64, u64)>>,
-    /// The controller read a shadow doorbell (a 4-byte read) that its own DMA had
-    /// written — a driver that put a shadow doorbell buffer under a CQ, the EventIdx
+    /// Pages the controller itself wrote by DMA (see `self_fed`).
+    written: Mutex<HashSet<u64>>,
+    /// The controller read a shadow doorbell (a 4-byte read) in a page its own DMA had
+    /// written — a driver that put a shadow doorbell buffer beside a CQ, the EventIdx
     /// buffer or a data buffer makes the controller ring its own doorbells, and such a
     /// device may stay busy for as long as the guest's layout feeds it (as real hardware
     /// would); the idle check does not apply then.
     self_fed: AtomicBool,
 }
-
-/// Device-written ranges remembered; past this, inputs count as self-fed.
-const WRITTEN_MAX: usize = 4096;
 
 const NO_BAR: u64 = u64::MAX;
 
@@ -82,7 +79,7 @@ const NO_BAR: u64 = u64::MAX;
 /// first write (zeroing a flat multi-MiB buffer per input would dominate the run time).
 #[derive(Default)]
 struct SparseMem {
-    pages: Mutex<BTreeMap<u64, Box<[u8; PAGE as usize]>>>,
+    pages: Mutex<HashMap<u64, Box<[u8; PAGE as usize]>>>,
 }
 
 impl SparseMem {
@@ -155,20 +152,17 @@ impl Guest {
 impl DmaSpace for Guest {
     fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
         self.check_bme("read", addr, buf.len());
-        if buf.len() == 4 {
-            let w = self.written.lock().unwrap();
-            let end = addr.0.saturating_add(4);
-            if w.len() >= WRITTEN_MAX || w.iter().any(|&(s, e)| addr.0 < e && s < end) {
-                self.self_fed.store(true, Ordering::Relaxed);
-            }
+        if buf.len() == 4 && self.written.lock().unwrap().contains(&(addr.0 / PAGE)) {
+            self.self_fed.store(true, Ordering::Relaxed);
         }
         self.mem.read(addr, buf)
     }
     fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
         self.check_bme("write", addr, data.len());
+        let end = addr.0.saturating_add(data.len() as u64);
         let mut w = self.written.lock().unwrap();
-        if w.len() < WRITTEN_MAX {
-            w.push((addr.0, addr.0.saturating_add(data.len() as u64)));
+        for page in addr.0 / PAGE..=end.saturating_sub(1) / PAGE {
+            w.insert(page);
         }
         drop(w);
         self.mem.write(addr, data)
@@ -444,7 +438,7 @@ impl Harness {
             mem: SparseMem::default(),
             bus_master: AtomicBool::new(false),
             cmb_bar: AtomicU64::new(NO_BAR),
-            written: Mutex::new(Vec::new()),
+            written: Mutex::new(HashSet::new()),
             self_fed: AtomicBool::new(false),
         });
         let irq = Arc::new(RecordingInterrupts::default());
@@ -675,7 +669,7 @@ fuzz_target!(|input: Input| {
             h.create_io_queues(sq_in_cmb);
         }
     }
-    for op in input.ops.iter().take(256) {
+    for op in input.ops.iter().take(64) {
         h.apply(op);
     }
     h.run_to_idle();
