@@ -3,7 +3,7 @@
 //! and destination addresses, lengths past VRAM, rings that point into themselves or
 //! into VRAM, tails past the ring, resets and Bus Master flips mid-copy, trapped VRAM
 //! accesses — over an in-memory bus with guest RAM and the device's own VRAM window
-//! (the fabric's self route), both backed by sparse in-memory pages.
+//! (the fabric's self route), both backed by flat buffers reused from input to input.
 //!
 //! Checks, besides "no panic":
 //! - no DMA while Bus Master is off (the `PciFunction` contract);
@@ -17,7 +17,7 @@
 //! Input: an `arbitrary`-decoded list of [`Op`]s.
 #![no_main]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -42,30 +42,44 @@ const FETCHED_KEPT: usize = 4;
 
 const PAGE: u64 = 4096;
 
-/// `size` zero-filled bytes at `base`, pages allocated on first write (zeroing flat
-/// MiB-sized buffers per input would dominate the run time).
-struct Sparse {
+/// `size` zero-filled bytes at `base`: a flat buffer reused from input to input (zeroing
+/// megabytes per input would dominate the run time); the pages written since it was
+/// last clean are zeroed when it is taken again.
+struct Flat {
     base: u64,
     size: u64,
-    pages: Mutex<HashMap<u64, Box<[u8; PAGE as usize]>>>,
+    inner: Mutex<(Vec<u8>, Vec<bool>)>,
+    /// Where the buffer goes back when this is dropped.
+    pool: &'static Mutex<Option<(Vec<u8>, Vec<bool>)>>,
 }
 
-impl Sparse {
-    fn new(base: u64, size: u64) -> Self {
+static RAM_POOL: Mutex<Option<(Vec<u8>, Vec<bool>)>> = Mutex::new(None);
+static VRAM_POOL: Mutex<Option<(Vec<u8>, Vec<bool>)>> = Mutex::new(None);
+
+impl Flat {
+    fn new(base: u64, size: u64, pool: &'static Mutex<Option<(Vec<u8>, Vec<bool>)>>) -> Self {
+        let pages = (size / PAGE) as usize;
+        let inner = match pool.lock().unwrap().take() {
+            Some((mut bytes, mut dirty)) => {
+                for (p, d) in dirty.iter_mut().enumerate() {
+                    if std::mem::take(d) {
+                        let at = p * PAGE as usize;
+                        bytes[at..at + PAGE as usize].fill(0);
+                    }
+                }
+                (bytes, dirty)
+            }
+            None => (vec![0; size as usize], vec![false; pages]),
+        };
         Self {
             base,
             size,
-            pages: Mutex::new(HashMap::new()),
+            inner: Mutex::new(inner),
+            pool,
         }
     }
 
-    /// Calls `f(page index, offset in page, range in the caller's buffer)` per piece.
-    fn pieces(
-        &self,
-        addr: u64,
-        len: usize,
-        mut f: impl FnMut(u64, usize, std::ops::Range<usize>),
-    ) -> Result<(), DmaError> {
+    fn range(&self, addr: u64, len: usize) -> Result<std::ops::Range<usize>, DmaError> {
         let bad = DmaError::Unmapped {
             addr,
             len: len as u64,
@@ -74,39 +88,37 @@ impl Sparse {
         if addr < self.base || end > self.base + self.size {
             return Err(bad);
         }
-        let mut done = 0usize;
-        while done < len {
-            let a = addr - self.base + done as u64;
-            let in_page = (a % PAGE) as usize;
-            let n = (PAGE as usize - in_page).min(len - done);
-            f(a / PAGE, in_page, done..done + n);
-            done += n;
-        }
-        Ok(())
+        Ok((addr - self.base) as usize..(end - self.base) as usize)
     }
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let pages = self.pages.lock().unwrap();
-        self.pieces(addr, buf.len(), |page, off, r| match pages.get(&page) {
-            Some(p) => buf[r.clone()].copy_from_slice(&p[off..off + r.len()]),
-            None => buf[r].fill(0),
-        })
+        let r = self.range(addr, buf.len())?;
+        buf.copy_from_slice(&self.inner.lock().unwrap().0[r]);
+        Ok(())
     }
 
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        let mut pages = self.pages.lock().unwrap();
-        self.pieces(addr, data.len(), |page, off, r| {
-            let p = pages
-                .entry(page)
-                .or_insert_with(|| Box::new([0; PAGE as usize]));
-            p[off..off + r.len()].copy_from_slice(&data[r]);
-        })
+        let r = self.range(addr, data.len())?;
+        if r.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.inner.lock().unwrap();
+        inner.1[r.start / PAGE as usize..=(r.end - 1) / PAGE as usize].fill(true);
+        inner.0[r].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+impl Drop for Flat {
+    fn drop(&mut self) {
+        let inner = std::mem::take(&mut *self.inner.lock().unwrap());
+        *self.pool.lock().unwrap() = Some(inner);
     }
 }
 
 /// VRAM as the model's [`VramAccess`] (offsets from 0) and as bus memory behind the
 /// VRAM window.
-struct Vram(Sparse);
+struct Vram(Flat);
 
 impl VramAccess for Vram {
     fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), DmaError> {
@@ -123,7 +135,7 @@ impl VramAccess for Vram {
 /// The bus: guest RAM and the VRAM window; records what the engine fetched to check
 /// where it writes.
 struct Bus {
-    ram: Sparse,
+    ram: Flat,
     vram: Arc<Vram>,
     bus_master: AtomicBool,
     /// (address, descriptor) of the last few 32-byte reads. The engine holds one
@@ -326,9 +338,9 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let vram = Arc::new(Vram(Sparse::new(0, VRAM_SIZE)));
+        let vram = Arc::new(Vram(Flat::new(0, VRAM_SIZE, &VRAM_POOL)));
         let bus = Arc::new(Bus {
-            ram: Sparse::new(RAM_BASE, RAM_SIZE),
+            ram: Flat::new(RAM_BASE, RAM_SIZE, &RAM_POOL),
             vram: vram.clone(),
             bus_master: AtomicBool::new(false),
             fetched: Mutex::new(VecDeque::new()),

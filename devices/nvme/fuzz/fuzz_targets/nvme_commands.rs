@@ -1,8 +1,8 @@
 //! Fuzz the NVMe controller model as a hostile driver would drive it: BAR0 register and
 //! doorbell writes, submission queue entries with fuzzed opcodes, PRP entries and lists,
 //! SGL descriptors and segments, CMB programming, resets and Bus Master flips — over an
-//! in-memory DMA space (sparse guest RAM with the CMB window inside it, as the unit tests
-//! map it) and two namespaces on memfds.
+//! in-memory DMA space (flat guest RAM, reused from input to input, with the CMB window
+//! inside it, as the unit tests map it) and two namespaces on memfds.
 //!
 //! Checks, besides "no panic":
 //! - no DMA while Bus Master is off (the `PciFunction` contract), checked by the DMA space;
@@ -18,7 +18,6 @@
 //! ([`Addr`]) so commands get past the first bounds check.
 #![no_main]
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,12 +58,10 @@ const IDLE_BOUND: usize = 256;
 /// fabric routes to the device's own memory without bus mastering (trapped CMB accesses,
 /// queues in the CMB).
 struct Guest {
-    mem: SparseMem,
+    mem: Mutex<FlatMem>,
     bus_master: AtomicBool,
     /// CMB BAR address (`NO_BAR` while unassigned).
     cmb_bar: AtomicU64,
-    /// Pages the controller itself wrote by DMA (see `self_fed`).
-    written: Mutex<HashSet<u64>>,
     /// The controller read a shadow doorbell (a 4-byte read) in a page its own DMA had
     /// written — a driver that put a shadow doorbell buffer beside a CQ, the EventIdx
     /// buffer or a data buffer makes the controller ring its own doorbells, and such a
@@ -75,20 +72,43 @@ struct Guest {
 
 const NO_BAR: u64 = u64::MAX;
 
-/// Guest memory `[MEM_BASE, MEM_BASE + MEM_SIZE)`, zero-filled, with pages allocated on
-/// first write (zeroing a flat multi-MiB buffer per input would dominate the run time).
-#[derive(Default)]
-struct SparseMem {
-    pages: Mutex<HashMap<u64, Box<[u8; PAGE as usize]>>>,
+/// Guest memory `[MEM_BASE, MEM_BASE + MEM_SIZE)`: one flat buffer reused from input to
+/// input (zeroing or faulting in megabytes per input would dominate the run time), with
+/// the pages written since it was last clean zeroed when it is taken again.
+struct FlatMem {
+    bytes: Vec<u8>,
+    /// Pages written (by anyone) since the buffer was last clean.
+    dirty: Vec<bool>,
+    /// Pages written by the controller's DMA in this input (see `Guest::self_fed`).
+    device_written: Vec<bool>,
 }
 
-impl SparseMem {
-    /// Calls `f(page index, offset in page, range in the caller's buffer)` per piece.
-    fn pieces(
-        addr: BusAddr,
-        len: usize,
-        mut f: impl FnMut(u64, usize, std::ops::Range<usize>),
-    ) -> Result<(), DmaError> {
+/// The buffer between inputs.
+static POOL: Mutex<Option<FlatMem>> = Mutex::new(None);
+
+impl FlatMem {
+    /// A zero-filled buffer: the pooled one, cleaned, or a new one.
+    fn take() -> Self {
+        let pages = (MEM_SIZE / PAGE) as usize;
+        let Some(mut m) = POOL.lock().unwrap().take() else {
+            return Self {
+                bytes: vec![0; MEM_SIZE as usize],
+                dirty: vec![false; pages],
+                device_written: vec![false; pages],
+            };
+        };
+        for (p, d) in m.dirty.iter_mut().enumerate() {
+            if std::mem::take(d) {
+                let at = p * PAGE as usize;
+                m.bytes[at..at + PAGE as usize].fill(0);
+            }
+        }
+        m.device_written.fill(false);
+        m
+    }
+
+    /// The byte range of `[addr, addr + len)`, if inside the memory.
+    fn range(addr: BusAddr, len: usize) -> Result<std::ops::Range<usize>, DmaError> {
         let bad = DmaError::Unmapped {
             addr: addr.0,
             len: len as u64,
@@ -97,34 +117,32 @@ impl SparseMem {
         if addr.0 < MEM_BASE || end > MEM_BASE + MEM_SIZE {
             return Err(bad);
         }
-        let mut done = 0usize;
-        while done < len {
-            let a = addr.0 + done as u64;
-            let in_page = (a % PAGE) as usize;
-            let n = (PAGE as usize - in_page).min(len - done);
-            f(a / PAGE, in_page, done..done + n);
-            done += n;
-        }
+        Ok((addr.0 - MEM_BASE) as usize..(end - MEM_BASE) as usize)
+    }
+
+    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
+        let r = Self::range(addr, buf.len())?;
+        buf.copy_from_slice(&self.bytes[r]);
         Ok(())
     }
-}
 
-impl DmaSpace for SparseMem {
-    fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
-        let pages = self.pages.lock().unwrap();
-        Self::pieces(addr, buf.len(), |page, off, r| match pages.get(&page) {
-            Some(p) => buf[r.clone()].copy_from_slice(&p[off..off + r.len()]),
-            None => buf[r].fill(0),
-        })
+    /// Writes `data`; `device`: by the controller's DMA.
+    fn write(&mut self, addr: BusAddr, data: &[u8], device: bool) -> Result<(), DmaError> {
+        let r = Self::range(addr, data.len())?;
+        if r.is_empty() {
+            return Ok(());
+        }
+        let pages = r.start / PAGE as usize..=(r.end - 1) / PAGE as usize;
+        self.dirty[pages.clone()].fill(true);
+        if device {
+            self.device_written[pages].fill(true);
+        }
+        self.bytes[r].copy_from_slice(data);
+        Ok(())
     }
-    fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
-        let mut pages = self.pages.lock().unwrap();
-        Self::pieces(addr, data.len(), |page, off, r| {
-            let p = pages
-                .entry(page)
-                .or_insert_with(|| Box::new([0; PAGE as usize]));
-            p[off..off + r.len()].copy_from_slice(&data[r]);
-        })
+
+    fn device_wrote(&self, addr: BusAddr) -> bool {
+        Self::range(addr, 1).is_ok_and(|r| self.device_written[r.start / PAGE as usize])
     }
 }
 
@@ -152,20 +170,29 @@ impl Guest {
 impl DmaSpace for Guest {
     fn read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
         self.check_bme("read", addr, buf.len());
-        if buf.len() == 4 && self.written.lock().unwrap().contains(&(addr.0 / PAGE)) {
+        let mem = self.mem.lock().unwrap();
+        if buf.len() == 4 && mem.device_wrote(addr) {
             self.self_fed.store(true, Ordering::Relaxed);
         }
-        self.mem.read(addr, buf)
+        mem.read(addr, buf)
     }
     fn write(&self, addr: BusAddr, data: &[u8]) -> Result<(), DmaError> {
         self.check_bme("write", addr, data.len());
-        let end = addr.0.saturating_add(data.len() as u64);
-        let mut w = self.written.lock().unwrap();
-        for page in addr.0 / PAGE..=end.saturating_sub(1) / PAGE {
-            w.insert(page);
-        }
-        drop(w);
-        self.mem.write(addr, data)
+        self.mem.lock().unwrap().write(addr, data, true)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let mem = std::mem::replace(
+            &mut *self.mem.lock().unwrap(),
+            FlatMem {
+                bytes: Vec::new(),
+                dirty: Vec::new(),
+                device_written: Vec::new(),
+            },
+        );
+        *POOL.lock().unwrap() = Some(mem);
     }
 }
 
@@ -435,10 +462,9 @@ impl Harness {
         cfg.max_io_queues = IO_QUEUES;
         cfg.mqes = 63;
         let guest = Arc::new(Guest {
-            mem: SparseMem::default(),
+            mem: Mutex::new(FlatMem::take()),
             bus_master: AtomicBool::new(false),
             cmb_bar: AtomicU64::new(NO_BAR),
-            written: Mutex::new(HashSet::new()),
             self_fed: AtomicBool::new(false),
         });
         let irq = Arc::new(RecordingInterrupts::default());
@@ -490,7 +516,12 @@ impl Harness {
 
     fn poke(&self, addr: u64, data: &[u8]) {
         // Guest CPU stores: not DMA, so no Bus Master check; outside memory is dropped.
-        let _ = self.guest.mem.write(BusAddr(addr), data);
+        let _ = self
+            .guest
+            .mem
+            .lock()
+            .unwrap()
+            .write(BusAddr(addr), data, false);
     }
 
     #[track_caller]
