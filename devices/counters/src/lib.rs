@@ -114,6 +114,10 @@ pub struct Counters {
     pub devices: Vec<DeviceSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessSnapshot>,
+    /// Set instead of counters when the lab could not be read (a remote lab's control
+    /// socket did not answer): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl DirSnapshot {
@@ -273,6 +277,7 @@ impl Counters {
                 .map(|d| d.since(begin.device(&d.name).unwrap_or(&zero)))
                 .collect(),
             process: self.process,
+            error: self.error.clone().or_else(|| begin.error.clone()),
         }
     }
 

@@ -35,6 +35,7 @@ fn json_shape_is_the_contract() {
     let c = Counters {
         devices: vec![dev("nvme0", 4096, Some(("gpu0", 64)))],
         process: Some(ProcessSnapshot { rss_bytes: 7 }),
+        error: None,
     };
     let v = serde_json::to_value(&c).unwrap();
     assert_eq!(v["devices"][0]["dma"]["self"]["ops"], 0);
@@ -57,6 +58,7 @@ fn since_matches_devices_by_name_and_counts_new_peers_from_zero() {
     let begin = Counters {
         devices: vec![dev("gpu0", 0, None), dev("nvme0", 8192, None)],
         process: None,
+        error: None,
     };
     let end = Counters {
         devices: vec![
@@ -64,6 +66,7 @@ fn since_matches_devices_by_name_and_counts_new_peers_from_zero() {
             dev("gpu0", 0, None),
         ],
         process: Some(ProcessSnapshot { rss_bytes: 9 }),
+        error: None,
     };
     let d = end.since(&begin);
     let n = d.device("nvme0").unwrap();
@@ -91,6 +94,7 @@ fn paths_parse_print_and_look_up() {
     let c = Counters {
         devices: vec![dev("nvme0", 4096, Some(("gpu0", 64)))],
         process: Some(ProcessSnapshot { rss_bytes: 5 }),
+        error: None,
     };
     for (p, want) in [
         ("devices[nvme0].dma.peers.gpu0.write_bytes", Some(64)),
@@ -136,6 +140,7 @@ fn leaves_name_every_numeric_counter_and_round_trip() {
     let c = Counters {
         devices: vec![dev("nvme0", 4096, Some(("gpu0", 64)))],
         process: None,
+        error: None,
     };
     let leaves = c.leaves();
     // 5 routes (faults included) × 3 fields + 2 inbound × 2 fields + 1 error; no levels

@@ -309,6 +309,7 @@ impl Fabric {
         Counters {
             devices,
             process: None,
+            error: None,
         }
     }
 

@@ -440,6 +440,16 @@ pub struct GpuDevice {
     work: AtomicBool,
 }
 
+/// The first `n` bytes of the worker's bounce buffer (at most one engine step:
+/// [`copy::CHUNK`], [`checksum::CHUNK`]), grown on first use: a device that never copies
+/// or hashes holds none.
+fn bounce(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if buf.len() < n {
+        buf.resize(n, 0);
+    }
+    &mut buf[..n]
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -470,7 +480,6 @@ impl GpuDevice {
             });
         }
         let config_space = pci::layout(size, cfg.serial).config_space()?;
-        let chunk = copy::CHUNK.max(checksum::CHUNK);
         Ok(Self {
             cfg,
             config_space,
@@ -482,7 +491,7 @@ impl GpuDevice {
             worker: Mutex::new(Worker {
                 ce: None,
                 ck: None,
-                buf: vec![0; chunk],
+                buf: Vec::new(),
             }),
             work: AtomicBool::new(false),
         })
@@ -574,7 +583,7 @@ impl GpuDevice {
         if f.outcome.is_none() {
             let len = f.desc.len.get();
             let n = (len - f.done).min(copy::CHUNK as u64) as usize;
-            let buf = &mut w.buf[..n];
+            let buf = bounce(&mut w.buf, n);
             // validate() checked that src + len and dst + len do not overflow.
             let src = BusAddr(f.desc.src.get() + f.done);
             let dst = BusAddr(f.desc.dst.get() + f.done);
@@ -675,7 +684,7 @@ impl GpuDevice {
         };
 
         let n = run.remaining.min(checksum::CHUNK as u64) as usize;
-        let buf = &mut w.buf[..n];
+        let buf = bounce(&mut w.buf, n);
         let read = if n == 0 {
             Ok(())
         } else {

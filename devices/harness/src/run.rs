@@ -32,7 +32,7 @@ use crate::witness;
 use anyhow::{bail, Context, Result};
 use p2plab_guest_abi::{CaseId, ExecConfig, Tool, CASES};
 use p2plab_lab::config::{DeviceKind, Topology};
-use p2plab_lab::Lab;
+use p2plab_lab::{Lab, LabView, RemoteLab};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -111,6 +111,12 @@ pub struct RunArgs {
     /// $P2PLAB_QEMU): a developer's own build, >= 10.1 with vfio-user-pci (checked).
     #[arg(long)]
     pub qemu: Option<PathBuf>,
+    /// Boot against a lab already serving this topology (`p2plab serve --config FILE
+    /// --dir DIR`) instead of starting the devices here: QEMU connects to DIR's device
+    /// sockets and the counters come through DIR/control.sock. The lab keeps running
+    /// (and keeps its state, e.g. namespace contents) after the run.
+    #[arg(long, value_name = "DIR")]
+    pub lab: Option<PathBuf>,
     /// Show the whole console (default: KTAP lines and errors only) and build details.
     #[arg(short, long)]
     pub verbose: bool,
@@ -233,6 +239,46 @@ fn find_runner(args: &RunArgs, repo: &Path) -> Result<PathBuf> {
         "guest runner not built: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release \
          --target x86_64-unknown-linux-gnu -p p2plab-guest (or use scripts/run-guest, or --runner)",
     )
+}
+
+/// The lab serving `topo` at `dir` (`p2plab serve --dir DIR`): it must answer on its
+/// control socket, serve exactly the topology's p2plab devices and have their sockets.
+fn connect_lab(dir: &Path, topo: &Topology, config: &Path) -> Result<(RemoteLab, PathBuf)> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--lab {}", dir.display()))?;
+    let remote = RemoteLab::connect(&dir).with_context(|| {
+        format!(
+            "--lab {}: no lab answers there (start one: p2plab serve --config {} --dir {})",
+            dir.display(),
+            config.display(),
+            dir.display()
+        )
+    })?;
+    let counters = remote.try_snapshot()?;
+    let mut served: Vec<&str> = counters.devices.iter().map(|d| d.name.as_str()).collect();
+    let mut wanted: Vec<&str> = topo
+        .devices
+        .iter()
+        .filter(|d| d.kind.is_p2plab())
+        .map(|d| d.name.as_str())
+        .collect();
+    served.sort_unstable();
+    wanted.sort_unstable();
+    if served != wanted {
+        bail!(
+            "--lab {} serves {served:?}, topology {} needs {wanted:?}",
+            dir.display(),
+            topo.name
+        );
+    }
+    for name in wanted {
+        let sock = dir.join(format!("{name}.sock"));
+        let is_socket = std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket());
+        anyhow::ensure!(is_socket, "--lab: {} is not a socket", sock.display());
+    }
+    Ok((remote, dir))
 }
 
 fn timestamp() -> String {
@@ -463,11 +509,26 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         // SAFETY: setting a disposition; no handler code runs.
         unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     }
-    let lab = if has_p2plab {
-        Some(Lab::start(&topo, &run_dir).context("starting the lab's devices")?)
-    } else {
-        None
+    let (lab, remote) = match (&args.lab, has_p2plab) {
+        (Some(dir), true) => (None, Some(connect_lab(dir, &topo, &config)?)),
+        (Some(_), false) => bail!(
+            "topology {} has no p2plab devices: --lab has nothing to connect to",
+            topo.name
+        ),
+        (None, true) => (
+            Some(Lab::start(&topo, &run_dir).context("starting the lab's devices")?),
+            None,
+        ),
+        (None, false) => (None, None),
     };
+    let view: Option<&dyn LabView> = match (&lab, &remote) {
+        (Some(l), _) => Some(l),
+        (None, Some((r, _))) => Some(r),
+        (None, None) => None,
+    };
+    let sock_dir = remote
+        .as_ref()
+        .map_or(run_dir.as_path(), |(_, d)| d.as_path());
     let sockets: Vec<(String, PathBuf)> = topo
         .devices
         .iter()
@@ -476,7 +537,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             let p = lab
                 .as_ref()
                 .and_then(|l| l.socket_path(&d.name))
-                .unwrap_or_else(|| run_dir.join(format!("{}.sock", d.name)));
+                .unwrap_or_else(|| sock_dir.join(format!("{}.sock", d.name)));
             (d.name.clone(), p)
         })
         .collect();
@@ -519,6 +580,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         "qemu": argv,
         "runner": runner,
         "cpu_witness": plugin,
+        "lab": remote.as_ref().map(|(_, d)| d),
     });
     std::fs::write(
         run_dir.join("run.json"),
@@ -553,7 +615,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             &Supervision {
                 topo: &topo,
                 cases: &cases,
-                lab: lab.as_ref(),
+                lab: view,
                 run_dir: &run_dir,
                 timeout,
                 image_secs,
@@ -562,13 +624,16 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             },
         )
     };
-    // Whole-run counters for every run, a free-form --shell included (its proof).
-    if let Some(lab) = lab {
+    // Whole-run counters for every run, a free-form --shell included (its proof). With
+    // --lab they are the serving lab's, over its whole life.
+    if let Some(view) = view {
         let _ = std::fs::write(
             run_dir.join("counters.json"),
-            serde_json::to_string_pretty(&lab.snapshot())?,
+            serde_json::to_string_pretty(&view.snapshot())?,
         );
-        lab.shutdown();
+        if let Some(lab) = lab {
+            lab.shutdown();
+        }
     } else {
         std::fs::write(
             run_dir.join("counters.json"),

@@ -47,6 +47,7 @@ const WEIGHTS: &[(&str, u32)] = &[
     ("qemu-nvme-reference", 27),
     ("qemu-nvme-root-ports", 12),
     ("harness-splat", 8),
+    ("soak", 80),
 ];
 
 /// The weight of a row nobody measured (a new topology): about an average boot.

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use p2plab_counters::Counters;
 use p2plab_guest_abi::{CaseId, Marker};
 use p2plab_lab::config::Topology;
-use p2plab_lab::{BarWindow, Lab};
+use p2plab_lab::{BarWindow, LabView};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -164,8 +164,9 @@ pub struct Supervision<'a> {
     pub topo: &'a Topology,
     /// The cases the guest was asked to run, in order.
     pub cases: &'a [CaseId],
-    /// The lab serving the topology's p2plab devices (None: it has none).
-    pub lab: Option<&'a Lab>,
+    /// The lab serving the topology's p2plab devices, in this process or another
+    /// (`--lab`); None: the topology has none.
+    pub lab: Option<&'a dyn LabView>,
     pub run_dir: &'a Path,
     /// Wall-clock limit of the whole run.
     pub timeout: Option<Duration>,
@@ -250,7 +251,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
         }
     });
 
-    let snap = || lab.map_or_else(Counters::default, Lab::snapshot);
+    let snap = || lab.map_or_else(Counters::default, |l| l.snapshot());
     // The plugin binds its socket at QEMU start; connect lazily at the first case.
     let mut cpu = cpu_witness.then(|| Witness::new(run_dir.join("witness.sock")));
     let mut cpu_secs = 0.0f64;
@@ -342,7 +343,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
             if let Some(w) = cpu.as_mut() {
                 // BARs are programmed after boot: take the windows as they are now.
                 let tw = Instant::now();
-                let windows = lab.map(Lab::bar_windows).unwrap_or_default();
+                let windows = lab.map(|l| l.bar_windows()).unwrap_or_default();
                 match w.set_ranges(&windows).and_then(|()| w.snapshot()) {
                     Ok(s) => r.cpu_begin = Some((windows, s)),
                     Err(e) => eprintln!("p2plab: warning: CPU witness at {name} begin: {e:#}"),

@@ -122,6 +122,60 @@ pub fn request(sock: &Path, cmd: &str) -> anyhow::Result<String> {
     Ok(line.trim_end().to_string())
 }
 
+/// A lab in another process (`p2plab serve --dir DIR`), seen through its control
+/// socket: counters and BAR windows for a guest run booted against it.
+pub struct RemoteLab {
+    sock: PathBuf,
+}
+
+impl RemoteLab {
+    /// The lab whose run directory (or control socket) is `target`; it must answer.
+    pub fn connect(target: &Path) -> anyhow::Result<RemoteLab> {
+        let sock = socket_of(target);
+        let pong = request(&sock, "ping")?;
+        anyhow::ensure!(
+            pong == "\"pong\"",
+            "{} answered '{pong}' to ping: not a p2plab control socket",
+            sock.display()
+        );
+        Ok(RemoteLab { sock })
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> &Path {
+        &self.sock
+    }
+
+    /// The counters, or why they could not be read.
+    pub fn try_snapshot(&self) -> anyhow::Result<p2plab_counters::Counters> {
+        let reply = request(&self.sock, "stats")?;
+        serde_json::from_str(&reply).context("control socket sent invalid counters")
+    }
+}
+
+impl crate::lab::LabView for RemoteLab {
+    /// The counters; if the lab cannot be reached, no devices and an `error` (the
+    /// case's counter assertions then fail, naming it).
+    fn snapshot(&self) -> p2plab_counters::Counters {
+        self.try_snapshot().unwrap_or_else(|e| {
+            log::warn!("lab at {}: {e:#}", self.sock.display());
+            p2plab_counters::Counters {
+                error: Some(format!("{e:#}")),
+                ..Default::default()
+            }
+        })
+    }
+
+    fn bar_windows(&self) -> Vec<crate::lab::BarWindow> {
+        request(&self.sock, "windows")
+            .and_then(|r| serde_json::from_str(&r).context("invalid windows JSON"))
+            .unwrap_or_else(|e| {
+                log::warn!("lab at {}: windows: {e:#}", self.sock.display());
+                vec![]
+            })
+    }
+}
+
 fn socket_of(target: &Path) -> PathBuf {
     if target.is_dir() {
         target.join("control.sock")

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use vfio_user_server as vfu;
 
 /// One BAR window of a p2plab device as the guest programmed it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BarWindow {
     pub device: String,
     pub bar: u32,
@@ -311,6 +311,20 @@ impl<F: PciFunction + 'static> LabDevice<F> {
         self.sync_config(&live);
     }
 
+    /// Zero the memory BARs (VRAM, CMB) and give their pages back: the next client is
+    /// a new VM, which must find neither the last one's data (a leak between guests,
+    /// and stale state for its tests: p2p-read checks VRAM does not already hold its
+    /// pattern) nor keep the lab's memory resident after it has gone.
+    fn scrub_memory_bars(&self) {
+        for (bar, f) in self.memory_bars.iter().enumerate() {
+            let Some(f) = f else { continue };
+            let len = f.metadata().map_or(0, |m| m.len());
+            if let Err(e) = punch_hole(f, 0, len) {
+                log::warn!("{}: zeroing BAR{bar} memory: {e}", self.name);
+            }
+        }
+    }
+
     fn spawn_worker(&self) -> anyhow::Result<std::thread::JoinHandle<()>> {
         let function = self.function.clone();
         let kick = self.kick.clone();
@@ -432,6 +446,9 @@ impl<F: PciFunction + 'static> vfu::Device for LabDevice<F> {
 
     fn connected(&self, client: Arc<vfu::Client>) {
         log::info!("{}: client connected", self.name);
+        // Again here: a worker step that was still finishing when the last client
+        // left may have written after the scrub at its disconnect.
+        self.scrub_memory_bars();
         self.fabric.set_client(self.id, Some(client.dma().clone()));
         *self.irqs.0.write().unwrap_or_else(|p| p.into_inner()) = Some(client.irqs().clone());
     }
@@ -441,6 +458,7 @@ impl<F: PciFunction + 'static> vfu::Device for LabDevice<F> {
         *self.irqs.0.write().unwrap_or_else(|p| p.into_inner()) = None;
         self.fabric.set_client(self.id, None);
         self.reset_to(Some(&self.power_on_cfg));
+        self.scrub_memory_bars();
     }
 }
 
@@ -544,24 +562,33 @@ struct PunchHole;
 
 impl p2plab_nvme::Deallocate for PunchHole {
     fn punch_hole(&self, file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Err(std::io::ErrorKind::InvalidInput.into());
-        };
-        // SAFETY: fallocate on a valid open fd with plain integer arguments.
-        let r = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off,
-                len,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        punch_hole(file, offset, len)
     }
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: the range reads back as zeroes and its storage
+/// (disk blocks, or shmem pages of a memfd) is freed; the size stays.
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate on a valid open fd with plain integer arguments.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Lab {
@@ -581,15 +608,24 @@ impl Lab {
             lab.devices.push(start_device(&lab.fabric, dc, run_dir)?);
         }
         let f = lab.fabric.clone();
+        let bars = lab.memory_bars();
         lab.control = Some(crate::control::spawn(
             &run_dir.join("control.sock"),
             Arc::new(move |cmd: &str| match cmd {
-                "stats" => serde_json::to_string(&f.snapshot()).ok(),
+                "stats" => serde_json::to_string(&snapshot_of(&f, &bars)).ok(),
                 "windows" => serde_json::to_string(&windows_of(&f)).ok(),
                 _ => None,
             }),
         )?);
         Ok(lab)
+    }
+
+    /// Each device's name and the memfds behind its memory BARs.
+    fn memory_bars(&self) -> Vec<(String, Vec<Arc<File>>)> {
+        self.devices
+            .iter()
+            .map(|d| (d.name.clone(), d.memory_bars.clone()))
+            .collect()
     }
 
     /// Every device served: name, kind, vfio-user socket.
@@ -609,14 +645,10 @@ impl Lab {
 
     /// All counters (the counter contract), with each device's `bar_resident_bytes`
     /// (host memory actually backing its memory BARs: a sparse VRAM costs only what was
-    /// touched) and this process's resident set.
+    /// touched) and this process's resident set. The control socket's `stats` answers
+    /// the same document.
     pub fn snapshot(&self) -> Counters {
-        let mut c = self.fabric.snapshot();
-        add_resident_bytes(&mut c, &self.resident_bytes());
-        c.process = Some(ProcessSnapshot {
-            rss_bytes: process_rss_bytes(),
-        });
-        c
+        snapshot_of(&self.fabric, &self.memory_bars())
     }
 
     /// Memory BAR windows currently decoded (for the CPU witness).
@@ -626,13 +658,7 @@ impl Lab {
 
     /// Host memory resident in the devices' memory BARs (bytes), per device.
     pub fn resident_bytes(&self) -> Vec<(String, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        // st_blocks of a memfd counts the shmem pages allocated: cheap even for 128 GiB.
-        let allocated = |f: &Arc<File>| f.metadata().map_or(0, |m| m.blocks() * 512);
-        self.devices
-            .iter()
-            .map(|d| (d.name.clone(), d.memory_bars.iter().map(allocated).sum()))
-            .collect()
+        resident_bytes_of(&self.memory_bars())
     }
 
     /// Stop every device's server and worker and remove the sockets.
@@ -662,6 +688,45 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// What a guest run needs from the lab serving its devices: the counters and the
+/// decoded memory BAR windows. A [`Lab`] in this process, or one behind its control
+/// socket ([`crate::control::RemoteLab`], `p2plab serve`).
+pub trait LabView: Send + Sync {
+    /// All counters, in the counter contract's JSON shape ([`Lab::snapshot`]).
+    fn snapshot(&self) -> Counters;
+    /// Memory BAR windows currently decoded (for the CPU witness).
+    fn bar_windows(&self) -> Vec<BarWindow>;
+}
+
+impl LabView for Lab {
+    fn snapshot(&self) -> Counters {
+        Lab::snapshot(self)
+    }
+    fn bar_windows(&self) -> Vec<BarWindow> {
+        Lab::bar_windows(self)
+    }
+}
+
+/// The fabric's counters with each device's `bar_resident_bytes` and the process's
+/// `rss_bytes` added.
+fn snapshot_of(fabric: &Fabric, bars: &[(String, Vec<Arc<File>>)]) -> Counters {
+    let mut c = fabric.snapshot();
+    add_resident_bytes(&mut c, &resident_bytes_of(bars));
+    c.process = Some(ProcessSnapshot {
+        rss_bytes: process_rss_bytes(),
+    });
+    c
+}
+
+fn resident_bytes_of(bars: &[(String, Vec<Arc<File>>)]) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    // st_blocks of a memfd counts the shmem pages allocated: cheap even for 128 GiB.
+    let allocated = |f: &Arc<File>| f.metadata().map_or(0, |m| m.blocks() * 512);
+    bars.iter()
+        .map(|(name, files)| (name.clone(), files.iter().map(allocated).sum()))
+        .collect()
 }
 
 /// Sets each device's `bar_resident_bytes`, matched by name.
@@ -1008,6 +1073,36 @@ mod tests {
     }
 
     #[test]
+    fn a_client_leaving_zeroes_the_memory_bars_and_frees_their_pages() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        use vfu::Device;
+        let fabric = Fabric::new();
+        let id = fabric.add_device("dev0", "test");
+        let (file, _region) = memory_bar("dev0-mem", MEM_SIZE).unwrap();
+        let mut memory_bars: [Option<Arc<File>>; PCI_NUM_BARS] = Default::default();
+        memory_bars[MEM_BAR] = Some(file.clone());
+        let wiring = Wiring {
+            id,
+            irqs: Arc::new(ClientIrqs::default()),
+            memory_bars,
+        };
+        let dev = LabDevice::new("dev0", &fabric, wiring, Arc::new(Recorder::default()));
+        // What a guest left in its "VRAM".
+        file.write_all_at(&[0x5a; 8192], MEM_SIZE / 2).unwrap();
+        assert!(file.metadata().unwrap().blocks() > 0);
+        dev.disconnected();
+        let mut back = vec![0xff; 8192];
+        file.read_exact_at(&mut back, MEM_SIZE / 2).unwrap();
+        assert!(back.iter().all(|&b| b == 0), "the next client finds zeroes");
+        assert_eq!(file.metadata().unwrap().blocks(), 0, "pages given back");
+        assert_eq!(
+            file.metadata().unwrap().len(),
+            MEM_SIZE,
+            "size kept (sealed)"
+        );
+    }
+
+    #[test]
     fn programmed_bars_decode_and_reach_the_function() {
         let b = bench();
         assert_eq!(
@@ -1172,6 +1267,7 @@ mod tests {
         let mut counters = Counters {
             devices: vec![dev("gpu0"), dev("nvme0")],
             process: None,
+            error: None,
         };
         let resident = [("nvme0".to_string(), 4096), ("gpu0".to_string(), 8192)];
         add_resident_bytes(&mut counters, &resident);
@@ -1239,6 +1335,29 @@ mod tests {
             "the lab leaves its images"
         );
         std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn a_remote_view_reads_the_same_counters_and_windows_as_the_lab() {
+        let dir = fresh_dir("remote");
+        let lab = Lab::start(&tiny_topology(), &dir).expect("lab starts");
+        let remote = crate::RemoteLab::connect(&dir).expect("the control socket answers");
+        let (local, far) = (LabView::snapshot(&lab), LabView::snapshot(&remote));
+        let names =
+            |v: &Counters| -> Vec<String> { v.devices.iter().map(|d| d.name.clone()).collect() };
+        assert_eq!(names(&far), ["nvme0", "gpu0"]);
+        assert_eq!(names(&far), names(&local));
+        for v in [&local, &far] {
+            assert!(v.process.is_some_and(|p| p.rss_bytes > 0));
+        }
+        assert_eq!(LabView::bar_windows(&remote), LabView::bar_windows(&lab));
+        lab.shutdown();
+        assert!(
+            crate::RemoteLab::connect(&dir).is_err(),
+            "nobody answers once the lab stopped"
+        );
+        assert!(LabView::snapshot(&remote).error.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

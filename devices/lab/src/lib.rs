@@ -10,8 +10,9 @@
 //!   memfds behind its memory BARs and its worker thread, and handles every config event
 //!   (BAR moves, Command, FLR, D3hot) in one place. The fabric (`p2plab-fabric`) routes
 //!   and counts every DMA.
-//! - [`control`]: the control socket (`stats`, `windows`) and its client
-//!   (`p2plab stats`).
+//! - [`control`]: the control socket (`stats`, `windows`) and its clients
+//!   (`p2plab stats`; [`RemoteLab`], a lab in another process as a [`LabView`], which
+//!   `p2plab run --lab` boots against).
 //! - [`serve`]: `p2plab serve`, the lab without a guest.
 //!
 //! # Architecture
@@ -27,4 +28,5 @@ pub mod control;
 pub mod lab;
 pub mod serve;
 
-pub use lab::{BarWindow, Lab};
+pub use control::RemoteLab;
+pub use lab::{BarWindow, Lab, LabView};

@@ -356,7 +356,7 @@ impl NvmeController {
         if cc.shn() != 0 && !st.shutdown_done {
             did = true;
             for ns in &self.sh.namespaces {
-                if let Err(e) = ns.file.sync_data() {
+                if let Err(e) = ns.sync() {
                     log::warn!("nvme {}: flush at shutdown: {e}", self.sh.serial);
                 }
             }
@@ -426,7 +426,8 @@ impl NvmeController {
     }
 
     /// Latest tail of SQ `qid`: the shadow doorbell for I/O queues when configured, else
-    /// the MMIO doorbell. Out-of-range values raise Invalid Doorbell Write Value.
+    /// the MMIO doorbell. Out-of-range values raise Invalid Doorbell Write Value, once
+    /// per value.
     fn refresh_sq_tail(&self, st: &mut State, qid: u16) {
         let Some(sq) = st.sqs[usize::from(qid)].as_mut() else {
             return;
@@ -440,12 +441,17 @@ impl NvmeController {
         };
         if v < sq.entries {
             sq.tail = v;
-        } else {
+            sq.rejected_shadow = None;
+        } else if sq.rejected_shadow != Some(v) {
+            // Once per bad value: a bad value left in the shadow buffer must not make
+            // every pass report it again (the worker would never go idle).
+            sq.rejected_shadow = Some(v);
             self.sh.doorbells.note_error(DB_ERR_INVALID_VALUE);
         }
     }
 
-    /// Latest head of CQ `qid`; a head that passes entries not yet posted is rejected.
+    /// Latest head of CQ `qid`; a head that passes entries not yet posted is rejected
+    /// (reported once per value, like a bad SQ tail).
     fn refresh_cq_head(&self, st: &mut State, qid: u16) {
         let Some(cq) = st.cqs[usize::from(qid)].as_mut() else {
             return;
@@ -461,7 +467,9 @@ impl NvmeController {
         let posted = (cq.tail + n - cq.head) % n;
         if v < n && (v + n - cq.head) % n <= posted {
             cq.head = v;
-        } else {
+            cq.rejected_shadow = None;
+        } else if cq.rejected_shadow != Some(v) {
+            cq.rejected_shadow = Some(v);
             self.sh.doorbells.note_error(DB_ERR_INVALID_VALUE);
         }
     }
@@ -579,7 +587,7 @@ impl NvmeController {
             let result = if qid == 0 {
                 admin::handle(&self.sh, st, &cmd)
             } else {
-                io::handle(&self.sh, &cmd)
+                io::handle(&self.sh, &cmd, st.features.volatile_write_cache)
             };
             let (dw0, status) = match result {
                 Ok(Outcome::Complete(dw0)) => (dw0, Status::SUCCESS),
@@ -815,6 +823,9 @@ impl PciFunction for NvmeController {
             }
         }
         st.rr = (start + 1) % n.max(1);
+        // Bad shadow doorbell values found while servicing: raised now, so their
+        // events go out in this pass rather than whenever something else wakes us.
+        did |= self.doorbell_errors(&mut st);
         did |= self.deliver_async_events(&mut st);
         self.raise_interrupts(&mut st);
         did
@@ -862,7 +873,8 @@ impl PciFunction for NvmeController {
                 work |= self.sq_has_work(&mut st, qid);
             }
         }
-        work
+        // A bad shadow tail found just now is work too (its event).
+        work | self.doorbell_errors(&mut st)
     }
 }
 
@@ -886,6 +898,18 @@ fn copy_in(dst: &mut [u8], offset: u64, data: &[u8]) {
     }
     let n = data.len().min(dst.len() - start);
     dst[start..start + n].copy_from_slice(&data[..n]);
+}
+
+#[cfg(test)]
+impl NvmeController {
+    /// `fdatasync`s of each namespace's file so far, NSID 1 first.
+    pub(crate) fn namespace_syncs(&self) -> Vec<u64> {
+        self.sh
+            .namespaces
+            .iter()
+            .map(|ns| ns.syncs.load(Ordering::Relaxed))
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for NvmeController {

@@ -23,7 +23,9 @@ use crate::state::Shared;
 const ZERO_CHUNK: usize = 1 << 20;
 
 /// Executes I/O command `cmd`; I/O commands always complete at once (DW0 = 0).
-pub fn handle(sh: &Shared, cmd: &Command) -> CommandResult {
+/// `write_cache` is the Volatile Write Cache feature's WCE: when the host has disabled
+/// the cache, every write is durable before it completes, as with FUA.
+pub fn handle(sh: &Shared, cmd: &Command, write_cache: bool) -> CommandResult {
     if cmd.cdw0.fuse() != 0 {
         return Err(Status::INVALID_FIELD_IN_COMMAND.into());
     }
@@ -36,9 +38,9 @@ pub fn handle(sh: &Shared, cmd: &Command) -> CommandResult {
         .ok_or(Status::INVALID_NAMESPACE_OR_FORMAT)?;
     match op {
         NvmOpcode::READ => read(sh, ns, cmd),
-        NvmOpcode::WRITE => write(sh, ns, cmd),
+        NvmOpcode::WRITE => write(sh, ns, cmd, write_cache),
         NvmOpcode::COMPARE => compare(sh, ns, cmd),
-        NvmOpcode::WRITE_ZEROES => write_zeroes(ns, cmd),
+        NvmOpcode::WRITE_ZEROES => write_zeroes(ns, cmd, write_cache),
         NvmOpcode::DATASET_MANAGEMENT => dataset_management(sh, ns, cmd),
         _ => Err(Status::INVALID_COMMAND_OPCODE.into()),
     }
@@ -108,7 +110,7 @@ fn read(sh: &Shared, ns: &Namespace, cmd: &Command) -> Result<(), NvmeError> {
     Ok(())
 }
 
-fn write(sh: &Shared, ns: &Namespace, cmd: &Command) -> Result<(), NvmeError> {
+fn write(sh: &Shared, ns: &Namespace, cmd: &Command, write_cache: bool) -> Result<(), NvmeError> {
     let (mut off, len, cdw12) = rw_range(sh, ns, cmd)?;
     let runs = data_runs(sh, cmd, len, false)?;
     for r in &runs {
@@ -118,10 +120,8 @@ fn write(sh: &Shared, ns: &Namespace, cmd: &Command) -> Result<(), NvmeError> {
             .map_err(|e| media_or_transfer(sh, e, Status::WRITE_FAULT))?;
         off += r.len;
     }
-    if cdw12.fua() {
-        ns.file
-            .sync_data()
-            .map_err(|e| NvmeError::new(Status::WRITE_FAULT, e))?;
+    if cdw12.fua() || !write_cache {
+        ns.sync()?;
     }
     sh.stats.write_cmds.fetch_add(1, Relaxed);
     sh.stats.written_512.fetch_add(len / 512, Relaxed);
@@ -138,9 +138,7 @@ fn flush(sh: &Shared, nsid: u32) -> Result<(), NvmeError> {
             .ok_or(Status::INVALID_NAMESPACE_OR_FORMAT)?]
     };
     for ns in targets {
-        ns.file
-            .sync_data()
-            .map_err(|e| NvmeError::new(Status::WRITE_FAULT, e))?;
+        ns.sync()?;
     }
     Ok(())
 }
@@ -181,14 +179,12 @@ fn zero_range(ns: &Namespace, off: u64, len: u64, deallocate: bool) -> Result<()
 
 /// Write Zeroes (§6.16): not limited by MDTS; DEAC punches a hole when the host
 /// provides deallocation, which reads back as zeroes too.
-fn write_zeroes(ns: &Namespace, cmd: &Command) -> Result<(), NvmeError> {
+fn write_zeroes(ns: &Namespace, cmd: &Command, write_cache: bool) -> Result<(), NvmeError> {
     let (slba, nlb, cdw12) = lba_range(cmd);
     let (off, len) = ns.byte_range(slba, nlb)?;
     zero_range(ns, off, len, cdw12.deac())?;
-    if cdw12.fua() {
-        ns.file
-            .sync_data()
-            .map_err(|e| NvmeError::new(Status::WRITE_FAULT, e))?;
+    if cdw12.fua() || !write_cache {
+        ns.sync()?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Namespaces: a backing file, an LBA size, and identifiers derived from the serial.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nvme_spec::identify::{
@@ -43,6 +44,8 @@ pub(crate) struct Namespace {
     pub eui64: [u8; 8],
     pub uuid: [u8; 16],
     pub deallocate: Option<Arc<dyn Deallocate>>,
+    /// `fdatasync`s of the backing file so far ([`Namespace::sync`]).
+    pub syncs: AtomicU64,
 }
 
 /// FNV-1a of `data` from the offset basis xor `seed` (stable identifiers).
@@ -109,7 +112,18 @@ impl Namespace {
             eui64,
             uuid,
             deallocate,
+            syncs: AtomicU64::new(0),
         })
+    }
+
+    /// Make everything written so far durable: `fdatasync` the backing file. What
+    /// Flush, a FUA write, a write with the volatile write cache disabled and a
+    /// shutdown rely on; a failure is a Write Fault.
+    pub fn sync(&self) -> Result<(), NvmeError> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.file
+            .sync_data()
+            .map_err(|e| NvmeError::new(Status::WRITE_FAULT, e))
     }
 
     /// Byte offset and length of `nlb` blocks at `slba`, or LBA Out of Range.

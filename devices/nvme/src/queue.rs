@@ -149,6 +149,9 @@ pub struct SubmissionQueue {
     pub tail: u32,
     pub cqid: u16,
     pub shadow: Option<Shadow>,
+    /// The last out-of-range value read from the shadow doorbell: reported once, not
+    /// again on every pass while the driver leaves it there.
+    pub rejected_shadow: Option<u32>,
 }
 
 impl SubmissionQueue {
@@ -161,6 +164,7 @@ impl SubmissionQueue {
             tail: 0,
             cqid,
             shadow: None,
+            rejected_shadow: None,
         }
     }
 
@@ -198,6 +202,8 @@ pub struct CompletionQueue {
     /// Number of SQs completing into this CQ.
     pub sq_count: u32,
     pub shadow: Option<Shadow>,
+    /// The last rejected shadow head (see [`SubmissionQueue::rejected_shadow`]).
+    pub rejected_shadow: Option<u32>,
 }
 
 impl CompletionQueue {
@@ -213,6 +219,7 @@ impl CompletionQueue {
             ien,
             sq_count: 0,
             shadow: None,
+            rejected_shadow: None,
         }
     }
 

@@ -1069,18 +1069,119 @@ fn unknown_namespace_and_opcode_are_rejected() {
     assert_eq!(h.io(c), Status::INVALID_COMMAND_OPCODE);
 }
 
+// ---- data safety: Flush, FUA, the volatile write cache ----
+
+fn flush(h: &mut Harness, nsid: u32) -> Status {
+    let mut c = h.cmd(NvmOpcode::FLUSH.0);
+    c.nsid = nsid;
+    h.io(c)
+}
+
+fn set_write_cache(h: &mut Harness, enabled: bool) {
+    let mut c = h.cmd(AdminOpcode::SET_FEATURES.0);
+    c.cdw10 = u32::from(FeatureId::VOLATILE_WRITE_CACHE.0);
+    c.cdw11 = u32::from(enabled);
+    h.admin_ok(c);
+}
+
 #[test]
-fn flush_and_fua_write_succeed() {
+fn flush_fdatasyncs_its_namespace_or_every_one() {
     let mut h = Harness::new();
     h.ready();
-    let mut c = h.cmd(NvmOpcode::FLUSH.0);
-    c.nsid = 0xffff_ffff;
-    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(flush(&mut h, 1), Status::SUCCESS);
+    assert_eq!(h.ctrl.namespace_syncs(), [1, 0]);
+    assert_eq!(flush(&mut h, 0xffff_ffff), Status::SUCCESS);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [2, 1],
+        "broadcast: every namespace"
+    );
+    assert_eq!(flush(&mut h, 3), Status::INVALID_NAMESPACE_OR_FORMAT);
+    assert_eq!(h.ctrl.namespace_syncs(), [2, 1]);
+}
+
+#[test]
+fn fua_writes_are_durable_before_they_complete_and_plain_ones_wait_for_flush() {
+    let mut h = Harness::new();
+    h.ready();
     h.mem.poke(DATA, &[0x5a; 512]);
-    let mut c = h.rw(NvmOpcode::WRITE, 3, 1, DATA, 0);
+    let c = h.rw(NvmOpcode::WRITE, 3, 1, DATA, 0);
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [0, 0],
+        "write-back cache: no sync"
+    );
+    let mut c = h.rw(NvmOpcode::WRITE, 4, 1, DATA, 0);
     c.cdw12 = RwCdw12::from_bits(c.cdw12).with_fua(true).into_bits();
     assert_eq!(h.io(c), Status::SUCCESS);
-    assert_eq!(h.file_bytes(0, 3 * 512, 512), vec![0x5a; 512]);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [1, 0],
+        "FUA: synced before completion"
+    );
+    assert_eq!(h.file_bytes(0, 4 * 512, 512), vec![0x5a; 512]);
+    let mut c = h.rw(NvmOpcode::WRITE_ZEROES, 4, 1, 0, 0);
+    c.cdw12 = RwCdw12::from_bits(c.cdw12).with_fua(true).into_bits();
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [2, 0],
+        "Write Zeroes with FUA too"
+    );
+}
+
+#[test]
+fn writes_are_write_through_while_the_host_disables_the_write_cache() {
+    let mut h = Harness::new();
+    h.ready();
+    set_write_cache(&mut h, false);
+    h.mem.poke(DATA, &[0xa5; 512]);
+    let c = h.rw(NvmOpcode::WRITE, 0, 1, DATA, 0);
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(h.ctrl.namespace_syncs(), [1, 0]);
+    let c = h.rw(NvmOpcode::WRITE_ZEROES, 0, 1, 0, 0);
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(h.ctrl.namespace_syncs(), [2, 0]);
+    set_write_cache(&mut h, true);
+    let c = h.rw(NvmOpcode::WRITE, 0, 1, DATA, 0);
+    assert_eq!(h.io(c), Status::SUCCESS);
+    assert_eq!(
+        h.ctrl.namespace_syncs(),
+        [2, 0],
+        "cache back on: write-back"
+    );
+}
+
+#[test]
+fn a_normal_shutdown_syncs_every_namespace() {
+    let mut h = Harness::new();
+    h.enable();
+    h.w32(
+        r::CC,
+        Harness::cc_enabled().with_shn(CC_SHN_NORMAL).into_bits(),
+    );
+    h.run();
+    assert_eq!(h.csts().shst(), CSTS_SHST_COMPLETE);
+    assert_eq!(h.ctrl.namespace_syncs(), [1, 1]);
+}
+
+#[test]
+fn a_failed_fdatasync_is_a_write_fault() {
+    use std::os::unix::fs::OpenOptionsExt;
+    // An O_PATH descriptor: fstat works (the namespace opens), fdatasync fails (EBADF).
+    let path = TempFile::new(NS_SIZE);
+    let mut h = Harness::with(|cfg| {
+        cfg.namespaces[1].file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&path.path)
+            .unwrap();
+    });
+    h.ready();
+    assert_eq!(flush(&mut h, 1), Status::SUCCESS);
+    assert_eq!(flush(&mut h, 2), Status::WRITE_FAULT);
+    assert_eq!(flush(&mut h, 0xffff_ffff), Status::WRITE_FAULT);
 }
 
 #[test]
@@ -1766,6 +1867,87 @@ fn invalid_doorbell_value_completes_an_aer() {
         AsyncEventErrorInfo::INVALID_DOORBELL_WRITE_VALUE
     );
     assert_eq!(LogPageId(ev.lid()), LogPageId::ERROR_INFORMATION);
+}
+
+/// Shadow doorbells configured and one AER outstanding.
+fn shadowed_with_aer(h: &mut Harness) -> Command {
+    h.ready();
+    let aer = h.cmd(AdminOpcode::ASYNC_EVENT_REQUEST.0);
+    h.submit_admin(&aer);
+    h.run();
+    let mut c = h.cmd(AdminOpcode::DOORBELL_BUFFER_CONFIG.0);
+    c.dptr = [DBS_BUF, EIS_BUF];
+    h.admin_ok(c);
+    aer
+}
+
+#[track_caller]
+fn assert_invalid_doorbell_value_event(h: &mut Harness, aer: &Command) {
+    let cqe = h.reap_admin().expect("AER completion");
+    assert_eq!(cqe.cid, aer.cdw0.cid());
+    let ev = AsyncEventCompletion::from_bits(cqe.dw0);
+    assert_eq!(
+        AsyncEventErrorInfo(ev.aei()),
+        AsyncEventErrorInfo::INVALID_DOORBELL_WRITE_VALUE
+    );
+}
+
+// Found by the nvme_commands fuzz target: a bad value left in the shadow buffer was
+// reported again on every pass, so `process` never went idle (a worker spinning for as
+// long as the guest liked).
+#[test]
+fn bad_shadow_sq_tail_is_reported_once_and_the_worker_goes_idle() {
+    let mut h = Harness::new();
+    let aer = shadowed_with_aer(&mut h);
+    h.mem.poke(DBS_BUF + 8, &(IO_ENTRIES + 5).to_le_bytes()); // SQ1 tail: index 2
+    h.run();
+    assert_invalid_doorbell_value_event(&mut h, &aer);
+    assert!(!h.ctrl.process(), "idle while the bad value stays");
+    assert!(!h.ctrl.needs_processing());
+    // A good tail afterwards is taken.
+    let mut f = h.cmd(NvmOpcode::FLUSH.0);
+    f.nsid = 1;
+    h.submit_io(&f, false);
+    h.mem.poke(DBS_BUF + 8, &h.io_tail.to_le_bytes());
+    h.w32(r::sq_tail_doorbell(1, 0), h.io_tail);
+    h.run();
+    assert_eq!(
+        status(&h.reap_io().expect("flush completion")),
+        Status::SUCCESS
+    );
+}
+
+#[test]
+fn bad_shadow_cq_head_is_reported_once_and_the_worker_goes_idle() {
+    let mut h = Harness::new();
+    let aer = shadowed_with_aer(&mut h);
+    let (sq_shadow, cq_shadow) = (DBS_BUF + 8, DBS_BUF + 12); // SQ1 tail, CQ1 head
+    let flush = |h: &mut Harness| {
+        let mut f = h.cmd(NvmOpcode::FLUSH.0);
+        f.nsid = 1;
+        h.submit_io(&f, false);
+        h.mem.poke(sq_shadow, &h.io_tail.to_le_bytes());
+        h.w32(r::sq_tail_doorbell(1, 0), h.io_tail);
+    };
+    // Fill the CQ (IO_ENTRIES - 1 completions, none consumed).
+    for _ in 0..IO_ENTRIES - 1 {
+        flush(&mut h);
+    }
+    h.run();
+    // One more command must wait for room, and the head the controller reads is no
+    // index at all.
+    h.mem.poke(cq_shadow, &(IO_ENTRIES + 7).to_le_bytes());
+    flush(&mut h);
+    h.run();
+    assert_invalid_doorbell_value_event(&mut h, &aer);
+    assert!(!h.ctrl.process(), "idle while the bad value stays");
+    // A valid head lets the waiting command complete.
+    h.mem.poke(cq_shadow, &(IO_ENTRIES - 1).to_le_bytes());
+    h.w32(r::cq_head_doorbell(1, 0), IO_ENTRIES - 1);
+    h.run();
+    let last = Completion::read_from_bytes(&h.mem.peek(IO_CQ + 16 * u64::from(IO_ENTRIES - 1), 16))
+        .unwrap();
+    assert!(last.status.p(), "the waiting flush completed");
 }
 
 #[test]
