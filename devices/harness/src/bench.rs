@@ -1,9 +1,10 @@
 //! `p2plab bench`: the lab against the reference, measured in the same run.
 //!
 //! Measures the host limits first (this process, no guest running: `limits.rs`), then
-//! boots the baseline topology (QEMU's built-in NVMe with CMB, `qemu-nvme-reference`) and
-//! the p2plab topology (`switch`) one after the other and runs the guest `bench` case in
-//! each. The guest prints every sample of every metric (`# BENCH <metric> <value>`, at
+//! boots the baseline topology (QEMU's built-in NVMe with CMB, `qemu-nvme-reference`) — a
+//! second time with QEMU's DMA bounce buffer raised from 4 KiB to 2 MiB, for the P2P
+//! figures (`*_bounce2m`) — and the p2plab topology (`switch`) one after the other and runs
+//! the guest `bench` case in each. The guest prints every sample of every metric (`# BENCH <metric> <value>`, at
 //! least five per metric, all in one boot); this prints the median with min..max of each
 //! side, the ratio of the medians p2plab / baseline, and each figure's fraction of the host
 //! limit it is set against. `OUT/bench.json` keeps all of it with the lab process's RSS,
@@ -39,6 +40,10 @@ pub struct BenchArgs {
     /// Its module tree (`p2plab run --modules`).
     #[arg(long, requires = "kernel")]
     modules: Option<PathBuf>,
+    /// Skip the second baseline boot with QEMU's bounce buffer at 2 MiB
+    /// (`p2p_read_bounce2m`, `p2p_write_bounce2m`).
+    #[arg(long)]
+    no_bounce2m: bool,
 }
 
 /// A guest metric as `p2plab bench` reports it.
@@ -133,6 +138,18 @@ const METRICS: &[Metric] = &[
         PREAD_MEMFD,
     ),
     metric(
+        "p2p_read_bounce2m",
+        "MiB/s",
+        "p2p_read against the baseline booted again with QEMU's bounce buffer at 2 MiB (x-max-bounce-buffer-size)",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "p2p_write_bounce2m",
+        "MiB/s",
+        "p2p_write against the baseline booted again with QEMU's bounce buffer at 2 MiB",
+        PREAD_MEMFD,
+    ),
+    metric(
         "nvme_to_ram",
         "MiB/s",
         "NVMe → guest RAM, O_DIRECT 1 MiB reads",
@@ -163,6 +180,27 @@ const METRICS: &[Metric] = &[
         MEMCPY,
     ),
 ];
+
+/// QEMU arguments of the second baseline boot: every QEMU NVMe controller may bounce up
+/// to 2 MiB at once when its DMA targets MMIO (a peer's CMB) instead of the 4 KiB default.
+const BOUNCE_2M: [&str; 2] = ["-global", "nvme.x-max-bounce-buffer-size=2M"];
+
+/// `p2p_read_bounce2m` / `p2p_write_bounce2m`: the baseline side from the 2 MiB-bounce
+/// boot, the p2plab side the same samples as `p2p_read` / `p2p_write`.
+fn pair_bounce2m(
+    base: &mut BTreeMap<String, Vec<f64>>,
+    ours: &mut BTreeMap<String, Vec<f64>>,
+    bounce: &BTreeMap<String, Vec<f64>>,
+) {
+    for m in ["p2p_read", "p2p_write"] {
+        if let Some(v) = bounce.get(m) {
+            base.insert(format!("{m}_bounce2m"), v.clone());
+        }
+        if let Some(v) = ours.get(m).cloned() {
+            ours.insert(format!("{m}_bounce2m"), v);
+        }
+    }
+}
 
 /// Every `# BENCH <metric> <value>` line of a console log: the samples of each metric,
 /// in the order printed.
@@ -210,6 +248,7 @@ fn run_one(
     config: &Path,
     out: &Path,
     args: &BenchArgs,
+    qemu_args: &[&str],
 ) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Counters)> {
     let exe = std::env::current_exe().context("locating p2plab")?;
     let mut cmd = std::process::Command::new(exe);
@@ -229,6 +268,9 @@ fn run_one(
     }
     if let Some(m) = &args.modules {
         cmd.arg("--modules").arg(m);
+    }
+    for a in qemu_args {
+        cmd.arg(format!("--qemu-arg={a}"));
     }
     let status = cmd
         .stdin(std::process::Stdio::null())
@@ -440,14 +482,30 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     eprintln!(
-        "p2plab bench: host limits, then baseline {} and {} (results in {})",
+        "p2plab bench: host limits, then baseline {}{} and {} (results in {})",
         args.baseline.display(),
+        if args.no_bounce2m {
+            ""
+        } else {
+            " (twice: QEMU's default bounce buffer and 2 MiB)"
+        },
         args.config.display(),
         out.display()
     );
     let host = limits::measure(&out).context("measuring the host limits")?;
-    let (base, _) = run_one(&args.baseline, &out.join("baseline"), &args)?;
-    let (ours, counters) = run_one(&args.config, &out.join("p2plab"), &args)?;
+    let (mut base, _) = run_one(&args.baseline, &out.join("baseline"), &args, &[])?;
+    let (bounce, _) = if args.no_bounce2m {
+        Default::default()
+    } else {
+        run_one(
+            &args.baseline,
+            &out.join("baseline-bounce2m"),
+            &args,
+            &BOUNCE_2M,
+        )?
+    };
+    let (mut ours, counters) = run_one(&args.config, &out.join("p2plab"), &args, &[])?;
+    pair_bounce2m(&mut base, &mut ours, &bounce);
     let mut r = compare(&base, &ours, &host);
 
     let mut counts: Vec<usize> = base.values().chain(ours.values()).map(Vec::len).collect();
@@ -525,6 +583,28 @@ mod tests {
         assert_eq!(m["p2p_read"], vec![2861.3, 2000.0]);
     }
 
+    /// The 2 MiB-bounce rows: the baseline from the second baseline boot, p2plab's the
+    /// same samples as its p2p_read / p2p_write; nothing from a boot that did not run.
+    #[test]
+    fn bounce2m_rows_pair_the_second_baseline_with_p2plab() {
+        let map = |kv: &[(&str, f64)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), vec![*v]))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let mut base = map(&[("p2p_read", 50.0), ("p2p_write", 40.0)]);
+        let mut ours = map(&[("p2p_read", 1000.0), ("p2p_write", 900.0)]);
+        let bounce = map(&[("p2p_read", 200.0), ("p2p_write", 150.0)]);
+        super::pair_bounce2m(&mut base, &mut ours, &bounce);
+        assert_eq!(base["p2p_read_bounce2m"], vec![200.0]);
+        assert_eq!(base["p2p_write_bounce2m"], vec![150.0]);
+        assert_eq!(ours["p2p_read_bounce2m"], vec![1000.0]);
+        assert_eq!(base["p2p_read"], vec![50.0], "the default-bounce row is kept");
+        let mut base = map(&[("p2p_read", 50.0)]);
+        super::pair_bounce2m(&mut base, &mut ours, &Default::default());
+        assert!(!base.contains_key("p2p_read_bounce2m"));
+    }
+
     #[test]
     fn stats_take_the_median() {
         let s = Stats::of(&[5.0, 1.0, 3.0, 2.0, 4.0]).unwrap();
@@ -585,6 +665,8 @@ mod tests {
                 "p2p_read",
                 "uring_dmabuf_read",
                 "p2p_write",
+                "p2p_read_bounce2m",
+                "p2p_write_bounce2m",
                 "nvme_to_ram",
                 "ram_to_nvme",
                 "own_cmb_read",

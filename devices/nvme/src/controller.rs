@@ -169,6 +169,7 @@ impl NvmeController {
             regs: Mutex::new(RegFile::new(cap, Cmb::new(cfg.cmb_size))),
             doorbells: Doorbells::new(queues),
             work: AtomicBool::new(false),
+            completed: AtomicU64::new(0),
             bus_master: AtomicBool::new(false),
             reset_epoch: AtomicU64::new(0),
             msix: Mutex::new(vec![0; pci::MSIX_BAR_SIZE as usize]),
@@ -630,6 +631,7 @@ impl NvmeController {
         };
         match cq.push(&*self.sh.dma, cqe) {
             Ok(()) => {
+                self.sh.completed.fetch_add(1, Ordering::Relaxed);
                 if !st.irq_cqs.contains(&cqid) {
                     st.irq_cqs.push(cqid);
                 }
@@ -856,6 +858,11 @@ impl PciFunction for NvmeController {
     /// last started.
     fn needs_processing(&self) -> bool {
         self.sh.work.load(Ordering::Acquire)
+    }
+
+    /// Every completion posted, admin and I/O.
+    fn completed(&self) -> Option<u64> {
+        Some(self.sh.completed.load(Ordering::Relaxed))
     }
 
     /// Publishes EventIdx = tail on every I/O SQ with a shadow doorbell (the driver's next

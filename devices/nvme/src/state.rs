@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     /// The worker has something to do (`needs_processing`); cleared when `process`
     /// starts.
     pub work: AtomicBool,
+    /// Commands completed (posted to a CQ), for `PciFunction::completed`.
+    pub completed: AtomicU64,
     /// Bus Master Enable as the host reports it; no DMA while clear.
     pub bus_master: AtomicBool,
     /// Bumped by every reset; the worker tears its state down when it sees a new value.

@@ -103,6 +103,15 @@ pub trait PciFunction: Send + Sync {
         false
     }
 
+    /// Commands (units of guest work) completed since the function was created, if it
+    /// counts them. The host's worker uses the rate to choose how it polls after a
+    /// burst: a low rate is latency-bound I/O (one command at a time), worth a
+    /// yielding spin; a high rate is throughput-bound, better served by paced passes
+    /// that complete several commands per interrupt. `None` (the default): paced only.
+    fn completed(&self) -> Option<u64> {
+        None
+    }
+
     /// Counters of guest errors the function caught and answered (commands failed by
     /// status, rejected doorbells, engine faults, fatal states), as `(name, count)`;
     /// names are lower-case words joined by `_`. Monotonic over the function's life: a
