@@ -338,6 +338,10 @@ case_table! {
         when: Any, roles: [Client, Provider], tools: [Fio], needs: [OnRequest],
         description: "throughput figures for `p2plab bench` (NVMe<->RAM, P2P read/write, own CMB, CPU on p2pmem); on request only",
     },
+    VramRss = "vram-rss" {
+        when: Any, roles: [Client, Provider], tools: [], needs: [P2plabClient, GpuProvider, OnRequest],
+        description: "for `p2plab bench` on a large-VRAM GPU: p2plab's RSS and the VRAM's resident bytes (vendor log 0xC0) after the CPU touches 0, 64 MiB and 1 GiB of provider p2pmem; on request only",
+    },
     /// The developer's `--exec` command: `ok` iff it exits 0 (its output is kept as
     /// `cases/exec/output.log`).
     Exec = "exec" {

@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Its module tree (`p2plab run --modules`).
     #[arg(long, requires = "kernel")]
     modules: Option<PathBuf>,
+    /// Skip the large-VRAM boot (`vram128g`: boot time and p2plab's RSS as the guest
+    /// touches 0, 64 MiB and 1 GiB of a 128 GiB VRAM).
+    #[arg(long)]
+    no_vram128g: bool,
     /// Skip the second baseline boot with QEMU's bounce buffer at 2 MiB
     /// (`p2p_read_bounce2m`, `p2p_write_bounce2m`).
     #[arg(long)]
@@ -181,6 +185,75 @@ const METRICS: &[Metric] = &[
     ),
 ];
 
+/// The topology of the large-VRAM boot: `switch` with a 128 GiB VRAM BAR.
+const VRAM_CONFIG: &str = "qemu-configs/vram-128g.toml";
+/// The target of issue 15: p2plab's RSS after the guest touched 64 MiB of a 128 GiB VRAM.
+const VRAM_RSS_64M_TARGET_MIB: f64 = 160.0;
+
+/// Boot to the first case, in seconds, as `p2plab run` recorded it in `timing.json`.
+fn boot_seconds(run: &Path) -> Option<f64> {
+    let t: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("timing.json")).ok()?).ok()?;
+    t["boot_to_first_case_seconds"].as_f64()
+}
+
+/// The large-VRAM figures: boot time next to the default topology's, and per touch step
+/// p2plab's RSS and the VRAM's resident MiB; printed and returned for `bench.json`.
+fn vram_report(
+    figs: &BTreeMap<String, Vec<f64>>,
+    boot: Option<f64>,
+    boot_1g: Option<f64>,
+) -> (String, Value) {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let secs = |b: Option<f64>| b.map_or("-".into(), |b| format!("{b:.1} s"));
+    let _ = writeln!(
+        t,
+        "128 GiB VRAM ({VRAM_CONFIG}): boot to first case {} (1 GiB VRAM, the p2plab run above: {})",
+        secs(boot),
+        secs(boot_1g)
+    );
+    let _ = writeln!(
+        t,
+        "  {:<14} {:>12} {:>16}",
+        "p2pmem touched", "p2plab RSS", "VRAM resident"
+    );
+    let one = |k: String| figs.get(&k).and_then(|v| v.first().copied());
+    let mut steps = Map::new();
+    for (step, label) in [("0", "0"), ("64m", "64 MiB"), ("1g", "1 GiB")] {
+        let (rss, res) = (
+            one(format!("vram_rss_{step}")),
+            one(format!("vram_resident_{step}")),
+        );
+        let mib = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} MiB"));
+        let _ = writeln!(t, "  {label:<14} {:>12} {:>16}", mib(rss), mib(res));
+        steps.insert(
+            step.into(),
+            json!({"rss_mib": rss, "vram_resident_mib": res}),
+        );
+    }
+    let rss64 = one("vram_rss_64m".into());
+    let _ = writeln!(
+        t,
+        "  target: p2plab RSS after a 64 MiB touch <= {VRAM_RSS_64M_TARGET_MIB} MiB: {}",
+        match rss64 {
+            Some(r) if r <= VRAM_RSS_64M_TARGET_MIB => "holds",
+            Some(_) => "missed",
+            None => "not measured",
+        }
+    );
+    (
+        t,
+        json!({
+            "config": VRAM_CONFIG,
+            "boot_s": boot,
+            "boot_s_1g_vram": boot_1g,
+            "touched": steps,
+            "rss_64m_target_mib": VRAM_RSS_64M_TARGET_MIB,
+        }),
+    )
+}
+
 /// QEMU arguments of the second baseline boot: every QEMU NVMe controller may bounce up
 /// to 2 MiB at once when its DMA targets MMIO (a peer's CMB) instead of the 4 KiB default.
 const BOUNCE_2M: [&str; 2] = ["-global", "nvme.x-max-bounce-buffer-size=2M"];
@@ -250,19 +323,24 @@ fn run_one(
     args: &BenchArgs,
     qemu_args: &[&str],
 ) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Counters)> {
+    run_cases("bench", config, out, args, qemu_args)
+}
+
+/// `p2plab run --cases CASES` of `config` into `out`: the `# BENCH` figures and the
+/// whole run's counters.
+fn run_cases(
+    cases: &str,
+    config: &Path,
+    out: &Path,
+    args: &BenchArgs,
+    qemu_args: &[&str],
+) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Counters)> {
     let exe = std::env::current_exe().context("locating p2plab")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args([
-        "run",
-        "--cases",
-        "bench",
-        "--accel",
-        &args.accel,
-        "--config",
-    ])
-    .arg(config)
-    .arg("--out")
-    .arg(out);
+    cmd.args(["run", "--cases", cases, "--accel", &args.accel, "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out);
     if let Some(k) = &args.kernel {
         cmd.arg("--kernel").arg(k);
     }
@@ -506,6 +584,17 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     };
     let (mut ours, counters) = run_one(&args.config, &out.join("p2plab"), &args, &[])?;
     pair_bounce2m(&mut base, &mut ours, &bounce);
+    let vram = if args.no_vram128g {
+        None
+    } else {
+        let dir = out.join("vram-128g");
+        let (figs, _) = run_cases("vram-rss", Path::new(VRAM_CONFIG), &dir, &args, &[])?;
+        Some(vram_report(
+            &figs,
+            boot_seconds(&dir),
+            boot_seconds(&out.join("p2plab")),
+        ))
+    };
     let mut r = compare(&base, &ours, &host);
 
     let mut counts: Vec<usize> = base.values().chain(ours.values()).map(Vec::len).collect();
@@ -541,6 +630,10 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
             b as f64 / 1048576.0
         );
         bars.insert(d.name.clone(), b.into());
+    }
+    if let Some((text, v)) = vram {
+        print!("{text}");
+        r.json.insert("vram128g".into(), v);
     }
     r.json.insert("p2plab_rss_bytes".into(), rss.into());
     r.json
@@ -599,10 +692,40 @@ mod tests {
         assert_eq!(base["p2p_read_bounce2m"], vec![200.0]);
         assert_eq!(base["p2p_write_bounce2m"], vec![150.0]);
         assert_eq!(ours["p2p_read_bounce2m"], vec![1000.0]);
-        assert_eq!(base["p2p_read"], vec![50.0], "the default-bounce row is kept");
+        assert_eq!(
+            base["p2p_read"],
+            vec![50.0],
+            "the default-bounce row is kept"
+        );
         let mut base = map(&[("p2p_read", 50.0)]);
         super::pair_bounce2m(&mut base, &mut ours, &Default::default());
         assert!(!base.contains_key("p2p_read_bounce2m"));
+    }
+
+    /// The large-VRAM section: one figure per step, the 64 MiB target judged on RSS.
+    #[test]
+    fn vram_report_judges_the_64m_rss() {
+        let figs = |rss64: f64| {
+            [
+                ("vram_rss_0", 70.0),
+                ("vram_resident_0", 0.0),
+                ("vram_rss_64m", rss64),
+                ("vram_resident_64m", 64.0),
+                ("vram_rss_1g", 71.0),
+                ("vram_resident_1g", 1024.0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), vec![v]))
+            .collect()
+        };
+        let (t, v) = super::vram_report(&figs(71.0), Some(9.5), Some(8.0));
+        assert!(t.contains("holds"), "{t}");
+        assert_eq!(v["touched"]["1g"]["vram_resident_mib"], 1024.0);
+        assert_eq!(v["boot_s"], 9.5);
+        let (t, _) = super::vram_report(&figs(200.0), None, None);
+        assert!(t.contains("missed"), "{t}");
+        let (t, _) = super::vram_report(&Default::default(), None, None);
+        assert!(t.contains("not measured"), "{t}");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use vfio_user_server as vfu;
 
@@ -161,6 +161,11 @@ impl Kick {
 const POLL_AFTER_WORK: Duration = Duration::from_micros(300);
 /// Pause between paced polls.
 const POLL_INTERVAL: Duration = Duration::from_micros(20);
+/// The adaptive worker spins at most this long after the last piece of work, then paces:
+/// long enough for a 4 KiB QD 1 reader's next command under TCG (completion interrupt,
+/// the guest's block layer and fio: ~100–200 µs), short enough that a guest which
+/// spends a millisecond preparing each 1 MiB request does not lose a core to the spin.
+const SPIN_AFTER_WORK: Duration = Duration::from_micros(200);
 /// The adaptive worker measures the completion rate over windows this long.
 const RATE_WINDOW: Duration = Duration::from_millis(2);
 /// Below this many completions per millisecond the adaptive worker spins (yielding)
@@ -171,7 +176,8 @@ const SPIN_BELOW_PER_MS: u64 = 8;
 /// How the worker waits between polls after a burst (`P2PLAB_POLL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PollMode {
-    /// Spin while the function's completion rate is low, pace while it is high (default).
+    /// Spin for [`SPIN_AFTER_WORK`] after work while the function's completion rate is
+    /// low, pace while it is high or the spin found nothing (default).
     Adaptive,
     /// Always spin (`sched_yield` between polls): lowest latency, a core while I/O runs.
     Spin,
@@ -261,7 +267,9 @@ fn run_worker<F: PciFunction + ?Sized>(
                     continue;
                 }
                 break;
-            } else if policy.spin(|| function.completed()) {
+            } else if policy.spin(|| function.completed())
+                && (mode == PollMode::Spin || last_work.elapsed() < SPIN_AFTER_WORK)
+            {
                 std::thread::yield_now();
             } else {
                 std::thread::sleep(POLL_INTERVAL);
@@ -686,11 +694,16 @@ impl Lab {
             devices: Vec::new(),
             control: None,
         };
+        // The NVMe vendor log reports what the control socket does (BAR residency, the
+        // process's RSS): it learns the BAR memfds once every device has started.
+        let all_bars: Arc<OnceLock<MemoryBars>> = Arc::default();
         for dc in topo.devices.iter().filter(|d| d.kind.is_p2plab()) {
-            lab.devices.push(start_device(&lab.fabric, dc, run_dir)?);
+            lab.devices
+                .push(start_device(&lab.fabric, dc, run_dir, &all_bars)?);
         }
         let f = lab.fabric.clone();
         let bars = lab.memory_bars();
+        let _ = all_bars.set(bars.clone());
         lab.control = Some(crate::control::spawn(
             &run_dir.join("control.sock"),
             Arc::new(move |cmd: &str| match cmd {
@@ -703,7 +716,7 @@ impl Lab {
     }
 
     /// Each device's name and the memfds behind its memory BARs.
-    fn memory_bars(&self) -> Vec<(String, Vec<Arc<File>>)> {
+    fn memory_bars(&self) -> MemoryBars {
         self.devices
             .iter()
             .map(|d| (d.name.clone(), d.memory_bars.clone()))
@@ -832,7 +845,15 @@ fn windows_of(f: &Fabric) -> Vec<BarWindow> {
         .collect()
 }
 
-fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::Result<Running> {
+/// Each device's name and the memfds behind its memory BARs.
+type MemoryBars = Vec<(String, Vec<Arc<File>>)>;
+
+fn start_device(
+    fabric: &Fabric,
+    dc: &DeviceConfig,
+    run_dir: &Path,
+    all_bars: &Arc<OnceLock<MemoryBars>>,
+) -> anyhow::Result<Running> {
     let id = fabric.add_device(&dc.name, dc.kind.as_str());
     let port = fabric.port(id);
     let mut wiring = Wiring {
@@ -862,9 +883,10 @@ fn start_device(fabric: &Fabric, dc: &DeviceConfig, run_dir: &Path) -> anyhow::R
                 p2plab_nvme::NvmeController::new(cfg, port, wiring.irqs.clone())
                     .with_context(|| format!("{}: NVMe controller", dc.name))?,
             );
-            let f = fabric.clone();
+            let (f, bars) = (fabric.clone(), all_bars.clone());
             ctrl.set_vendor_log_source(Box::new(move || {
-                serde_json::to_vec(&f.snapshot()).unwrap_or_default()
+                let bars = bars.get().map_or(&[][..], Vec::as_slice);
+                serde_json::to_vec(&snapshot_of(&f, bars)).unwrap_or_default()
             }));
             if cmb > 0 {
                 let (file, region) = memory_bar(&format!("{}-cmb", dc.name), cmb)?;

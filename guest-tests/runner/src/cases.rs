@@ -79,6 +79,7 @@ pub fn body(id: CaseId) -> fn(&mut Ctx) -> Result<(), String> {
         CaseId::HostileNvmeDma => hostile::nvme_dma,
         CaseId::HostileGpuCe => hostile::gpu_ce,
         CaseId::Bench => bench::bench,
+        CaseId::VramRss => bench::vram_rss,
         CaseId::Exec => exec::run,
     }
 }

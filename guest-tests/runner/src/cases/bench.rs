@@ -26,6 +26,66 @@ const FIO_SPAN: u64 = 512 << 20;
 /// Seconds of I/O per fio sample (`--time_based --runtime`).
 const FIO_RUNTIME_S: u32 = 3;
 
+/// The touches of `vram-rss`: metric suffix and bytes of provider p2pmem touched so far.
+const VRAM_TOUCHES: [(&str, usize); 3] = [("0", 0), ("64m", 64 * MIB), ("1g", 1024 * MIB)];
+
+/// vram-rss: on a GPU with a large VRAM BAR, what the lab holds in host memory as the
+/// guest's CPU touches provider p2pmem (one store per 4 KiB page): p2plab's RSS and the
+/// VRAM's resident bytes, read from the client's vendor log page 0xC0 after each step
+/// (`# BENCH vram_rss_<step> MiB`, `# BENCH vram_resident_<step> MiB`). Fails if the
+/// touched bytes are not resident (the stores went somewhere else).
+pub fn vram_rss(ctx: &mut Ctx) -> Result<(), String> {
+    let client = ctx.env.role(Role::Client)?;
+    let provider = ctx.env.role(Role::Provider)?;
+    let ctrl = client
+        .ctrl
+        .clone()
+        .ok_or_else(|| format!("client {} has no controller", client.info.name))?;
+    let (pname, pbdf) = (
+        provider.info.name.clone(),
+        provider.bdf.clone().unwrap_or_default(),
+    );
+    let total = VRAM_TOUCHES[VRAM_TOUCHES.len() - 1].1;
+    let m = Mapping::p2pmem(&pbdf, total)?;
+    let mut touched = 0;
+    for (step, upto) in VRAM_TOUCHES {
+        while touched < upto {
+            // SAFETY: touched < upto <= total = m.len(); one aligned store per page.
+            unsafe {
+                m.ptr()
+                    .add(touched)
+                    .cast::<u64>()
+                    .write_volatile(touched as u64 + 1)
+            };
+            touched += 4096;
+        }
+        let (log, _) = super::nvme::vendor_log(&ctrl)?;
+        let rss = log["process"]["rss_bytes"]
+            .as_u64()
+            .ok_or("vendor log has no process.rss_bytes")?;
+        let resident = log["devices"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == pname.as_str()))
+            .and_then(|d| d["bar_resident_bytes"].as_u64())
+            .ok_or_else(|| format!("vendor log has no {pname}.bar_resident_bytes"))?;
+        let mib = |b: u64| b as f64 / MIB as f64;
+        ctx.diag(&p2plab_guest_abi::markers::bench_line(
+            &format!("vram_rss_{step}"),
+            mib(rss),
+        ));
+        ctx.diag(&p2plab_guest_abi::markers::bench_line(
+            &format!("vram_resident_{step}"),
+            mib(resident),
+        ));
+        if resident < upto as u64 {
+            return Err(format!(
+                "{pname}: {upto} bytes of p2pmem touched but only {resident} bytes of VRAM resident"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// MiB/s of each of `SAMPLES` runs of `f` over `len` bytes.
 fn sample(len: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<Vec<f64>, String> {
     let mut v = Vec::with_capacity(SAMPLES);

@@ -338,7 +338,7 @@ fn run_tool(prog: &str, args: &[&str]) -> Result<Vec<u8>, String> {
 const VLOG_LEN: usize = 64 * 1024;
 
 /// The vendor log page 0xC0 of controller `ctrl` as JSON (nvme-cli's get-log).
-fn vendor_log(ctrl: &str) -> Result<(serde_json::Value, String), String> {
+pub(super) fn vendor_log(ctrl: &str) -> Result<(serde_json::Value, String), String> {
     let dev = format!("/dev/{ctrl}");
     let len = VLOG_LEN.to_string();
     let raw = run_tool(
