@@ -326,6 +326,24 @@ fn run_one(
     run_cases("bench", config, out, args, qemu_args)
 }
 
+/// Removes what a bench run leaves that is only bulk: the namespace images the fio
+/// figures filled (~600 MiB each) and the booted initrd (~80 MiB). The console, the
+/// counters and the timings stay.
+fn remove_bulk(run: &Path) {
+    let Ok(rd) = std::fs::read_dir(run) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".img") || name == "initrd.cpio" {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                eprintln!("p2plab bench: removing {}: {err}", e.path().display());
+            }
+        }
+    }
+}
+
 /// `p2plab run --cases CASES` of `config` into `out`: the `# BENCH` figures and the
 /// whole run's counters.
 fn run_cases(
@@ -372,6 +390,7 @@ fn run_cases(
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
+    remove_bulk(out);
     Ok((figures, counters))
 }
 
@@ -420,10 +439,10 @@ fn compare(
     let mut json = Map::new();
     let mut rows = Vec::new();
     let mut t = String::new();
-    let rule = "-".repeat(124);
+    let rule = "-".repeat(125);
     let _ = writeln!(
         t,
-        "{:<17} {:<6} {:>24} {:>24} {:>7}  of host limit (baseline / p2plab)",
+        "{:<18} {:<6} {:>24} {:>24} {:>7}  of host limit (baseline / p2plab)",
         "metric", "unit", "baseline [min..max]", "p2plab [min..max]", "ratio"
     );
     let _ = writeln!(t, "{rule}");
@@ -442,7 +461,7 @@ fn compare(
         let (bf, of) = (frac(b), frac(o));
         let _ = writeln!(
             t,
-            "{:<17} {:<6} {:>24} {:>24} {:>7}  {}",
+            "{:<18} {:<6} {:>24} {:>24} {:>7}  {}",
             m.name,
             m.unit,
             fmt_stats(b),
@@ -500,7 +519,7 @@ fn compare(
         let s = Stats::of(&l.samples);
         let _ = writeln!(
             t,
-            "{:<17} {:<6} {:>24}  host: {}",
+            "{:<18} {:<6} {:>24}  host: {}",
             l.name,
             l.unit,
             fmt_stats(s),
@@ -521,7 +540,7 @@ fn compare(
     }
     let _ = writeln!(t, "{rule}");
     for m in METRICS {
-        let _ = writeln!(t, "{:<17} {}", m.name, m.what);
+        let _ = writeln!(t, "{:<18} {}", m.name, m.what);
     }
     // Metrics the guest printed that this table does not know (a newer guest).
     for (side, figs) in [("baseline", base), ("p2plab", ours)] {
