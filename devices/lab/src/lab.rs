@@ -176,12 +176,12 @@ const SPIN_BELOW_PER_MS: u64 = 8;
 /// How the worker waits between polls after a burst (`P2PLAB_POLL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PollMode {
-    /// Spin for [`SPIN_AFTER_WORK`] after work while the function's completion rate is
+    /// Spin for up to 200 µs after work while the function's completion rate is
     /// low, pace while it is high or the spin found nothing (default).
     Adaptive,
     /// Always spin (`sched_yield` between polls): lowest latency, a core while I/O runs.
     Spin,
-    /// Always pace ([`POLL_INTERVAL`] sleeps).
+    /// Always pace (20 µs sleeps).
     Paced,
 }
 
