@@ -317,15 +317,6 @@ impl Stats {
     }
 }
 
-fn run_one(
-    config: &Path,
-    out: &Path,
-    args: &BenchArgs,
-    qemu_args: &[&str],
-) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Counters)> {
-    run_cases("bench", config, out, args, qemu_args)
-}
-
 /// Removes what a bench run leaves that is only bulk: the namespace images the fio
 /// figures filled (~600 MiB each) and the booted initrd (~80 MiB). The console, the
 /// counters and the timings stay.
@@ -590,18 +581,19 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
         out.display()
     );
     let host = limits::measure(&out).context("measuring the host limits")?;
-    let (mut base, _) = run_one(&args.baseline, &out.join("baseline"), &args, &[])?;
+    let (mut base, _) = run_cases("bench", &args.baseline, &out.join("baseline"), &args, &[])?;
     let (bounce, _) = if args.no_bounce2m {
         Default::default()
     } else {
-        run_one(
+        run_cases(
+            "bench",
             &args.baseline,
             &out.join("baseline-bounce2m"),
             &args,
             &BOUNCE_2M,
         )?
     };
-    let (mut ours, counters) = run_one(&args.config, &out.join("p2plab"), &args, &[])?;
+    let (mut ours, counters) = run_cases("bench", &args.config, &out.join("p2plab"), &args, &[])?;
     pair_bounce2m(&mut base, &mut ours, &bounce);
     let vram = if args.no_vram128g {
         None

@@ -204,6 +204,7 @@ impl PollMode {
 /// Chooses spin or pace from the completion rate (adaptive mode).
 struct PollPolicy {
     mode: PollMode,
+    /// Adaptive mode: the last judgement of the completion rate (low: spin).
     spin: bool,
     window_start: Instant,
     window_base: Option<u64>,
@@ -214,17 +215,26 @@ impl PollPolicy {
         PollPolicy {
             mode,
             // A function that does not count completions is paced.
-            spin: mode == PollMode::Spin || (mode == PollMode::Adaptive && completed.is_some()),
+            spin: completed.is_some(),
             window_start: Instant::now(),
             window_base: completed,
         }
     }
 
-    /// Whether to spin before the next poll, re-judged once per [`RATE_WINDOW`].
-    fn spin(&mut self, completed: impl FnOnce() -> Option<u64>) -> bool {
-        if self.mode != PollMode::Adaptive {
-            return self.spin;
+    /// Whether to spin before the next poll, `since_work` after the last piece of work:
+    /// always (`Spin`), never (`Paced`), or (`Adaptive`) while the completion rate —
+    /// re-judged once per [`RATE_WINDOW`] — is low and [`SPIN_AFTER_WORK`] has not passed.
+    fn spin(&mut self, since_work: Duration, completed: impl FnOnce() -> Option<u64>) -> bool {
+        match self.mode {
+            PollMode::Spin => true,
+            PollMode::Paced => false,
+            PollMode::Adaptive => since_work < SPIN_AFTER_WORK && self.rate_is_low(completed),
         }
+    }
+
+    /// Adaptive mode: whether the last judged completion rate is below
+    /// [`SPIN_BELOW_PER_MS`], judging it again once per [`RATE_WINDOW`].
+    fn rate_is_low(&mut self, completed: impl FnOnce() -> Option<u64>) -> bool {
         let elapsed = self.window_start.elapsed();
         if elapsed >= RATE_WINDOW {
             let now = completed();
@@ -267,9 +277,7 @@ fn run_worker<F: PciFunction + ?Sized>(
                     continue;
                 }
                 break;
-            } else if policy.spin(|| function.completed())
-                && (mode == PollMode::Spin || last_work.elapsed() < SPIN_AFTER_WORK)
-            {
+            } else if policy.spin(last_work.elapsed(), || function.completed()) {
                 std::thread::yield_now();
             } else {
                 std::thread::sleep(POLL_INTERVAL);
@@ -988,23 +996,35 @@ mod tests {
     #[test]
     fn poll_policy_follows_the_completion_rate() {
         let back = |p: &mut PollPolicy| p.window_start -= RATE_WINDOW * 2;
+        let now = Duration::ZERO;
         let mut p = PollPolicy::new(PollMode::Adaptive, Some(0));
-        assert!(p.spin(|| unreachable!("no re-judging inside a window")));
+        assert!(p.spin(now, || unreachable!("no re-judging inside a window")));
         // 2 ms windows (the window start moved back by 4 ms): 100 completions is
         // 25 per ms, above the threshold.
         back(&mut p);
-        assert!(!p.spin(|| Some(100)), "high rate: paced");
+        assert!(!p.spin(now, || Some(100)), "high rate: paced");
         back(&mut p);
-        assert!(p.spin(|| Some(101)), "low rate: spin");
+        assert!(p.spin(now, || Some(101)), "low rate: spin");
+        assert!(
+            !p.spin(SPIN_AFTER_WORK, || unreachable!()),
+            "low rate, but the spin after work is over: paced"
+        );
         let mut none = PollPolicy::new(PollMode::Adaptive, None);
         back(&mut none);
-        assert!(!none.spin(|| None), "a function without a count is paced");
+        assert!(
+            !none.spin(now, || None),
+            "a function without a count is paced"
+        );
         for (mode, want) in [(PollMode::Spin, true), (PollMode::Paced, false)] {
             let mut p = PollPolicy::new(mode, Some(0));
             back(&mut p);
-            assert_eq!(p.spin(|| Some(1_000_000)), want, "{mode:?}");
+            assert_eq!(p.spin(now, || Some(1_000_000)), want, "{mode:?}");
             back(&mut p);
-            assert_eq!(p.spin(|| Some(1_000_001)), want, "{mode:?}");
+            assert_eq!(
+                p.spin(SPIN_AFTER_WORK * 10, || Some(1_000_001)),
+                want,
+                "{mode:?}"
+            );
         }
     }
 

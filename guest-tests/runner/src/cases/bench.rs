@@ -63,11 +63,7 @@ pub fn vram_rss(ctx: &mut Ctx) -> Result<(), String> {
         let rss = log["process"]["rss_bytes"]
             .as_u64()
             .ok_or("vendor log has no process.rss_bytes")?;
-        let resident = log["devices"]
-            .as_array()
-            .and_then(|a| a.iter().find(|d| d["name"] == pname.as_str()))
-            .and_then(|d| d["bar_resident_bytes"].as_u64())
-            .ok_or_else(|| format!("vendor log has no {pname}.bar_resident_bytes"))?;
+        let resident = super::nvme::log_counter(&log, &pname, &["bar_resident_bytes"])?;
         let mib = |b: u64| b as f64 / MIB as f64;
         ctx.diag(&p2plab_guest_abi::markers::bench_line(
             &format!("vram_rss_{step}"),

@@ -373,7 +373,7 @@ pub(super) fn vendor_log(ctrl: &str) -> Result<(serde_json::Value, String), Stri
     Ok((v, text))
 }
 
-fn log_counter(v: &serde_json::Value, dev: &str, path: &[&str]) -> Result<u64, String> {
+pub(super) fn log_counter(v: &serde_json::Value, dev: &str, path: &[&str]) -> Result<u64, String> {
     let d = v["devices"]
         .as_array()
         .and_then(|a| a.iter().find(|d| d["name"] == dev))
