@@ -125,6 +125,14 @@ impl RegFile {
                     fx.kick = true;
                     self.intms = 0;
                     self.irq_pending = 0;
+                    // RDY already reads 0 (the enable failed with CFS, or has not been
+                    // carried out yet): a host waiting for RDY = 0 is done at once, so
+                    // CFS must read clear now, not when the worker gets to the reset —
+                    // else its next CC.EN = 1 sees the old CFS and takes it for the
+                    // outcome of the new enable.
+                    if !self.csts.rdy() {
+                        self.csts.set_cfs(false);
+                    }
                 }
                 if !old.en() && new.en() {
                     fx.kick = true;

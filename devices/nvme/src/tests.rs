@@ -452,6 +452,28 @@ fn enable_with_zero_admin_queue_size_sets_cfs() {
     assert!(!h.csts().cfs(), "a controller reset clears CFS");
 }
 
+/// A failed enable leaves RDY = 0 and CFS = 1; CC.EN = 0 must clear CFS before the worker
+/// runs, since the host's wait for RDY = 0 is already over — and a new enable right after
+/// must not read the old CFS. (The hostile guest case raced on this under load.)
+#[test]
+fn reset_of_a_failed_enable_clears_cfs_at_once() {
+    let h = Harness::new();
+    h.w32(r::AQA, 0);
+    h.w64(r::ASQ, ASQ);
+    h.w64(r::ACQ, ACQ);
+    h.w32(r::CC, Harness::cc_enabled().into_bits());
+    h.run();
+    assert!(h.csts().cfs() && !h.csts().rdy());
+    h.w32(r::CC, 0);
+    assert_eq!(h.csts(), Csts::new(), "no worker pass needed");
+    // Enable properly before the worker saw the reset: it resets, then enables.
+    h.w32(r::AQA, 0x001f_001f);
+    h.w32(r::CC, Harness::cc_enabled().into_bits());
+    assert!(!h.csts().cfs(), "the old CFS must not show through");
+    h.run();
+    assert!(h.csts().rdy() && !h.csts().cfs());
+}
+
 #[test]
 fn shutdown_notification_completes() {
     let mut h = Harness::new();
