@@ -587,7 +587,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
         serde_json::to_string_pretty(&resolved)?,
     )?;
     eprintln!(
-        "p2plab: booting {} ({}, {}) with {} case(s): {}",
+        "p2plab: booting {} ({}, {}, -cpu {}) with {} case(s): {}",
         kernel
             .path
             .file_name()
@@ -598,6 +598,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             Accel::Kvm => "KVM",
             _ => "TCG",
         },
+        crate::qemu::guest_cpu(&topo.machine.cpu, accel),
         cases.len(),
         cases.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
     );

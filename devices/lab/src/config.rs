@@ -5,7 +5,8 @@
 //! ```toml
 //! description = "nvme0 + gpu0 below one PCIe switch (the default)"
 //! [machine]
-//! cpu = "max"            # QEMU -cpu model ("EPYC" whitelists the host bridge for P2P)
+//! cpu = "max"            # QEMU -cpu model ("EPYC" whitelists the host bridge for P2P);
+//!                        # under TCG the harness adds ",-erms,-fsrm" unless named here
 //! smp = 2                # vCPUs
 //! memory = "2G"          # guest RAM (always memory-backend-memfd,share=on)
 //! phys_bits = 40         # guest physical address bits (>= log2(largest BAR) + 1)
