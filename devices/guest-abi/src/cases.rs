@@ -221,11 +221,11 @@ case_table! {
     },
     P2pRead = "p2p-read" {
         when: P2pAllowed, roles: [Client, Provider], tools: [], needs: [],
-        description: "O_DIRECT pread 64 MiB (1 MiB chunks) from the client namespace into the provider's p2pmem, verified",
+        description: "O_DIRECT pread 64 MiB (1 MiB chunks; 16 MiB with a QEMU NVMe end) from the client namespace into the provider's p2pmem, verified",
     },
     P2pWrite = "p2p-write" {
         when: P2pAllowed, roles: [Client, Provider], tools: [], needs: [],
-        description: "O_DIRECT pwrite 64 MiB from the provider's p2pmem to the client namespace, read back and verified",
+        description: "O_DIRECT pwrite 64 MiB (16 MiB with a QEMU NVMe end) from the provider's p2pmem to the client namespace, read back and verified",
     },
     P2pRefused = "p2p-refused" {
         when: P2pRefused, roles: [Client, Provider], tools: [], needs: [],
@@ -233,7 +233,7 @@ case_table! {
     },
     CmbRead = "cmb-read" {
         when: Any, roles: [Client], tools: [], needs: [ClientCmb],
-        description: "O_DIRECT pread 64 MiB from the client namespace into the client's OWN CMB p2pmem, verified",
+        description: "O_DIRECT pread 64 MiB (16 MiB on a QEMU NVMe) from the client namespace into the client's OWN CMB p2pmem, verified",
     },
     SqsInCmb = "sqs-in-cmb" {
         when: Any, roles: [Client], tools: [], needs: [P2plabClient],
@@ -245,7 +245,7 @@ case_table! {
     },
     FioVerify = "fio-verify" {
         when: Any, roles: [Client], tools: [Fio], needs: [P2plabClient],
-        description: "fio randwrite + crc32c verify over 256 MiB of the client namespace at QD 1 and 32 (libaio, direct), zero errors",
+        description: "fio randwrite + xxhash verify over 64 MiB of the client namespace at QD 1 and 32 (libaio, direct), zero errors",
     },
     NvmeNvmeCopy = "nvme-nvme-copy" {
         when: Any, roles: [Client, Peer], tools: [], needs: [P2plabClient, P2plabPeer],

@@ -80,11 +80,11 @@ pub const RULES: &[Rule] = &[
     Rule {
         case: CaseId::FioVerify,
         expect: &[
-            // Two 256 MiB write passes from RAM and two verify passes back into RAM.
-            Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 512 * NV_MIB),
+            // Two 64 MiB write passes from RAM and two verify passes back into RAM.
+            Expect::AtLeast("devices[{client}].dma.host_memory.read_bytes", 128 * NV_MIB),
             Expect::AtLeast(
                 "devices[{client}].dma.host_memory.write_bytes",
-                512 * NV_MIB,
+                128 * NV_MIB,
             ),
             Expect::Eq("devices[{client}].dma.client_relay.read_bytes", 0),
             Expect::Eq("devices[{client}].dma.client_relay.write_bytes", 0),

@@ -3,7 +3,8 @@
 //! Measures the host limits first (this process, no guest running: `limits.rs`), then
 //! boots the baseline topology (QEMU's built-in NVMe with CMB, `qemu-nvme-reference`) — a
 //! second time with QEMU's DMA bounce buffer raised from 4 KiB to 2 MiB, for the P2P
-//! figures (`*_bounce2m`) — and the p2plab topology (`switch`) one after the other and runs
+//! figures (`*_bounce2m`) — and the p2plab topology (`two-nvme`: `switch` with a peer NVMe,
+//! for the NVMe → peer-CMB figures `*_cmb`) one after the other and runs
 //! the guest `bench` case in each. The guest prints every sample of every metric (`# BENCH <metric> <value>`, at
 //! least five per metric, all in one boot); this prints the median with min..max of each
 //! side, the ratio of the medians p2plab / baseline, and each figure's fraction of the host
@@ -25,7 +26,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "qemu-configs/qemu-nvme-reference.toml")]
     baseline: PathBuf,
     /// Topology under test.
-    #[arg(long, default_value = "qemu-configs/switch.toml")]
+    /// The default, `two-nvme`, is the `switch` topology with a second p2plab NVMe as its
+    /// peer, for the NVMe → peer-CMB figures beside the NVMe → GPU ones.
+    #[arg(long, default_value = "qemu-configs/two-nvme.toml")]
     config: PathBuf,
     /// Output directory (default: a fresh one under $P2PLAB_HOME/bench).
     #[arg(long)]
@@ -154,6 +157,18 @@ const METRICS: &[Metric] = &[
         PREAD_MEMFD,
     ),
     metric(
+        "p2p_read_cmb",
+        "MiB/s",
+        "NVMe → a peer NVMe's CMB p2pmem, O_DIRECT 1 MiB reads (the baseline's p2p_read: its provider is a QEMU NVMe)",
+        PREAD_MEMFD,
+    ),
+    metric(
+        "p2p_write_cmb",
+        "MiB/s",
+        "a peer NVMe's CMB p2pmem → NVMe, O_DIRECT 1 MiB writes (against the baseline's p2p_write)",
+        PREAD_MEMFD,
+    ),
+    metric(
         "nvme_to_ram",
         "MiB/s",
         "NVMe → guest RAM, O_DIRECT 1 MiB reads",
@@ -271,6 +286,18 @@ fn pair_bounce2m(
         }
         if let Some(v) = ours.get(m).cloned() {
             ours.insert(format!("{m}_bounce2m"), v);
+        }
+    }
+}
+
+/// `p2p_read_cmb` / `p2p_write_cmb` (p2plab NVMe → a peer p2plab NVMe's CMB): their
+/// baseline is the baseline's `p2p_read` / `p2p_write`, which already go from one QEMU NVMe
+/// to the other's CMB. Nothing is paired when p2plab's topology has no peer NVMe.
+fn pair_cmb(base: &mut BTreeMap<String, Vec<f64>>, ours: &BTreeMap<String, Vec<f64>>) {
+    for m in ["p2p_read", "p2p_write"] {
+        let cmb = format!("{m}_cmb");
+        if let (Some(v), true) = (base.get(m).cloned(), ours.contains_key(&cmb)) {
+            base.insert(cmb, v);
         }
     }
 }
@@ -595,6 +622,7 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     };
     let (mut ours, counters) = run_cases("bench", &args.config, &out.join("p2plab"), &args, &[])?;
     pair_bounce2m(&mut base, &mut ours, &bounce);
+    pair_cmb(&mut base, &ours);
     let vram = if args.no_vram128g {
         None
     } else {
@@ -713,6 +741,26 @@ mod tests {
         assert!(!base.contains_key("p2p_read_bounce2m"));
     }
 
+    /// The peer-CMB rows take the baseline's p2p_read / p2p_write (QEMU NVMe → the other
+    /// QEMU NVMe's CMB), and only when p2plab measured them.
+    #[test]
+    fn cmb_rows_pair_with_the_baseline_p2p_rows() {
+        let map = |kv: &[(&str, f64)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), vec![*v]))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let mut base = map(&[("p2p_read", 20.0), ("p2p_write", 21.0)]);
+        let ours = map(&[("p2p_read", 1000.0), ("p2p_read_cmb", 900.0)]);
+        super::pair_cmb(&mut base, &ours);
+        assert_eq!(base["p2p_read_cmb"], vec![20.0]);
+        assert!(
+            !base.contains_key("p2p_write_cmb"),
+            "p2plab has no such row"
+        );
+        assert_eq!(base["p2p_read"], vec![20.0]);
+    }
+
     /// The large-VRAM section: one figure per step, the 64 MiB target judged on RSS.
     #[test]
     fn vram_report_judges_the_64m_rss() {
@@ -801,6 +849,8 @@ mod tests {
                 "p2p_write",
                 "p2p_read_bounce2m",
                 "p2p_write_bounce2m",
+                "p2p_read_cmb",
+                "p2p_write_cmb",
                 "nvme_to_ram",
                 "ram_to_nvme",
                 "own_cmb_read",

@@ -6,7 +6,7 @@
 //! percentiles. The P2P and own-CMB reads are verified.
 //!
 //! Namespace regions: the O_DIRECT figures use 0..64M (RAM and P2P reads, written first by
-//! `ram_to_nvme`) and 128M..192M (`p2p_write`); the fio figures use 512M..1G, written by
+//! `ram_to_nvme`) and 128M..192M (`p2p_write`, `p2p_write_cmb`); the fio figures use 512M..1G, written by
 //! `seq128k_write` before any fio read so the reads return data, not holes.
 
 use super::nvme::fio_json;
@@ -184,6 +184,32 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
             "MiB/s",
             &v,
             &format!("CPU loads from {} p2pmem", provider.info.name),
+        );
+    }
+
+    // NVMe → a peer NVMe's CMB and back, when the topology has a peer (`two-nvme`): the
+    // figure QEMU's NVMe gives as its p2p_read (the baseline's provider is a QEMU NVMe).
+    if let Some(peer) = ctx.env.role(Role::Peer).ok().cloned() {
+        let name = peer.info.name.clone();
+        let cmb = Mapping::p2pmem(peer.bdf.as_deref().unwrap_or_default(), LEN)
+            .map_err(|e| format!("peer {name} CMB p2pmem: {e}"))?;
+        cmb.fill(!SEED);
+        let v = sample(LEN, || io(&cmb, 0, false))?;
+        cmb.verify(SEED)?;
+        report(
+            ctx,
+            "p2p_read_cmb",
+            "MiB/s",
+            &v,
+            &format!("O_DIRECT read {ns} -> {name} CMB p2pmem (verified)"),
+        );
+        let v = sample(LEN, || io(&cmb, 128 << 20, true))?;
+        report(
+            ctx,
+            "p2p_write_cmb",
+            "MiB/s",
+            &v,
+            &format!("O_DIRECT write {name} CMB p2pmem -> {ns}"),
         );
     }
 
