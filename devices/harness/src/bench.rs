@@ -133,6 +133,12 @@ const METRICS: &[Metric] = &[
         PREAD_MEMFD,
     ),
     metric(
+        "p2p_read_qd8",
+        "MiB/s",
+        "NVMe → provider p2pmem, io_uring READ 1 MiB, 8 in flight (the guest's work on one request overlaps the device's copy of another)",
+        PREAD_MEMFD,
+    ),
+    metric(
         "uring_dmabuf_read",
         "MiB/s",
         "NVMe → provider VRAM dma-buf, io_uring READ_FIXED 1 MiB QD 8 (the io_uring dma-buf series; no struct pages)",
@@ -845,6 +851,7 @@ mod tests {
                 "seq128k_read",
                 "seq128k_write",
                 "p2p_read",
+                "p2p_read_qd8",
                 "uring_dmabuf_read",
                 "p2p_write",
                 "p2p_read_bounce2m",

@@ -158,6 +158,24 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
                 provider.info.name
             ),
         );
+        // The same reads with DEPTH of them in flight (io_uring READ): the guest's
+        // per-request work on one request overlaps the device's copy of another.
+        let ring = super::uring::Ring::new(super::uring::DEPTH * 2)?;
+        p2p.fill(!SEED);
+        let v = sample(LEN, || ring.transfer(&f, &p2p, 0, false))?;
+        p2p.verify(SEED)?;
+        drop(ring);
+        report(
+            ctx,
+            "p2p_read_qd8",
+            "MiB/s",
+            &v,
+            &format!(
+                "io_uring READ {ns} -> {} p2pmem, 1 MiB x {} in flight (verified)",
+                provider.info.name,
+                super::uring::DEPTH
+            ),
+        );
         let v = sample(LEN, || io(&p2p, 128 << 20, true))?;
         report(
             ctx,

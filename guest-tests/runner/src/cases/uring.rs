@@ -14,7 +14,7 @@ use std::time::Instant;
 
 const LEN: usize = 64 * MIB;
 const CHUNK: usize = MIB;
-const DEPTH: u32 = 8;
+pub(super) const DEPTH: u32 = 8;
 /// Namespace offsets: A is staged from RAM and read P2P; B is written P2P.
 const NS_A: u64 = 256 * MIB as u64;
 const NS_B: u64 = 384 * MIB as u64;
@@ -295,7 +295,13 @@ impl Ring {
     }
 
     /// Move `m` to/from `f` at `off` in CHUNK-sized READ/WRITE SQEs, DEPTH in flight.
-    fn transfer(&self, f: &File, m: &Mapping, off: u64, write: bool) -> Result<(), String> {
+    pub(super) fn transfer(
+        &self,
+        f: &File,
+        m: &Mapping,
+        off: u64,
+        write: bool,
+    ) -> Result<(), String> {
         let chunks = m.len().div_ceil(CHUNK);
         let (mut next, mut inflight, mut done) = (0usize, 0u32, 0usize);
         let mut cqes = Vec::new();
