@@ -368,6 +368,37 @@ fn remove_bulk(run: &Path) {
     }
 }
 
+/// The host's CPU time so far from `/proc/stat`'s first line: (all jiffies, steal jiffies).
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    steal_of(stat.lines().next()?)
+}
+
+/// (all, steal) jiffies of a `cpu  user nice system idle iowait irq softirq steal ...` line.
+fn steal_of(line: &str) -> Option<(u64, u64)> {
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    Some((v.iter().sum(), *v.get(7)?))
+}
+
+/// The share of this host's CPU time that its hypervisor gave to others while `f` ran
+/// (`/proc/stat` steal): on a VM host every figure moves with it, so each boot's is
+/// printed and kept beside its figures. `None` where the kernel does not count it.
+fn with_steal<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Option<f64>)> {
+    let a = cpu_jiffies();
+    let r = f()?;
+    let steal = match (a, cpu_jiffies()) {
+        (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => {
+            Some(s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
+        }
+        _ => None,
+    };
+    Ok((r, steal))
+}
+
 /// `p2plab run --cases CASES` of `config` into `out`: the `# BENCH` figures and the
 /// whole run's counters.
 fn run_cases(
@@ -614,19 +645,28 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
         out.display()
     );
     let host = limits::measure(&out).context("measuring the host limits")?;
-    let (mut base, _) = run_cases("bench", &args.baseline, &out.join("baseline"), &args, &[])?;
+    let mut steal = Map::new();
+    let ((mut base, _), s) =
+        with_steal(|| run_cases("bench", &args.baseline, &out.join("baseline"), &args, &[]))?;
+    steal.insert("baseline".into(), json!(s));
     let (bounce, _) = if args.no_bounce2m {
         Default::default()
     } else {
-        run_cases(
-            "bench",
-            &args.baseline,
-            &out.join("baseline-bounce2m"),
-            &args,
-            &BOUNCE_2M,
-        )?
+        let (r, s) = with_steal(|| {
+            run_cases(
+                "bench",
+                &args.baseline,
+                &out.join("baseline-bounce2m"),
+                &args,
+                &BOUNCE_2M,
+            )
+        })?;
+        steal.insert("baseline_bounce2m".into(), json!(s));
+        r
     };
-    let (mut ours, counters) = run_cases("bench", &args.config, &out.join("p2plab"), &args, &[])?;
+    let ((mut ours, counters), s) =
+        with_steal(|| run_cases("bench", &args.config, &out.join("p2plab"), &args, &[]))?;
+    steal.insert("p2plab".into(), json!(s));
     pair_bounce2m(&mut base, &mut ours, &bounce);
     pair_cmb(&mut base, &ours);
     let vram = if args.no_vram128g {
@@ -660,6 +700,18 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
         limits::SAMPLES
     );
     println!("limit named (writes are set against the same copy's read direction).");
+    let pct = |v: &Value| {
+        v.as_f64()
+            .map_or("-".into(), |v| format!("{:.0} %", v * 100.0))
+    };
+    println!(
+        "Host CPU steal (time this VM's hypervisor gave to others) during each boot: {}; a side booted under more steal is slower on every figure.",
+        steal
+            .iter()
+            .map(|(k, v)| format!("{k} {}", pct(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("{HOST_CACHING}");
     let rss = counters.process.map_or(0, |p| p.rss_bytes);
     println!(
@@ -687,6 +739,7 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
         .insert("baseline_config".into(), json!(args.baseline));
     r.json.insert("config".into(), json!(args.config));
     r.json.insert("host_caching".into(), HOST_CACHING.into());
+    r.json.insert("steal".into(), Value::Object(steal));
     let json_path = out.join("bench.json");
     std::fs::write(
         &json_path,
@@ -745,6 +798,20 @@ mod tests {
         let mut base = map(&[("p2p_read", 50.0)]);
         super::pair_bounce2m(&mut base, &mut ours, &Default::default());
         assert!(!base.contains_key("p2p_read_bounce2m"));
+    }
+
+    #[test]
+    fn steal_is_the_eighth_cpu_field() {
+        assert_eq!(
+            super::steal_of("cpu  100 5 50 800 10 1 2 32 0 0"),
+            Some((1000, 32))
+        );
+        assert_eq!(super::steal_of("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(
+            super::steal_of("cpu  1 2 3"),
+            None,
+            "a kernel without steal"
+        );
     }
 
     /// The peer-CMB rows take the baseline's p2p_read / p2p_write (QEMU NVMe → the other
