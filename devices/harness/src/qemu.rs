@@ -29,7 +29,7 @@ pub enum Accel {
 /// `rep stosb`, eight times the steps of the `movsq` / `stosq` forms it falls back to.
 /// Measured (switch, `-cpu max`, TCG): the `copy-engine` case's 64 MiB `copy_from_user`
 /// ran at 8.7–12.8 MiB/s with them and at 78–96 MiB/s without.
-const TCG_SLOW_STRING_OPS: [&str; 2] = ["erms", "fsrm"];
+pub const TCG_SLOW_STRING_OPS: [&str; 2] = ["erms", "fsrm"];
 
 /// The `-cpu` value for a topology's `machine.cpu`: under TCG the features of
 /// [`TCG_SLOW_STRING_OPS`] are turned off, unless the topology names one of them itself
