@@ -774,15 +774,15 @@ mod tests {
         assert_eq!(m["p2p_read"], vec![2861.3, 2000.0]);
     }
 
+    /// One sample per metric.
+    fn map(kv: &[(&str, f64)]) -> std::collections::BTreeMap<String, Vec<f64>> {
+        kv.iter().map(|(k, v)| (k.to_string(), vec![*v])).collect()
+    }
+
     /// The 2 MiB-bounce rows: the baseline from the second baseline boot, p2plab's the
     /// same samples as its p2p_read / p2p_write; nothing from a boot that did not run.
     #[test]
     fn bounce2m_rows_pair_the_second_baseline_with_p2plab() {
-        let map = |kv: &[(&str, f64)]| {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), vec![*v]))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
         let mut base = map(&[("p2p_read", 50.0), ("p2p_write", 40.0)]);
         let mut ours = map(&[("p2p_read", 1000.0), ("p2p_write", 900.0)]);
         let bounce = map(&[("p2p_read", 200.0), ("p2p_write", 150.0)]);
@@ -818,11 +818,6 @@ mod tests {
     /// QEMU NVMe's CMB), and only when p2plab measured them.
     #[test]
     fn cmb_rows_pair_with_the_baseline_p2p_rows() {
-        let map = |kv: &[(&str, f64)]| {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), vec![*v]))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
         let mut base = map(&[("p2p_read", 20.0), ("p2p_write", 21.0)]);
         let ours = map(&[("p2p_read", 1000.0), ("p2p_read_cmb", 900.0)]);
         super::pair_cmb(&mut base, &ours);

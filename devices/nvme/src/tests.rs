@@ -437,16 +437,22 @@ fn enable_sets_ready_and_disable_clears_it() {
     assert_eq!(h.csts(), Csts::new());
 }
 
-#[test]
-fn enable_with_zero_admin_queue_size_sets_cfs() {
+/// A controller whose enable failed: AQA = 0 (no admin queue entries), CC.EN = 1, one
+/// worker pass; it shows CFS and not RDY.
+fn failed_enable() -> Harness {
     let h = Harness::new();
     h.w32(r::AQA, 0);
     h.w64(r::ASQ, ASQ);
     h.w64(r::ACQ, ACQ);
     h.w32(r::CC, Harness::cc_enabled().into_bits());
     h.run();
-    assert!(h.csts().cfs());
-    assert!(!h.csts().rdy());
+    assert!(h.csts().cfs() && !h.csts().rdy());
+    h
+}
+
+#[test]
+fn enable_with_zero_admin_queue_size_sets_cfs() {
+    let h = failed_enable();
     h.w32(r::CC, 0);
     h.run();
     assert!(!h.csts().cfs(), "a controller reset clears CFS");
@@ -457,13 +463,7 @@ fn enable_with_zero_admin_queue_size_sets_cfs() {
 /// must not read the old CFS. (The hostile guest case raced on this under load.)
 #[test]
 fn reset_of_a_failed_enable_clears_cfs_at_once() {
-    let h = Harness::new();
-    h.w32(r::AQA, 0);
-    h.w64(r::ASQ, ASQ);
-    h.w64(r::ACQ, ACQ);
-    h.w32(r::CC, Harness::cc_enabled().into_bits());
-    h.run();
-    assert!(h.csts().cfs() && !h.csts().rdy());
+    let h = failed_enable();
     h.w32(r::CC, 0);
     assert_eq!(h.csts(), Csts::new(), "no worker pass needed");
     // Enable properly before the worker saw the reset: it resets, then enables.

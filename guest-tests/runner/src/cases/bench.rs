@@ -93,6 +93,18 @@ fn sample(len: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<Vec<f
     Ok(v)
 }
 
+/// Samples of `read` (which fills `m` from the namespace region written with [`SEED`]):
+/// `m` is set to something else first, so stale data cannot pass, and verified after.
+fn verified_reads(
+    m: &Mapping,
+    read: impl FnMut() -> Result<(), String>,
+) -> Result<Vec<f64>, String> {
+    m.fill(!SEED);
+    let v = sample(m.len(), read)?;
+    m.verify(SEED)?;
+    Ok(v)
+}
+
 /// One `# BENCH` line per sample, then a readable summary line.
 fn report(ctx: &mut Ctx, metric: &str, unit: &str, samples: &[f64], what: &str) {
     for v in samples {
@@ -145,9 +157,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
 
     {
         let p2p = Mapping::p2pmem(&pbdf, LEN)?;
-        p2p.fill(!SEED);
-        let v = sample(LEN, || io(&p2p, 0, false))?;
-        p2p.verify(SEED)?;
+        let v = verified_reads(&p2p, || io(&p2p, 0, false))?;
         report(
             ctx,
             "p2p_read",
@@ -161,9 +171,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
         // The same reads with DEPTH of them in flight (io_uring READ): the guest's
         // per-request work on one request overlaps the device's copy of another.
         let ring = super::uring::Ring::new(super::uring::DEPTH * 2)?;
-        p2p.fill(!SEED);
-        let v = sample(LEN, || ring.transfer(&f, &p2p, 0, false))?;
-        p2p.verify(SEED)?;
+        let v = verified_reads(&p2p, || ring.transfer(&f, &p2p, 0, false))?;
         drop(ring);
         report(
             ctx,
@@ -211,9 +219,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
         let name = peer.info.name.clone();
         let cmb = Mapping::p2pmem(peer.bdf.as_deref().unwrap_or_default(), LEN)
             .map_err(|e| format!("peer {name} CMB p2pmem: {e}"))?;
-        cmb.fill(!SEED);
-        let v = sample(LEN, || io(&cmb, 0, false))?;
-        cmb.verify(SEED)?;
+        let v = verified_reads(&cmb, || io(&cmb, 0, false))?;
         report(
             ctx,
             "p2p_read_cmb",
@@ -253,8 +259,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
     if let Some(cbdf) = client.bdf.as_deref() {
         match Mapping::p2pmem(cbdf, LEN) {
             Ok(cmb) => {
-                let v = sample(LEN, || io(&cmb, 0, false))?;
-                cmb.verify(SEED)?;
+                let v = verified_reads(&cmb, || io(&cmb, 0, false))?;
                 report(
                     ctx,
                     "own_cmb_read",
