@@ -106,6 +106,14 @@ pub fn bench_line(metric: &str, value: f64) -> String {
     format!("{BENCH} {metric} {value:.1}")
 }
 
+/// Prefix of a metric measured on the baseline's devices in the same boot as p2plab's
+/// (`# BENCH baseline:p2p_read 19.3`).
+pub const BENCH_BASELINE_PREFIX: &str = "baseline:";
+
+/// Guest kernel command-line word that limits the `bench` case to `p2p_read` and
+/// `p2p_write` (the bench's second boot, QEMU's bounce buffer at 2 MiB, needs only those).
+pub const BENCH_P2P_ONLY: &str = "p2plab_bench=p2p";
+
 /// `(metric name, value)` of a `# BENCH <metric> <value>` console line.
 pub fn parse_bench_line(line: &str) -> Option<(&str, f64)> {
     let mut it = line

@@ -22,13 +22,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Baseline topology.
+    /// Baseline topology (booted only when `--config` holds no QEMU NVMe of its own).
     #[arg(long, default_value = "qemu-configs/qemu-nvme-reference.toml")]
     baseline: PathBuf,
-    /// Topology under test.
-    /// The default, `two-nvme`, is the `switch` topology with a second p2plab NVMe as its
-    /// peer, for the NVMe → peer-CMB figures beside the NVMe → GPU ones.
-    #[arg(long, default_value = "qemu-configs/two-nvme.toml")]
+    /// Topology under test. The default, `bench`, holds `two-nvme`'s devices (nvme0, gpu0,
+    /// and nvme1 as the peer, for the NVMe → peer-CMB rows) and the baseline's two QEMU
+    /// NVMe: one boot measures both sides, sample by sample in turn, and `--baseline` is
+    /// not booted. A topology without QEMU NVMe is measured in its own boot after the
+    /// baseline's.
+    #[arg(long, default_value = "qemu-configs/bench.toml")]
     config: PathBuf,
     /// Output directory (default: a fresh one under $P2PLAB_HOME/bench).
     #[arg(long)]
@@ -399,6 +401,38 @@ fn with_steal<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Op
     Ok((r, steal))
 }
 
+use p2plab_guest_abi::markers::{
+    BENCH_BASELINE_PREFIX as BASELINE_PREFIX, BENCH_P2P_ONLY as P2P_ONLY,
+};
+
+/// Whether `config` holds QEMU's NVMe beside p2plab's devices (`qemu-configs/bench.toml`):
+/// then one boot measures both sides, sample by sample in turn.
+fn holds_the_baseline(config: &Path) -> anyhow::Result<bool> {
+    use p2plab_lab::config::{DeviceKind, Topology};
+    let path = crate::run::resolve_config(config, &crate::run::repo_root())?;
+    let t = Topology::load(&path).with_context(|| format!("reading {}", path.display()))?;
+    let qemu = t
+        .devices
+        .iter()
+        .filter(|d| d.kind == DeviceKind::QemuNvme)
+        .count();
+    Ok(qemu >= 2 && t.devices.len() > qemu)
+}
+
+/// The figures of a boot with both sides: (baseline, p2plab).
+fn split_sides(
+    figs: BTreeMap<String, Vec<f64>>,
+) -> (BTreeMap<String, Vec<f64>>, BTreeMap<String, Vec<f64>>) {
+    let (mut base, mut ours) = (BTreeMap::new(), BTreeMap::new());
+    for (k, v) in figs {
+        match k.strip_prefix(BASELINE_PREFIX) {
+            Some(m) => base.insert(m.to_string(), v),
+            None => ours.insert(k, v),
+        };
+    }
+    (base, ours)
+}
+
 /// `p2plab run --cases CASES` of `config` into `out`: the `# BENCH` figures and the
 /// whole run's counters.
 fn run_cases(
@@ -420,8 +454,14 @@ fn run_cases(
     if let Some(m) = &args.modules {
         cmd.arg("--modules").arg(m);
     }
-    for a in qemu_args {
-        cmd.arg(format!("--qemu-arg={a}"));
+    // QEMU arguments, but for `--append WORD` (a guest command-line word).
+    let mut it = qemu_args.iter();
+    while let Some(a) = it.next() {
+        if *a == "--append" {
+            cmd.arg("--append").args(it.next());
+        } else {
+            cmd.arg(format!("--qemu-arg={a}"));
+        }
     }
     let status = cmd
         .stdin(std::process::Stdio::null())
@@ -646,27 +686,56 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     );
     let host = limits::measure(&out).context("measuring the host limits")?;
     let mut steal = Map::new();
-    let ((mut base, _), s) =
-        with_steal(|| run_cases("bench", &args.baseline, &out.join("baseline"), &args, &[]))?;
-    steal.insert("baseline".into(), json!(s));
-    let (bounce, _) = if args.no_bounce2m {
-        Default::default()
+    let (mut base, mut ours, counters, bounce);
+    if holds_the_baseline(&args.config)? {
+        // One boot, both sides, samples alternating; the 2 MiB-bounce boot needs only
+        // the baseline's p2p_read / p2p_write.
+        let ((figs, c), s) =
+            with_steal(|| run_cases("bench", &args.config, &out.join("p2plab"), &args, &[]))?;
+        steal.insert("p2plab_and_baseline".into(), json!(s));
+        (base, ours) = split_sides(figs);
+        counters = c;
+        bounce = if args.no_bounce2m {
+            Default::default()
+        } else {
+            let extra = [BOUNCE_2M[0], BOUNCE_2M[1], "--append", P2P_ONLY];
+            let ((figs, _), s) = with_steal(|| {
+                run_cases(
+                    "bench",
+                    &args.config,
+                    &out.join("baseline-bounce2m"),
+                    &args,
+                    &extra,
+                )
+            })?;
+            steal.insert("baseline_bounce2m".into(), json!(s));
+            split_sides(figs).0
+        };
     } else {
-        let (r, s) = with_steal(|| {
-            run_cases(
-                "bench",
-                &args.baseline,
-                &out.join("baseline-bounce2m"),
-                &args,
-                &BOUNCE_2M,
-            )
-        })?;
-        steal.insert("baseline_bounce2m".into(), json!(s));
-        r
-    };
-    let ((mut ours, counters), s) =
-        with_steal(|| run_cases("bench", &args.config, &out.join("p2plab"), &args, &[]))?;
-    steal.insert("p2plab".into(), json!(s));
+        let ((b, _), s) =
+            with_steal(|| run_cases("bench", &args.baseline, &out.join("baseline"), &args, &[]))?;
+        steal.insert("baseline".into(), json!(s));
+        base = b;
+        bounce = if args.no_bounce2m {
+            Default::default()
+        } else {
+            let ((b, _), s) = with_steal(|| {
+                run_cases(
+                    "bench",
+                    &args.baseline,
+                    &out.join("baseline-bounce2m"),
+                    &args,
+                    &BOUNCE_2M,
+                )
+            })?;
+            steal.insert("baseline_bounce2m".into(), json!(s));
+            b
+        };
+        let ((o, c), s) =
+            with_steal(|| run_cases("bench", &args.config, &out.join("p2plab"), &args, &[]))?;
+        steal.insert("p2plab".into(), json!(s));
+        (ours, counters) = (o, c);
+    }
     pair_bounce2m(&mut base, &mut ours, &bounce);
     pair_cmb(&mut base, &ours);
     let vram = if args.no_vram128g {
@@ -798,6 +867,30 @@ mod tests {
         let mut base = map(&[("p2p_read", 50.0)]);
         super::pair_bounce2m(&mut base, &mut ours, &Default::default());
         assert!(!base.contains_key("p2p_read_bounce2m"));
+    }
+
+    /// A boot with both sides: `baseline:`-prefixed samples are the baseline's.
+    #[test]
+    fn one_boot_splits_into_the_two_sides() {
+        let (base, ours) = super::split_sides(map(&[
+            ("p2p_read", 1000.0),
+            ("baseline:p2p_read", 20.0),
+            ("p2p_read_cmb", 900.0),
+        ]));
+        assert_eq!(base, map(&[("p2p_read", 20.0)]));
+        assert_eq!(ours, map(&[("p2p_read", 1000.0), ("p2p_read_cmb", 900.0)]));
+    }
+
+    /// `bench.toml` holds both sides (one boot); `two-nvme` and the reference do not.
+    #[test]
+    fn which_topologies_hold_the_baseline() {
+        let f = |t: &str| super::holds_the_baseline(std::path::Path::new(t)).unwrap();
+        assert!(f("qemu-configs/bench.toml"));
+        assert!(!f("qemu-configs/two-nvme.toml"));
+        assert!(
+            !f("qemu-configs/qemu-nvme-reference.toml"),
+            "only QEMU NVMe"
+        );
     }
 
     #[test]

@@ -181,7 +181,7 @@ fn config_refusal(text: &str, pvh: bool) -> Option<String> {
 
 /// The repository this binary was built from, else the first ancestor of the cwd with
 /// `qemu-configs/`.
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     let built = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     if built.join("qemu-configs").is_dir() {
         return built.canonicalize().unwrap_or_else(|_| built.to_path_buf());
@@ -193,7 +193,7 @@ fn repo_root() -> PathBuf {
         .unwrap_or(cwd)
 }
 
-fn resolve_config(p: &Path, repo: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve_config(p: &Path, repo: &Path) -> Result<PathBuf> {
     if p.is_file() {
         return Ok(p.to_path_buf());
     }

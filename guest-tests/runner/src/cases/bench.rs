@@ -3,15 +3,19 @@
 //! Every metric is measured [`SAMPLES`] times in this one boot, and every sample is
 //! printed as `# BENCH <metric> <value>` (the host takes median, min and max). Units:
 //! MiB/s for throughput, IOPS for the fio random reads, µs for their completion-latency
-//! percentiles. The P2P and own-CMB reads are verified.
+//! percentiles. The P2P and own-CMB reads are verified. When the topology also holds two
+//! of QEMU's NVMe controllers (`qemu-configs/bench.toml`), every paired metric is measured
+//! on both sides in the same boot, sample by sample in turn, the baseline's printed as
+//! `# BENCH baseline:<metric> <value>`.
 //!
-//! Namespace regions: the O_DIRECT figures use 0..64M (RAM and P2P reads, written first by
-//! `ram_to_nvme`) and 128M..192M (`p2p_write`, `p2p_write_cmb`); the fio figures use 512M..1G, written by
-//! `seq128k_write` before any fio read so the reads return data, not holes.
+//! Namespace regions (each side's own namespace): the O_DIRECT figures use 0..64M (RAM and
+//! P2P reads, written first by `ram_to_nvme`) and 128M..192M (`p2p_write`,
+//! `p2p_write_cmb`); the fio figures use 512M..1G, written by `seq128k_write` before any
+//! fio read so the reads return data, not holes.
 
 use super::nvme::fio_json;
 use super::Ctx;
-use crate::devices::Role;
+use crate::devices::{Found, Role};
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
 use std::time::Instant;
 
@@ -82,26 +86,89 @@ pub fn vram_rss(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// MiB/s of each of `SAMPLES` runs of `f` over `len` bytes.
+/// One side of the comparison in this boot: p2plab's devices (metric names as they are),
+/// or — when the topology also has two of QEMU's NVMe controllers — QEMU's pair (names
+/// prefixed `baseline:`). Each metric's samples alternate between the sides, so both meet
+/// the same host: on a VM host whose CPU steal changes by the minute, two sides measured
+/// in separate boots minutes apart differed by up to 7× on the same binary.
+struct Side {
+    prefix: &'static str,
+    /// The NVMe whose namespace is read and written, and that namespace.
+    client: Found,
+    ns: String,
+    file: std::fs::File,
+    /// Whose p2pmem is the P2P buffer (p2plab: the GPU; baseline: the second QEMU NVMe's CMB).
+    provider: Found,
+}
+
+impl Side {
+    fn new(prefix: &'static str, client: &Found, provider: &Found) -> Result<Side, String> {
+        let ns = client
+            .ns
+            .clone()
+            .ok_or_else(|| format!("{} has no namespace", client.info.name))?;
+        Ok(Side {
+            prefix,
+            file: open_direct(&ns)?,
+            ns,
+            client: client.clone(),
+            provider: provider.clone(),
+        })
+    }
+
+    fn io(&self, m: &Mapping, off: u64, write: bool) -> Result<(), String> {
+        direct_io(&self.file, m, off, CHUNK, write)
+            .map_err(|e| format!("O_DIRECT on {}: {e}", self.ns))
+    }
+
+    fn p2pmem(&self, bdf: Option<&str>) -> Result<Mapping, String> {
+        Mapping::p2pmem(bdf.unwrap_or_default(), LEN)
+    }
+}
+
+/// QEMU's NVMe pair in a p2plab topology (`qemu-configs/bench.toml`): the first QEMU NVMe
+/// with a namespace is the client, the next one (its CMB) the provider.
+fn baseline_side(ctx: &Ctx) -> Result<Option<Side>, String> {
+    let q: Vec<&Found> = ctx
+        .env
+        .devices
+        .iter()
+        .filter(|d| d.info.kind == p2plab_guest_abi::DeviceKind::QemuNvme && d.bdf.is_some())
+        .collect();
+    let client = ctx.env.role(Role::Client)?;
+    if client.info.kind == p2plab_guest_abi::DeviceKind::QemuNvme || q.len() < 2 {
+        return Ok(None);
+    }
+    Side::new(p2plab_guest_abi::markers::BENCH_BASELINE_PREFIX, q[0], q[1]).map(Some)
+}
+
+/// Seconds → MiB/s of `len` bytes.
+fn mibs(len: usize, t: Instant) -> f64 {
+    len as f64 / MIB as f64 / t.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// [`SAMPLES`] rounds of `one(side)` over every side in turn; the samples per side.
+fn paired(
+    sides: &[Side],
+    mut one: impl FnMut(usize, &Side) -> Result<f64, String>,
+) -> Result<Vec<Vec<f64>>, String> {
+    let mut v = vec![Vec::with_capacity(SAMPLES); sides.len()];
+    for _ in 0..SAMPLES {
+        for (i, s) in sides.iter().enumerate() {
+            v[i].push(one(i, s)?);
+        }
+    }
+    Ok(v)
+}
+
+/// MiB/s of each of `SAMPLES` runs of `f` over `len` bytes (one side only).
 fn sample(len: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<Vec<f64>, String> {
     let mut v = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         let t = Instant::now();
         f()?;
-        v.push(len as f64 / MIB as f64 / t.elapsed().as_secs_f64().max(1e-9));
+        v.push(mibs(len, t));
     }
-    Ok(v)
-}
-
-/// Samples of `read` (which fills `m` from the namespace region written with [`SEED`]):
-/// `m` is set to something else first, so stale data cannot pass, and verified after.
-fn verified_reads(
-    m: &Mapping,
-    read: impl FnMut() -> Result<(), String>,
-) -> Result<Vec<f64>, String> {
-    m.fill(!SEED);
-    let v = sample(m.len(), read)?;
-    m.verify(SEED)?;
     Ok(v)
 }
 
@@ -121,105 +188,157 @@ fn report(ctx: &mut Ctx, metric: &str, unit: &str, samples: &[f64], what: &str) 
     }
 }
 
+/// [`report`] for every side: `what` gets the side's client and provider names.
+fn report_sides(
+    ctx: &mut Ctx,
+    sides: &[Side],
+    metric: &str,
+    unit: &str,
+    v: &[Vec<f64>],
+    what: impl Fn(&Side) -> String,
+) {
+    for (s, v) in sides.iter().zip(v) {
+        report(ctx, &format!("{}{metric}", s.prefix), unit, v, &what(s));
+    }
+}
+
+/// Whether the kernel command line carries `word` (`p2plab run --append`).
+fn cmdline_has(word: &str) -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == word))
+        .unwrap_or(false)
+}
+
 pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
-    let client = ctx.env.role(Role::Client)?;
-    let provider = ctx.env.role(Role::Provider)?;
-    let ns = client
-        .ns
-        .clone()
-        .ok_or_else(|| format!("client {} has no namespace", client.info.name))?;
-    let pbdf = provider.bdf.clone().unwrap_or_default();
-    let f = open_direct(&ns)?;
-    let io = |m: &Mapping, off: u64, write: bool| {
-        direct_io(&f, m, off, CHUNK, write).map_err(|e| format!("O_DIRECT on {ns}: {e}"))
-    };
+    let client = ctx.env.role(Role::Client)?.clone();
+    let provider = ctx.env.role(Role::Provider)?.clone();
+    let mut sides = vec![Side::new("", &client, &provider)?];
+    if let Some(b) = baseline_side(ctx)? {
+        ctx.diag(&format!(
+            "baseline in the same boot: {} -> {} CMB; samples alternate between the sides",
+            b.client.info.name, b.provider.info.name
+        ));
+        sides.push(b);
+    }
+    let p2p_only = cmdline_has(p2plab_guest_abi::markers::BENCH_P2P_ONLY);
 
-    let ram = Mapping::ram(LEN)?;
-    ram.fill(SEED);
-    let v = sample(LEN, || io(&ram, 0, true))?;
-    report(
-        ctx,
-        "ram_to_nvme",
-        "MiB/s",
-        &v,
-        &format!("O_DIRECT write guest RAM -> {ns}"),
-    );
-    let v = sample(LEN, || io(&ram, 0, false))?;
-    report(
-        ctx,
-        "nvme_to_ram",
-        "MiB/s",
-        &v,
-        &format!("O_DIRECT read {ns} -> guest RAM"),
-    );
-    ram.verify(SEED)?;
-    drop(ram);
-
-    {
-        let p2p = Mapping::p2pmem(&pbdf, LEN)?;
-        let v = verified_reads(&p2p, || io(&p2p, 0, false))?;
-        report(
-            ctx,
-            "p2p_read",
-            "MiB/s",
-            &v,
-            &format!(
-                "O_DIRECT read {ns} -> {} p2pmem (verified)",
-                provider.info.name
-            ),
-        );
-        // The same reads with DEPTH of them in flight (io_uring READ): the guest's
-        // per-request work on one request overlaps the device's copy of another.
-        let ring = super::uring::Ring::new(super::uring::DEPTH * 2)?;
-        let v = verified_reads(&p2p, || ring.transfer(&f, &p2p, 0, false))?;
-        drop(ring);
-        report(
-            ctx,
-            "p2p_read_qd8",
-            "MiB/s",
-            &v,
-            &format!(
-                "io_uring READ {ns} -> {} p2pmem, 1 MiB x {} in flight (verified)",
-                provider.info.name,
-                super::uring::DEPTH
-            ),
-        );
-        let v = sample(LEN, || io(&p2p, 128 << 20, true))?;
-        report(
-            ctx,
-            "p2p_write",
-            "MiB/s",
-            &v,
-            &format!("O_DIRECT write {} p2pmem -> {ns}", provider.info.name),
-        );
-        let v = sample(LEN, || {
-            p2p.fill(SEED);
-            Ok(())
+    if !p2p_only {
+        let ram = Mapping::ram(LEN)?;
+        ram.fill(SEED);
+        let v = paired(&sides, |_, s| {
+            let t = Instant::now();
+            s.io(&ram, 0, true)?;
+            Ok(mibs(LEN, t))
         })?;
-        report(
-            ctx,
-            "cpu_store_p2pmem",
-            "MiB/s",
-            &v,
-            &format!("CPU 64-bit stores to {} p2pmem", provider.info.name),
-        );
-        let v = sample(LEN, || p2p.verify(SEED))?;
-        report(
-            ctx,
-            "cpu_load_p2pmem",
-            "MiB/s",
-            &v,
-            &format!("CPU loads from {} p2pmem", provider.info.name),
-        );
+        report_sides(ctx, &sides, "ram_to_nvme", "MiB/s", &v, |s| {
+            format!("O_DIRECT write guest RAM -> {}", s.ns)
+        });
+        let v = paired(&sides, |_, s| {
+            let t = Instant::now();
+            s.io(&ram, 0, false)?;
+            Ok(mibs(LEN, t))
+        })?;
+        ram.verify(SEED)?;
+        report_sides(ctx, &sides, "nvme_to_ram", "MiB/s", &v, |s| {
+            format!("O_DIRECT read {} -> guest RAM", s.ns)
+        });
+    } else {
+        // Stage what p2p_read reads.
+        let ram = Mapping::ram(LEN)?;
+        ram.fill(SEED);
+        for s in &sides {
+            s.io(&ram, 0, true)?;
+        }
     }
 
-    // NVMe → a peer NVMe's CMB and back, when the topology has a peer (`two-nvme`): the
-    // figure QEMU's NVMe gives as its p2p_read (the baseline's provider is a QEMU NVMe).
+    {
+        let p2p: Vec<Mapping> = sides
+            .iter()
+            .map(|s| s.p2pmem(s.provider.bdf.as_deref()))
+            .collect::<Result<_, _>>()?;
+        for m in &p2p {
+            m.fill(!SEED);
+        }
+        let v = paired(&sides, |i, s| {
+            let t = Instant::now();
+            s.io(&p2p[i], 0, false)?;
+            Ok(mibs(LEN, t))
+        })?;
+        for m in &p2p {
+            m.verify(SEED)?;
+        }
+        report_sides(ctx, &sides, "p2p_read", "MiB/s", &v, |s| {
+            format!(
+                "O_DIRECT read {} -> {} p2pmem (verified)",
+                s.ns, s.provider.info.name
+            )
+        });
+        if !p2p_only {
+            // The same reads with DEPTH of them in flight (io_uring READ): the guest's
+            // per-request work on one request overlaps the device's copy of another.
+            let ring = super::uring::Ring::new(super::uring::DEPTH * 2)?;
+            for m in &p2p {
+                m.fill(!SEED);
+            }
+            let v = paired(&sides, |i, s| {
+                let t = Instant::now();
+                ring.transfer(&s.file, &p2p[i], 0, false)?;
+                Ok(mibs(LEN, t))
+            })?;
+            for m in &p2p {
+                m.verify(SEED)?;
+            }
+            report_sides(ctx, &sides, "p2p_read_qd8", "MiB/s", &v, |s| {
+                format!(
+                    "io_uring READ {} -> {} p2pmem, 1 MiB x {} in flight (verified)",
+                    s.ns,
+                    s.provider.info.name,
+                    super::uring::DEPTH
+                )
+            });
+        }
+        let v = paired(&sides, |i, s| {
+            let t = Instant::now();
+            s.io(&p2p[i], 128 << 20, true)?;
+            Ok(mibs(LEN, t))
+        })?;
+        report_sides(ctx, &sides, "p2p_write", "MiB/s", &v, |s| {
+            format!("O_DIRECT write {} p2pmem -> {}", s.provider.info.name, s.ns)
+        });
+        if p2p_only {
+            return Ok(());
+        }
+        let v = paired(&sides, |i, _| {
+            let t = Instant::now();
+            p2p[i].fill(SEED);
+            Ok(mibs(LEN, t))
+        })?;
+        report_sides(ctx, &sides, "cpu_store_p2pmem", "MiB/s", &v, |s| {
+            format!("CPU 64-bit stores to {} p2pmem", s.provider.info.name)
+        });
+        let v = paired(&sides, |i, _| {
+            let t = Instant::now();
+            p2p[i].verify(SEED)?;
+            Ok(mibs(LEN, t))
+        })?;
+        report_sides(ctx, &sides, "cpu_load_p2pmem", "MiB/s", &v, |s| {
+            format!("CPU loads from {} p2pmem", s.provider.info.name)
+        });
+    }
+
+    // NVMe → a peer NVMe's CMB and back, when the topology has a peer (`two-nvme`,
+    // `bench`): the baseline's figure for it is its p2p_read / p2p_write (its provider is
+    // a QEMU NVMe's CMB), paired by the host.
+    let ours = &sides[0];
     if let Some(peer) = ctx.env.role(Role::Peer).ok().cloned() {
         let name = peer.info.name.clone();
-        let cmb = Mapping::p2pmem(peer.bdf.as_deref().unwrap_or_default(), LEN)
+        let cmb = ours
+            .p2pmem(peer.bdf.as_deref())
             .map_err(|e| format!("peer {name} CMB p2pmem: {e}"))?;
-        let v = verified_reads(&cmb, || io(&cmb, 0, false))?;
+        cmb.fill(!SEED);
+        let v = sample(LEN, || ours.io(&cmb, 0, false))?;
+        cmb.verify(SEED)?;
+        let ns = ours.ns.clone();
         report(
             ctx,
             "p2p_read_cmb",
@@ -227,7 +346,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
             &v,
             &format!("O_DIRECT read {ns} -> {name} CMB p2pmem (verified)"),
         );
-        let v = sample(LEN, || io(&cmb, 128 << 20, true))?;
+        let v = sample(LEN, || ours.io(&cmb, 128 << 20, true))?;
         report(
             ctx,
             "p2p_write_cmb",
@@ -239,40 +358,46 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
 
     // The page-less block path beside the struct-page p2p_read: READ_FIXED into a
     // dma-buf of the provider's VRAM (a GPU), when the kernel has the io_uring series.
-    if provider.info.kind == p2plab_guest_abi::DeviceKind::Gpu {
-        let gpu = super::gpu::Gpu::open(provider)?;
+    if ours.provider.info.kind == p2plab_guest_abi::DeviceKind::Gpu {
+        let gpu = super::gpu::Gpu::open(&ours.provider)?;
+        let (ns, pname) = (ours.ns.clone(), ours.provider.info.name.clone());
         match super::uring_dmabuf::bench_read(&ns, 0, &gpu, 768 << 20, LEN, SAMPLES)? {
             Ok(v) => report(
                 ctx,
                 "uring_dmabuf_read",
                 "MiB/s",
                 &v,
-                &format!(
-                    "io_uring READ_FIXED {ns} -> {} VRAM dma-buf, 1 MiB QD 8",
-                    provider.info.name
-                ),
+                &format!("io_uring READ_FIXED {ns} -> {pname} VRAM dma-buf, 1 MiB QD 8"),
             ),
             Err(why) => ctx.diag(&format!("uring_dmabuf_read not measured: {why}")),
         }
     }
 
-    if let Some(cbdf) = client.bdf.as_deref() {
-        match Mapping::p2pmem(cbdf, LEN) {
-            Ok(cmb) => {
-                let v = verified_reads(&cmb, || io(&cmb, 0, false))?;
-                report(
-                    ctx,
-                    "own_cmb_read",
-                    "MiB/s",
-                    &v,
-                    &format!("O_DIRECT read {ns} -> its own CMB (verified)"),
-                );
+    // Each side's client into its own CMB.
+    let own: Result<Vec<Mapping>, String> = sides
+        .iter()
+        .map(|s| s.p2pmem(s.client.bdf.as_deref()))
+        .collect();
+    match own {
+        Ok(cmbs) => {
+            for m in &cmbs {
+                m.fill(!SEED);
             }
-            Err(e) => ctx.diag(&format!("own_cmb_read not measured: {e}")),
+            let v = paired(&sides, |i, s| {
+                let t = Instant::now();
+                s.io(&cmbs[i], 0, false)?;
+                Ok(mibs(LEN, t))
+            })?;
+            for m in &cmbs {
+                m.verify(SEED)?;
+            }
+            report_sides(ctx, &sides, "own_cmb_read", "MiB/s", &v, |s| {
+                format!("O_DIRECT read {} -> its own CMB (verified)", s.ns)
+            });
         }
+        Err(e) => ctx.diag(&format!("own_cmb_read not measured: {e}")),
     }
-    drop(f);
-    fio_figures(ctx, &ns)
+    fio_figures(ctx, &sides)
 }
 
 /// The namespace's size in bytes (sysfs counts 512-byte sectors whatever the LBA size).
@@ -340,69 +465,63 @@ fn num(sec: &serde_json::Value, path: &[&str], what: &str) -> Result<f64, String
         .ok_or_else(|| format!("fio JSON has no {what} ({})", path.join(".")))
 }
 
-/// The fio figures on the client namespace, O_DIRECT over [`FIO_SPAN`] bytes.
-fn fio_figures(ctx: &mut Ctx, ns: &str) -> Result<(), String> {
-    let size = ns_bytes(ns)?;
-    if size < FIO_OFF + FIO_SPAN {
-        return Err(format!(
-            "{ns} holds {} MiB; the fio figures need {} MiB",
-            size >> 20,
-            (FIO_OFF + FIO_SPAN) >> 20
-        ));
-    }
-    let span = format!(
-        "{ns} {}..{} MiB, O_DIRECT, {FIO_RUNTIME_S} s each",
-        FIO_OFF >> 20,
-        (FIO_OFF + FIO_SPAN) >> 20
-    );
-    for (metric, rw) in [("seq128k_write", "write"), ("seq128k_read", "read")] {
-        let mut v = Vec::with_capacity(SAMPLES);
-        for _ in 0..SAMPLES {
-            let sec = fio_job(ns, metric, "io_uring", rw, "128k", 8)?;
-            v.push(num(&sec, &["bw_bytes"], "bandwidth")? / MIB as f64);
+/// The fio figures on each side's namespace, O_DIRECT over [`FIO_SPAN`] bytes, samples
+/// alternating between the sides.
+fn fio_figures(ctx: &mut Ctx, sides: &[Side]) -> Result<(), String> {
+    for s in sides {
+        let size = ns_bytes(&s.ns)?;
+        if size < FIO_OFF + FIO_SPAN {
+            return Err(format!(
+                "{} holds {} MiB; the fio figures need {} MiB",
+                s.ns,
+                size >> 20,
+                (FIO_OFF + FIO_SPAN) >> 20
+            ));
         }
-        report(
-            ctx,
-            metric,
-            "MiB/s",
-            &v,
-            &format!("fio sequential {rw} 128 KiB, io_uring QD 8, {span}"),
-        );
     }
-    let (mut iops, mut p50, mut p99) = (vec![], vec![], vec![]);
-    for _ in 0..SAMPLES {
-        let sec = fio_job(ns, "rr4k_qd1", "psync", "randread", "4k", 1)?;
-        iops.push(num(&sec, &["iops"], "IOPS")?);
-        p50.push(num(&sec, &["clat_ns", "percentile", "50.000000"], "clat p50")? / 1000.0);
-        p99.push(num(&sec, &["clat_ns", "percentile", "99.000000"], "clat p99")? / 1000.0);
+    let span = |s: &Side| {
+        format!(
+            "{} {}..{} MiB, O_DIRECT, {FIO_RUNTIME_S} s each",
+            s.ns,
+            FIO_OFF >> 20,
+            (FIO_OFF + FIO_SPAN) >> 20
+        )
+    };
+    for (metric, rw) in [("seq128k_write", "write"), ("seq128k_read", "read")] {
+        let v = paired(sides, |_, s| {
+            let sec = fio_job(&s.ns, metric, "io_uring", rw, "128k", 8)?;
+            Ok(num(&sec, &["bw_bytes"], "bandwidth")? / MIB as f64)
+        })?;
+        report_sides(ctx, sides, metric, "MiB/s", &v, |s| {
+            format!("fio sequential {rw} 128 KiB, io_uring QD 8, {}", span(s))
+        });
     }
-    let what = format!("fio 4 KiB randread, psync QD 1, {span}");
-    report(ctx, "rr4k_qd1_iops", "IOPS", &iops, &what);
-    report(
-        ctx,
-        "rr4k_qd1_p50_us",
-        "us",
-        &p50,
-        &format!("{what}: clat p50"),
-    );
-    report(
-        ctx,
-        "rr4k_qd1_p99_us",
-        "us",
-        &p99,
-        &format!("{what}: clat p99"),
-    );
-    let mut v = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
-        let sec = fio_job(ns, "rr4k_qd32", "io_uring", "randread", "4k", 32)?;
-        v.push(num(&sec, &["iops"], "IOPS")?);
-    }
-    report(
-        ctx,
-        "rr4k_qd32_iops",
-        "IOPS",
-        &v,
-        &format!("fio 4 KiB randread, io_uring QD 32, {span}"),
-    );
+    let mut lat = vec![(vec![], vec![]); sides.len()];
+    let iops = paired(sides, |i, s| {
+        let sec = fio_job(&s.ns, "rr4k_qd1", "psync", "randread", "4k", 1)?;
+        lat[i]
+            .0
+            .push(num(&sec, &["clat_ns", "percentile", "50.000000"], "clat p50")? / 1000.0);
+        lat[i]
+            .1
+            .push(num(&sec, &["clat_ns", "percentile", "99.000000"], "clat p99")? / 1000.0);
+        num(&sec, &["iops"], "IOPS")
+    })?;
+    let what = |s: &Side| format!("fio 4 KiB randread, psync QD 1, {}", span(s));
+    report_sides(ctx, sides, "rr4k_qd1_iops", "IOPS", &iops, what);
+    let (p50, p99): (Vec<Vec<f64>>, Vec<Vec<f64>>) = lat.into_iter().unzip();
+    report_sides(ctx, sides, "rr4k_qd1_p50_us", "us", &p50, |s| {
+        format!("{}: clat p50", what(s))
+    });
+    report_sides(ctx, sides, "rr4k_qd1_p99_us", "us", &p99, |s| {
+        format!("{}: clat p99", what(s))
+    });
+    let v = paired(sides, |_, s| {
+        let sec = fio_job(&s.ns, "rr4k_qd32", "io_uring", "randread", "4k", 32)?;
+        num(&sec, &["iops"], "IOPS")
+    })?;
+    report_sides(ctx, sides, "rr4k_qd32_iops", "IOPS", &v, |s| {
+        format!("fio 4 KiB randread, io_uring QD 32, {}", span(s))
+    });
     Ok(())
 }
