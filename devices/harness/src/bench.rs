@@ -1,15 +1,17 @@
 //! `p2plab bench`: the lab against the reference, measured in the same run.
 //!
 //! Measures the host limits first (this process, no guest running: `limits.rs`), then
-//! boots the baseline topology (QEMU's built-in NVMe with CMB, `qemu-nvme-reference`) — a
-//! second time with QEMU's DMA bounce buffer raised from 4 KiB to 2 MiB, for the P2P
-//! figures (`*_bounce2m`) — and the p2plab topology (`two-nvme`: `switch` with a peer NVMe,
-//! for the NVMe → peer-CMB figures `*_cmb`) one after the other and runs
-//! the guest `bench` case in each. The guest prints every sample of every metric (`# BENCH <metric> <value>`, at
-//! least five per metric, all in one boot); this prints the median with min..max of each
-//! side, the ratio of the medians p2plab / baseline, and each figure's fraction of the host
-//! limit it is set against. `OUT/bench.json` keeps all of it with the lab process's RSS,
-//! and `OUT/bench.svg` draws it (`chart.rs`).
+//! boots `qemu-configs/bench.toml`, which holds both sides — p2plab's nvme0, gpu0 and
+//! nvme1 (the peer, for the NVMe → peer-CMB figures `*_cmb`) and QEMU's two built-in NVMe
+//! with CMB — and runs the guest `bench` case there: each metric's samples alternate
+//! between the sides, so both meet the same host (`# BENCH baseline:<metric>` lines are
+//! the baseline's). The same topology boots a second time with QEMU's DMA bounce buffer
+//! raised from 4 KiB to 2 MiB for the baseline's P2P figures (`*_bounce2m`). A `--config`
+//! without QEMU NVMe is booted alone after the `--baseline` topology. This prints the
+//! median with min..max of each side, the ratio of the medians p2plab / baseline, each
+//! figure's fraction of the host limit it is set against and each boot's host CPU steal.
+//! `OUT/bench.json` keeps all of it with the lab process's RSS, and `OUT/bench.svg` draws
+//! it (`chart.rs`).
 
 mod chart;
 mod limits;
@@ -673,21 +675,30 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
         None => default_out()?,
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    eprintln!(
-        "p2plab bench: host limits, then baseline {}{} and {} (results in {})",
-        args.baseline.display(),
-        if args.no_bounce2m {
-            ""
-        } else {
-            " (twice: QEMU's default bounce buffer and 2 MiB)"
-        },
-        args.config.display(),
-        out.display()
-    );
+    let together = holds_the_baseline(&args.config)?;
+    let bounce_note = if args.no_bounce2m {
+        ""
+    } else {
+        " (the baseline again with QEMU's bounce buffer at 2 MiB)"
+    };
+    if together {
+        eprintln!(
+            "p2plab bench: host limits, then {} with both sides in one boot{bounce_note} (results in {})",
+            args.config.display(),
+            out.display()
+        );
+    } else {
+        eprintln!(
+            "p2plab bench: host limits, then baseline {}{bounce_note} and {} (results in {})",
+            args.baseline.display(),
+            args.config.display(),
+            out.display()
+        );
+    }
     let host = limits::measure(&out).context("measuring the host limits")?;
     let mut steal = Map::new();
     let (mut base, mut ours, counters, bounce);
-    if holds_the_baseline(&args.config)? {
+    if together {
         // One boot, both sides, samples alternating; the 2 MiB-bounce boot needs only
         // the baseline's p2p_read / p2p_write.
         let ((figs, c), s) =
@@ -758,8 +769,13 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     println!();
     print!("{}", r.table);
     println!(
-        "Each guest figure: median [min..max] of {} samples in one boot per side; ratio = p2plab / baseline",
-        counts.join("/")
+        "Each guest figure: median [min..max] of {} samples {}; ratio = p2plab / baseline",
+        counts.join("/"),
+        if together {
+            "per side, both sides in one boot, alternating"
+        } else {
+            "in one boot per side"
+        }
     );
     println!(
         "of the medians (for the µs latencies lower is better). Host limits: median [min..max] of"
@@ -804,8 +820,15 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     r.json.insert("p2plab_rss_bytes".into(), rss.into());
     r.json
         .insert("bar_resident_bytes".into(), Value::Object(bars));
-    r.json
-        .insert("baseline_config".into(), json!(args.baseline));
+    r.json.insert(
+        "baseline_config".into(),
+        json!(if together {
+            &args.config
+        } else {
+            &args.baseline
+        }),
+    );
+    r.json.insert("one_boot".into(), together.into());
     r.json.insert("config".into(), json!(args.config));
     r.json.insert("host_caching".into(), HOST_CACHING.into());
     r.json.insert("steal".into(), Value::Object(steal));
