@@ -202,6 +202,28 @@ fn report_sides(
     }
 }
 
+/// [`paired`] reads of `read(i, side)` into `maps[i]` (side i's buffer, which the read
+/// fills from the namespace region written with [`SEED`]): every buffer is set to
+/// something else first, so stale data cannot pass, and verified after.
+fn paired_verified_reads(
+    sides: &[Side],
+    maps: &[Mapping],
+    mut read: impl FnMut(&Side, &Mapping) -> Result<(), String>,
+) -> Result<Vec<Vec<f64>>, String> {
+    for m in maps {
+        m.fill(!SEED);
+    }
+    let v = paired(sides, |i, s| {
+        let t = Instant::now();
+        read(s, &maps[i])?;
+        Ok(mibs(maps[i].len(), t))
+    })?;
+    for m in maps {
+        m.verify(SEED)?;
+    }
+    Ok(v)
+}
+
 /// Whether the kernel command line carries `word` (`p2plab run --append`).
 fn cmdline_has(word: &str) -> bool {
     std::fs::read_to_string("/proc/cmdline")
@@ -256,17 +278,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
             .iter()
             .map(|s| s.p2pmem(s.provider.bdf.as_deref()))
             .collect::<Result<_, _>>()?;
-        for m in &p2p {
-            m.fill(!SEED);
-        }
-        let v = paired(&sides, |i, s| {
-            let t = Instant::now();
-            s.io(&p2p[i], 0, false)?;
-            Ok(mibs(LEN, t))
-        })?;
-        for m in &p2p {
-            m.verify(SEED)?;
-        }
+        let v = paired_verified_reads(&sides, &p2p, |s, m| s.io(m, 0, false))?;
         report_sides(ctx, &sides, "p2p_read", "MiB/s", &v, |s| {
             format!(
                 "O_DIRECT read {} -> {} p2pmem (verified)",
@@ -277,17 +289,8 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
             // The same reads with DEPTH of them in flight (io_uring READ): the guest's
             // per-request work on one request overlaps the device's copy of another.
             let ring = super::uring::Ring::new(super::uring::DEPTH * 2)?;
-            for m in &p2p {
-                m.fill(!SEED);
-            }
-            let v = paired(&sides, |i, s| {
-                let t = Instant::now();
-                ring.transfer(&s.file, &p2p[i], 0, false)?;
-                Ok(mibs(LEN, t))
-            })?;
-            for m in &p2p {
-                m.verify(SEED)?;
-            }
+            let v =
+                paired_verified_reads(&sides, &p2p, |s, m| ring.transfer(&s.file, m, 0, false))?;
             report_sides(ctx, &sides, "p2p_read_qd8", "MiB/s", &v, |s| {
                 format!(
                     "io_uring READ {} -> {} p2pmem, 1 MiB x {} in flight (verified)",
@@ -380,17 +383,7 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
         .collect();
     match own {
         Ok(cmbs) => {
-            for m in &cmbs {
-                m.fill(!SEED);
-            }
-            let v = paired(&sides, |i, s| {
-                let t = Instant::now();
-                s.io(&cmbs[i], 0, false)?;
-                Ok(mibs(LEN, t))
-            })?;
-            for m in &cmbs {
-                m.verify(SEED)?;
-            }
+            let v = paired_verified_reads(&sides, &cmbs, |s, m| s.io(m, 0, false))?;
             report_sides(ctx, &sides, "own_cmb_read", "MiB/s", &v, |s| {
                 format!("O_DIRECT read {} -> its own CMB (verified)", s.ns)
             });
