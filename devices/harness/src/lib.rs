@@ -40,6 +40,7 @@ pub mod proof;
 pub mod qemu;
 pub mod run;
 pub mod select;
+pub mod stall;
 pub mod suite;
 pub mod summary;
 pub mod supervise;

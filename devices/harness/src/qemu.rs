@@ -52,6 +52,21 @@ pub fn guest_cpu(cpu: &str, accel: Accel) -> String {
     s
 }
 
+/// Kernel parameter the harness adds under TCG, before the topology's and `--append`'s
+/// words (a later `tsc=watchdog` turns the watchdog back on).
+///
+/// Linux 7.x's clocksource watchdog (the 2026 rewrite) checks each other CPU's TSC
+/// against the boot CPU's from its timer with interrupts off, giving the other CPU 50 µs
+/// measured by `ktime_get_raw_fast_ns()`. Until `fs_initcall` timekeeping runs on
+/// jiffies, so with interrupts off on both CPUs that clock stands still: when the other
+/// CPU sits in `stop_machine()` with interrupts off, waiting for this one, neither moves
+/// again. A TCG guest meets it when the host starves a vCPU thread (1 boot in ~40 with
+/// three guests and two CPU hogs on 2 cores; once in CI): vCPU 0 in
+/// `watchdog_check_skew`, vCPU 1 in `multi_cpu_stop`, both with interrupts off, no
+/// console output. Under TCG the TSC is QEMU's reading of the host's monotonic clock:
+/// there is nothing for the watchdog to catch. KVM guests get no parameter.
+pub const TCG_KERNEL_PARAMS: &str = "tsc=nowatchdog";
+
 /// Lowest QEMU with `-device vfio-user-pci`.
 pub const MIN_QEMU: (u32, u32) = (10, 1);
 
@@ -262,6 +277,12 @@ pub fn args(l: &Launch) -> Result<Vec<String>> {
             "chardev:con",
             "-monitor",
             "none",
+        ]);
+        // QMP for the stall report (crate::stall): vCPU registers of a stuck guest.
+        let qmp = l.run_dir.join(crate::stall::QMP_SOCKET);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp.display()),
         ]);
     }
 

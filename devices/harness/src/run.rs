@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const DEFAULT_TIMEOUT_SECS: u64 = 900;
+/// `--boot-timeout` default: QEMU start to the first case (a TCG boot takes 5–40 s here).
+const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 300;
 
 #[derive(clap::Args, Debug, serde::Serialize)]
 pub struct RunArgs {
@@ -74,6 +76,12 @@ pub struct RunArgs {
     /// (default 900; none with --shell). 0 = no limit.
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Seconds the guest has from QEMU's start to its first case; a guest that has not
+    /// got there is stopped as stalled, with what its vCPUs and QEMU's threads were
+    /// doing in `stall.txt` (default 300: a TCG boot takes 5–40 s; not with --shell).
+    /// 0 = no limit.
+    #[arg(long, default_value_t = DEFAULT_BOOT_TIMEOUT_SECS)]
+    pub boot_timeout: u64,
     /// Extra QEMU argument, appended verbatim (repeatable).
     #[arg(long = "qemu-arg", allow_hyphen_values = true)]
     pub qemu_args: Vec<String>,
@@ -303,6 +311,22 @@ fn timestamp() -> String {
     )
 }
 
+/// The harness's own kernel parameters, before the topology's and `--append`'s words.
+fn base_cmdline(verbose: bool, accel: Accel) -> String {
+    // printk.time: kernel reports are told from the runner's output by their stamp.
+    let mut cmdline = String::from("console=ttyS0 panic=-1 reboot=t printk.time=1");
+    if !verbose {
+        // Quiet, but warnings (KERN_WARNING = 4) still reach the console: a WARN, a
+        // lockdep or KASAN report during a case fails it (ktap::splat).
+        cmdline.push_str(" quiet loglevel=5");
+    }
+    if accel != Accel::Kvm {
+        cmdline.push(' ');
+        cmdline.push_str(qemu::TCG_KERNEL_PARAMS);
+    }
+    cmdline
+}
+
 pub fn run_main(args: RunArgs) -> Result<i32> {
     if args.list {
         for c in CASES {
@@ -468,13 +492,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
     qemu::prepare_qemu_nvme_files(&topo, &run_dir)?;
 
     // --- kernel command line
-    // printk.time: kernel reports are told from the runner's output by their stamp.
-    let mut cmdline = String::from("console=ttyS0 panic=-1 reboot=t printk.time=1");
-    if !args.verbose {
-        // Quiet, but warnings (KERN_WARNING = 4) still reach the console: a WARN, a
-        // lockdep or KASAN report during a case fails it (ktap::splat).
-        cmdline.push_str(" quiet loglevel=5");
-    }
+    let mut cmdline = base_cmdline(args.verbose, accel);
     for extra in [
         topo.machine.cmdline.as_str(),
         args.append.as_deref().unwrap_or(""),
@@ -595,8 +613,8 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
             .unwrap_or_default(),
         if kernel.pvh { "PVH" } else { "bzImage" },
         match accel {
-            Accel::Kvm => "KVM",
-            _ => "TCG",
+            Accel::Kvm => "KVM".to_string(),
+            _ => format!("TCG, {}", qemu::TCG_KERNEL_PARAMS),
         },
         crate::qemu::guest_cpu(&topo.machine.cpu, accel),
         cases.len(),
@@ -619,6 +637,8 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
                 lab: view,
                 run_dir: &run_dir,
                 timeout,
+                boot_timeout: (args.boot_timeout > 0)
+                    .then(|| Duration::from_secs(args.boot_timeout)),
                 image_secs,
                 verbose: args.verbose,
                 cpu_witness: args.cpu_witness,
@@ -663,5 +683,23 @@ mod tests {
         assert_eq!(config_refusal(&kasan, false), None);
         let no_p2p = base.replace("CONFIG_PCI_P2PDMA=y\n", "");
         assert!(config_refusal(&no_p2p, false).is_some_and(|w| w.contains("CONFIG_PCI_P2PDMA")));
+    }
+
+    #[test]
+    fn tcg_guests_boot_without_the_clocksource_watchdog_and_kvm_guests_with_it() {
+        let words = |v, a| -> Vec<String> {
+            base_cmdline(v, a)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        assert!(words(false, Accel::Tcg).contains(&"tsc=nowatchdog".to_string()));
+        assert!(words(true, Accel::Tcg).contains(&"tsc=nowatchdog".to_string()));
+        assert!(!words(false, Accel::Kvm)
+            .iter()
+            .any(|w| w.starts_with("tsc=")));
+        // Quiet boots keep warnings on the console (splat detection needs them).
+        assert!(words(false, Accel::Kvm).contains(&"loglevel=5".to_string()));
+        assert!(!words(true, Accel::Kvm).contains(&"quiet".to_string()));
     }
 }

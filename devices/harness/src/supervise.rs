@@ -6,6 +6,7 @@
 
 use crate::assertions;
 use crate::ktap::{self, Verdict};
+use crate::stall;
 use crate::witness::{self, Witness};
 use anyhow::{Context, Result};
 use p2plab_counters::Counters;
@@ -103,6 +104,8 @@ fn ktap_line(l: &str) -> bool {
 
 /// How long a guest may take to power off after printing its run's end.
 const POWEROFF_GRACE: Duration = Duration::from_secs(60);
+/// Console lines printed when a run is stopped without its results.
+const CONSOLE_TAIL: usize = 20;
 
 pub fn shell(mut cmd: Command, run_dir: &Path, timeout: Option<Duration>) -> Result<i32> {
     cmd.stdin(Stdio::inherit())
@@ -170,6 +173,8 @@ pub struct Supervision<'a> {
     pub run_dir: &'a Path,
     /// Wall-clock limit of the whole run.
     pub timeout: Option<Duration>,
+    /// Limit from QEMU's start to the guest's first case (a stalled boot).
+    pub boot_timeout: Option<Duration>,
     /// Seconds spent building the image (for `timing.json`).
     pub image_secs: f64,
     /// Show the whole console, not only KTAP lines and errors.
@@ -190,6 +195,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
         lab,
         run_dir,
         timeout,
+        boot_timeout,
         image_secs,
         verbose,
         cpu_witness,
@@ -283,6 +289,13 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
                 stop_reason = Some(format!("timeout after {} s", t.as_secs()));
                 break;
             }
+        }
+        if let Some(t) = boot_timeout.filter(|t| first_case.is_none() && t0.elapsed() > *t) {
+            stop_reason = Some(format!(
+                "boot stalled: no case began within {} s of QEMU's start",
+                t.as_secs()
+            ));
+            break;
         }
         if ended_at.is_some_and(|e| e.elapsed() > POWEROFF_GRACE) {
             // Every result is in; a task stuck in the kernel (a case reported it) keeps the
@@ -401,6 +414,25 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
             ktap.push(l[i..].to_string());
         } else if in_ktap && ktap_line(&l) {
             ktap.push(l.trim_start().to_string());
+        }
+    }
+    if stop_reason
+        .as_ref()
+        .is_some_and(|r| !r.starts_with("interrupted"))
+    {
+        // Before QEMU goes: where its vCPUs and threads are (a hang, placed).
+        let report = stall::report(run_dir, q.child.id());
+        let path = run_dir.join("stall.txt");
+        let _ = std::fs::write(&path, &report);
+        eprintln!("p2plab: what the guest was doing ({}):", path.display());
+        for l in report.lines() {
+            eprintln!("p2plab:   {l}");
+        }
+        eprintln!("p2plab: the console's last lines:");
+        let console = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = console.lines().collect();
+        for l in &lines[lines.len().saturating_sub(CONSOLE_TAIL)..] {
+            eprintln!("p2plab:   | {l}");
         }
     }
     drop(stdin);
