@@ -143,6 +143,12 @@ const METRICS: &[Metric] = &[
         PREAD_MEMFD,
     ),
     metric(
+        "p2p_read_mcpu",
+        "MiB/s",
+        "NVMe → provider p2pmem, io_uring READ 1 MiB, 8 in flight from each guest CPU (the guest's per-request work on both vCPUs)",
+        PREAD_MEMFD,
+    ),
+    metric(
         "uring_dmabuf_read",
         "MiB/s",
         "NVMe → provider VRAM dma-buf, io_uring READ_FIXED 1 MiB QD 8 (the io_uring dma-buf series; no struct pages)",
@@ -1026,6 +1032,7 @@ mod tests {
                 "seq128k_write",
                 "p2p_read",
                 "p2p_read_qd8",
+                "p2p_read_mcpu",
                 "uring_dmabuf_read",
                 "p2p_write",
                 "p2p_read_bounce2m",

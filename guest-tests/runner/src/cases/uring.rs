@@ -302,19 +302,31 @@ impl Ring {
         off: u64,
         write: bool,
     ) -> Result<(), String> {
-        let chunks = m.len().div_ceil(CHUNK);
+        self.transfer_at(f, m.ptr() as usize, m.len(), off, write)
+    }
+
+    /// [`Ring::transfer`] for `len` bytes at address `addr` of a live mapping.
+    pub(super) fn transfer_at(
+        &self,
+        f: &File,
+        addr: usize,
+        len: usize,
+        off: u64,
+        write: bool,
+    ) -> Result<(), String> {
+        let chunks = len.div_ceil(CHUNK);
         let (mut next, mut inflight, mut done) = (0usize, 0u32, 0usize);
         let mut cqes = Vec::new();
         while done < chunks {
             let mut queued = 0;
             while inflight < DEPTH.min(self.p.sq_entries) && next < chunks {
                 let pos = next * CHUNK;
-                let n = CHUNK.min(m.len() - pos);
+                let n = CHUNK.min(len - pos);
                 self.push(Sqe {
                     opcode: if write { OP_WRITE } else { OP_READ },
                     fd: f.as_raw_fd(),
                     off: off + pos as u64,
-                    addr: m.ptr() as u64 + pos as u64,
+                    addr: (addr + pos) as u64,
                     len: n as u32,
                     user_data: next as u64,
                     ..Default::default()
@@ -328,7 +340,7 @@ impl Ring {
             cqes.clear();
             self.reap(&mut cqes);
             for c in &cqes {
-                let want = CHUNK.min(m.len() - c.user_data as usize * CHUNK);
+                let want = CHUNK.min(len - c.user_data as usize * CHUNK);
                 if c.res < 0 {
                     return Err(format!(
                         "io_uring {} of chunk {} failed: {}",

@@ -838,10 +838,9 @@ pub(super) fn bench_read(
     )?;
     let mut out = vec![];
     for _ in 0..samples {
-        let t = Instant::now();
-        let b = run(&ring, f.as_raw_fd(), 0, &reqs, 8, 0)?;
-        all_ok(&b, &reqs, "bench")?;
-        out.push(len as f64 / MIB as f64 / t.elapsed().as_secs_f64().max(1e-9));
+        out.push(super::bench::timed(len, || {
+            all_ok(&run(&ring, f.as_raw_fd(), 0, &reqs, 8, 0)?, &reqs, "bench")
+        })?);
     }
     Ok(Ok(out))
 }
