@@ -340,13 +340,17 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
             let ring = super::uring::Ring::new(super::uring::DEPTH * 2)?;
             let v =
                 paired_verified_reads(&sides, &p2p, |s, m| ring.transfer(&s.file, m, 0, false))?;
-            report_sides(ctx, &sides, "p2p_read_qd8", "MiB/s", &v, |s| {
+            // What the io_uring rows say: `from` names the readers.
+            let uring_what = |s: &Side, from: &str| {
                 format!(
-                    "io_uring READ {} -> {} p2pmem, 1 MiB x {} in flight (verified)",
+                    "io_uring READ {} -> {} p2pmem{from}, 1 MiB x {} in flight each (verified)",
                     s.ns,
                     s.provider.info.name,
                     super::uring::DEPTH
                 )
+            };
+            report_sides(ctx, &sides, "p2p_read_qd8", "MiB/s", &v, |s| {
+                uring_what(s, "")
             });
             // And on every CPU at once (the guest's per-request work is the limit): each
             // CPU's thread reads its slice with DEPTH in flight on its own ring.
@@ -357,13 +361,9 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
             let cpus = 1usize << online.ilog2();
             if cpus > 1 {
                 let v = paired_verified_reads(&sides, &p2p, |s, m| read_on_cpus(&s.file, m, cpus))?;
+                let from = format!(" from {cpus} CPUs");
                 report_sides(ctx, &sides, "p2p_read_mcpu", "MiB/s", &v, |s| {
-                    format!(
-                        "io_uring READ {} -> {} p2pmem from {cpus} CPUs, 1 MiB x {} in flight each (verified)",
-                        s.ns,
-                        s.provider.info.name,
-                        super::uring::DEPTH
-                    )
+                    uring_what(s, &from)
                 });
             }
         }
