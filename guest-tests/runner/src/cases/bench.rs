@@ -271,13 +271,10 @@ fn read_on_cpus(f: &std::fs::File, m: &Mapping, cpus: usize) -> Result<(), Strin
                 })
             })
             .collect();
-        threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .map_err(|_| "a reader thread panicked".to_string())?
-            })
-            .collect()
+        threads.into_iter().try_for_each(|t| {
+            t.join()
+                .map_err(|_| "a reader thread panicked".to_string())?
+        })
     })
 }
 
