@@ -639,6 +639,7 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
                 timeout,
                 boot_timeout: (args.boot_timeout > 0)
                     .then(|| Duration::from_secs(args.boot_timeout)),
+                kernel_elf: kernel.pvh.then_some(kernel.path.as_path()),
                 image_secs,
                 verbose: args.verbose,
                 cpu_witness: args.cpu_witness,

@@ -8,6 +8,10 @@
 //! never comes). The host's, from `/proc`: the state, wait channel and current system call
 //! of every QEMU thread (a vCPU thread asleep in `recvmsg` waits on a device's reply) and
 //! of every thread of this process (the lab's servers, when it runs here).
+//!
+//! RIPs are named from the booted vmlinux's symbol table when it has one (a kernel
+//! developer's own build does; the toolroot's Debian image is stripped): a PVH boot runs
+//! the kernel at its link address.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -73,6 +77,82 @@ impl Qmp {
             serde_json::json!({"command-line": line}),
         )?;
         Ok(r.as_str().unwrap_or_default().to_string())
+    }
+}
+
+/// The function symbols of an ELF64 little-endian image (`.symtab`), sorted by address.
+pub struct Symbols(Vec<(u64, u64, String)>);
+
+impl Symbols {
+    /// Reads the section headers, `.symtab` and its string table only (a vmlinux with
+    /// debug info is large). None: not ELF64 LE, or no symbol table (stripped).
+    pub fn load(path: &Path) -> Option<Symbols> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut eh = [0u8; 64];
+        f.read_exact(&mut eh).ok()?;
+        // ELF magic, ELFCLASS64, ELFDATA2LSB.
+        if eh[..4] != *b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+            return None;
+        }
+        let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u32_at =
+            |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
+        let u64_at =
+            |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+        let (shoff, shentsize, shnum) = (u64_at(&eh, 0x28), u16_at(&eh, 0x3a), u16_at(&eh, 0x3c));
+        if shentsize != 64 || shnum == 0 {
+            return None;
+        }
+        let mut sh = vec![0u8; 64 * usize::from(shnum)];
+        f.seek(SeekFrom::Start(shoff)).ok()?;
+        f.read_exact(&mut sh).ok()?;
+        let section = |i: usize| sh.get(i * 64..i * 64 + 64);
+        // SHT_SYMTAB = 2; sh_offset 0x18, sh_size 0x20, sh_link 0x28.
+        let symtab = (0..usize::from(shnum))
+            .filter_map(section)
+            .find(|h| u32_at(h, 4) == 2)?;
+        let strtab = section(u32_at(symtab, 0x28) as usize)?;
+        let mut read = |off: u64, len: u64| -> Option<Vec<u8>> {
+            // At most 1 GiB: anything bigger is not a symbol table.
+            if len > 1 << 30 {
+                return None;
+            }
+            let mut b = vec![0u8; usize::try_from(len).ok()?];
+            f.seek(SeekFrom::Start(off)).ok()?;
+            f.read_exact(&mut b).ok()?;
+            Some(b)
+        };
+        let syms = read(u64_at(symtab, 0x18), u64_at(symtab, 0x20))?;
+        let strs = read(u64_at(strtab, 0x18), u64_at(strtab, 0x20))?;
+        let mut out = vec![];
+        for e in syms.chunks_exact(24) {
+            // st_name, st_info (type in the low nibble: STT_FUNC = 2), st_value, st_size.
+            let (name, kind, value, size) = (u32_at(e, 0), e[4] & 0xf, u64_at(e, 8), u64_at(e, 16));
+            if kind != 2 || value == 0 {
+                continue;
+            }
+            let Some(tail) = strs.get(name as usize..) else {
+                continue;
+            };
+            let end = tail.iter().position(|&c| c == 0).unwrap_or(tail.len());
+            out.push((
+                value,
+                size,
+                String::from_utf8_lossy(&tail[..end]).into_owned(),
+            ));
+        }
+        out.sort_unstable_by_key(|s| s.0);
+        (!out.is_empty()).then_some(Symbols(out))
+    }
+
+    /// `name+0xoff` of the function holding `addr` (within its size; or the nearest one
+    /// below when sizes are missing).
+    pub fn name(&self, addr: u64) -> Option<String> {
+        let i = self.0.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let (start, size, name) = &self.0[i];
+        let off = addr - start;
+        (*size == 0 || off < *size).then(|| format!("{name}+{off:#x}"))
     }
 }
 
@@ -185,8 +265,9 @@ fn syscall_name(nr: &str) -> String {
 }
 
 /// The report: vCPU registers (sampled), then QEMU's and this process's threads.
-pub fn report(run_dir: &Path, qemu_pid: u32) -> String {
+pub fn report(run_dir: &Path, qemu_pid: u32, kernel: Option<&Path>) -> String {
     let mut out = String::new();
+    let symbols = kernel.and_then(Symbols::load);
     let sock = run_dir.join(QMP_SOCKET);
     match Qmp::connect(&sock) {
         Ok(mut q) => {
@@ -220,8 +301,13 @@ pub fn report(run_dir: &Path, qemu_pid: u32) -> String {
                         let line: Vec<String> = regs
                             .iter()
                             .map(|r| {
+                                let sym = u64::from_str_radix(&r.rip, 16)
+                                    .ok()
+                                    .and_then(|a| symbols.as_ref()?.name(a))
+                                    .map(|n| format!(" ({n})"))
+                                    .unwrap_or_default();
                                 format!(
-                                    "cpu{} RIP={} IF={} HLT={}",
+                                    "cpu{} RIP={}{sym} IF={} HLT={}",
                                     r.cpu,
                                     r.rip,
                                     r.interrupts.map_or("?", |b| if b { "1" } else { "0" }),
@@ -240,6 +326,12 @@ pub fn report(run_dir: &Path, qemu_pid: u32) -> String {
         Err(e) => {
             let _ = writeln!(out, "QMP: {e:#}");
         }
+    }
+    if kernel.is_some() && symbols.is_none() {
+        let _ = writeln!(
+            out,
+            "(the kernel image has no symbol table: map RIPs with the booted kernel's /proc/kallsyms)"
+        );
     }
     let _ = writeln!(out, "QEMU threads (pid {qemu_pid}):");
     out.push_str(&threads(qemu_pid));
@@ -280,6 +372,24 @@ mod tests {
     #[test]
     fn garbage_gives_nothing() {
         assert!(parse_registers("no such command\n").is_empty());
+    }
+
+    #[test]
+    fn symbols_of_this_test_binary_name_an_address_inside_a_function() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let Some(syms) = Symbols::load(&exe) else {
+            panic!("{} has no .symtab (a stripped test binary?)", exe.display());
+        };
+        // Some sized function: an address 1 byte in is named after it, +0x1.
+        let (start, size, name) = syms.0.iter().find(|s| s.1 > 1).unwrap().clone();
+        let want = format!("{name}+0x1");
+        let got = syms.name(start + 1).unwrap();
+        // Aliases share an address; any of them will do, the offset must be right.
+        assert!(got.ends_with("+0x1"), "{got} for {want}");
+        assert!(syms
+            .name(start + size)
+            .is_none_or(|n| n != format!("{name}+{size:#x}")));
+        assert!(Symbols::load(Path::new("/dev/null")).is_none());
     }
 
     #[test]

@@ -175,6 +175,8 @@ pub struct Supervision<'a> {
     pub timeout: Option<Duration>,
     /// Limit from QEMU's start to the guest's first case (a stalled boot).
     pub boot_timeout: Option<Duration>,
+    /// The booted ELF vmlinux (PVH), whose symbols name a stuck guest's RIPs.
+    pub kernel_elf: Option<&'a Path>,
     /// Seconds spent building the image (for `timing.json`).
     pub image_secs: f64,
     /// Show the whole console, not only KTAP lines and errors.
@@ -196,6 +198,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
         run_dir,
         timeout,
         boot_timeout,
+        kernel_elf,
         image_secs,
         verbose,
         cpu_witness,
@@ -421,7 +424,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
         .is_some_and(|r| !r.starts_with("interrupted"))
     {
         // Before QEMU goes: where its vCPUs and threads are (a hang, placed).
-        let report = stall::report(run_dir, q.child.id());
+        let report = stall::report(run_dir, q.child.id(), kernel_elf);
         let path = run_dir.join("stall.txt");
         let _ = std::fs::write(&path, &report);
         eprintln!("p2plab: what the guest was doing ({}):", path.display());
