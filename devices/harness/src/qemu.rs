@@ -278,12 +278,14 @@ pub fn args(l: &Launch) -> Result<Vec<String>> {
             "-monitor",
             "none",
         ]);
-        // QMP for the stall report (crate::stall): vCPU registers of a stuck guest.
+        // QMP for the stall report (crate::stall): vCPU registers of a stuck guest. A
+        // socket path must fit sun_path (108 bytes with its NUL); a longer run directory
+        // boots without it (the report then says QMP could not be reached).
         let qmp = l.run_dir.join(crate::stall::QMP_SOCKET);
-        push(&[
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp.display()),
-        ]);
+        let path = qmp.to_string_lossy();
+        if path.len() < 108 && !path.contains(',') {
+            push(&["-qmp", &format!("unix:{path},server=on,wait=off")]);
+        }
     }
 
     // Read-only host directories (virtio-9p on pcie.0, away from the lab's hierarchy).
