@@ -449,6 +449,7 @@ fn run_cases(
     out: &Path,
     args: &BenchArgs,
     qemu_args: &[&str],
+    append: Option<&str>,
 ) -> anyhow::Result<(BTreeMap<String, Vec<f64>>, Counters)> {
     let exe = std::env::current_exe().context("locating p2plab")?;
     let mut cmd = std::process::Command::new(exe);
@@ -462,14 +463,11 @@ fn run_cases(
     if let Some(m) = &args.modules {
         cmd.arg("--modules").arg(m);
     }
-    // QEMU arguments, but for `--append WORD` (a guest command-line word).
-    let mut it = qemu_args.iter();
-    while let Some(a) = it.next() {
-        if *a == "--append" {
-            cmd.arg("--append").args(it.next());
-        } else {
-            cmd.arg(format!("--qemu-arg={a}"));
-        }
+    for a in qemu_args {
+        cmd.arg(format!("--qemu-arg={a}"));
+    }
+    if let Some(w) = append {
+        cmd.arg("--append").arg(w);
     }
     let status = cmd
         .stdin(std::process::Stdio::null())
@@ -706,17 +704,25 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     let (mut base, mut ours, counters);
     if together {
         let ((figs, c), s) =
-            with_steal(|| run_cases("bench", &args.config, &out.join("p2plab"), &args, &[]))?;
+            with_steal(|| run_cases("bench", &args.config, &out.join("p2plab"), &args, &[], None))?;
         steal.insert("p2plab_and_baseline".into(), json!(s));
         (base, ours) = split_sides(figs);
         counters = c;
     } else {
-        let ((b, _), s) =
-            with_steal(|| run_cases("bench", &args.baseline, &out.join("baseline"), &args, &[]))?;
+        let ((b, _), s) = with_steal(|| {
+            run_cases(
+                "bench",
+                &args.baseline,
+                &out.join("baseline"),
+                &args,
+                &[],
+                None,
+            )
+        })?;
         steal.insert("baseline".into(), json!(s));
         base = b;
         let ((o, c), s) =
-            with_steal(|| run_cases("bench", &args.config, &out.join("p2plab"), &args, &[]))?;
+            with_steal(|| run_cases("bench", &args.config, &out.join("p2plab"), &args, &[], None))?;
         steal.insert("p2plab".into(), json!(s));
         (ours, counters) = (o, c);
     }
@@ -725,13 +731,10 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
     let bounce = if args.no_bounce2m {
         Default::default()
     } else {
-        let (config, extra): (&Path, &[&str]) = if together {
-            (
-                &args.config,
-                &[BOUNCE_2M[0], BOUNCE_2M[1], "--append", P2P_ONLY],
-            )
+        let (config, append) = if together {
+            (&args.config, Some(P2P_ONLY))
         } else {
-            (&args.baseline, &BOUNCE_2M)
+            (&args.baseline, None)
         };
         let ((figs, _), s) = with_steal(|| {
             run_cases(
@@ -739,7 +742,8 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
                 config,
                 &out.join("baseline-bounce2m"),
                 &args,
-                extra,
+                &BOUNCE_2M,
+                append,
             )
         })?;
         steal.insert("baseline_bounce2m".into(), json!(s));
@@ -755,7 +759,7 @@ pub fn bench_main(args: BenchArgs) -> anyhow::Result<i32> {
         None
     } else {
         let dir = out.join("vram-128g");
-        let (figs, _) = run_cases("vram-rss", Path::new(VRAM_CONFIG), &dir, &args, &[])?;
+        let (figs, _) = run_cases("vram-rss", Path::new(VRAM_CONFIG), &dir, &args, &[], None)?;
         Some(vram_report(
             &figs,
             boot_seconds(&dir),

@@ -60,7 +60,7 @@ pub fn guest_cpu(cpu: &str, accel: Accel) -> String {
 /// measured by `ktime_get_raw_fast_ns()`. Until `fs_initcall` timekeeping runs on
 /// jiffies, so with interrupts off on both CPUs that clock stands still: when the other
 /// CPU sits in `stop_machine()` with interrupts off, waiting for this one, neither moves
-/// again. A TCG guest meets it when the host starves a vCPU thread (1 boot in ~40 with
+/// again. A TCG guest meets it when the host starves a vCPU thread (1 boot in 67 with
 /// three guests and two CPU hogs on 2 cores; once in CI): vCPU 0 in
 /// `watchdog_check_skew`, vCPU 1 in `multi_cpu_stop`, both with interrupts off, no
 /// console output. Under TCG the TSC is QEMU's reading of the host's monotonic clock:

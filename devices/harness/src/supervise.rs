@@ -277,6 +277,8 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
     let mut stuck_note: Option<String> = None;
     let mut first_case: Option<f64> = None;
     let mut stop_reason: Option<String> = None;
+    // Stopped because the guest hung (boot limit, timeout), not by a signal: place it.
+    let mut hung = false;
     let ack = |stdin: &mut std::process::ChildStdin, name: &str| {
         let _ = stdin.write_all(format!("{}\n", Marker::Ack(name)).as_bytes());
         let _ = stdin.flush();
@@ -290,6 +292,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
         if let Some(t) = timeout {
             if t0.elapsed() > t {
                 stop_reason = Some(format!("timeout after {} s", t.as_secs()));
+                hung = true;
                 break;
             }
         }
@@ -298,6 +301,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
                 "boot stalled: no case began within {} s of QEMU's start",
                 t.as_secs()
             ));
+            hung = true;
             break;
         }
         if ended_at.is_some_and(|e| e.elapsed() > POWEROFF_GRACE) {
@@ -419,10 +423,7 @@ pub fn supervise(mut cmd: Command, s: &Supervision<'_>) -> Result<i32> {
             ktap.push(l.trim_start().to_string());
         }
     }
-    if stop_reason
-        .as_ref()
-        .is_some_and(|r| !r.starts_with("interrupted"))
-    {
+    if hung {
         // Before QEMU goes: where its vCPUs and threads are (a hang, placed).
         let report = stall::report(run_dir, q.child.id(), kernel_elf);
         let path = run_dir.join("stall.txt");
