@@ -247,6 +247,10 @@ case_table! {
         when: Any, roles: [Client], tools: [Fio], needs: [P2plabClient],
         description: "fio randwrite + xxhash verify over 64 MiB of the client namespace at QD 1 and 32 (libaio, direct), zero errors",
     },
+    IrqCoalescing = "irq-coalescing" {
+        when: Any, roles: [Client], tools: [Fio], needs: [P2plabClient],
+        description: "Set Features Interrupt Coalescing (8 entries / 25.5 ms) on the client: fio 4 KiB randread at QD 32 then completes at least 6 I/Os per interrupt of its I/O queues (/proc/interrupts); off again after",
+    },
     NvmeNvmeCopy = "nvme-nvme-copy" {
         when: Any, roles: [Client, Peer], tools: [], needs: [P2plabClient, P2plabPeer],
         description: "client namespace -> peer NVMe CMB p2pmem -> peer namespace (64 MiB, like p2pmem-test), read back and verified",

@@ -119,6 +119,12 @@ const METRICS: &[Metric] = &[
         PREAD4K,
     ),
     metric(
+        "rr4k_qd32_coalesced_iops",
+        "IOPS",
+        "rr4k_qd32 with Interrupt Coalescing set on both controllers (Set Features 08h: 8 entries / 100 µs; QEMU's NVMe stores it, does not apply it)",
+        PREAD4K,
+    ),
+    metric(
         "seq128k_read",
         "MiB/s",
         "fio 128 KiB sequential read, io_uring QD 8",
@@ -1032,6 +1038,7 @@ mod tests {
                 "rr4k_qd1_p50_us",
                 "rr4k_qd1_p99_us",
                 "rr4k_qd32_iops",
+                "rr4k_qd32_coalesced_iops",
                 "seq128k_read",
                 "seq128k_write",
                 "p2p_read",

@@ -86,6 +86,16 @@ pub struct PowerManagement {
     __: u32,
 }
 
+/// Interrupt Coalescing, CDW11 (§5.21.1.8, Figure 287).
+#[bitfield(u32)]
+pub struct InterruptCoalescing {
+    /// THR: Aggregation Threshold, completion entries per interrupt (0's based).
+    pub thr: u8,
+    /// TIME: Aggregation Time, the longest an interrupt may be delayed, in 100 µs units.
+    pub time: u8,
+    __: u16,
+}
+
 /// Interrupt Vector Configuration, CDW11 (§5.21.1.9, Figure 288).
 #[bitfield(u32)]
 pub struct InterruptVectorConfiguration {

@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use nvme_spec::feature::{
-    FeatureId, NumberOfQueues, PowerManagement, TemperatureThreshold, Timestamp,
-    CAPABILITY_CHANGEABLE, SEL_DEFAULT, SEL_SUPPORTED_CAPABILITIES, VWC_WCE,
+    FeatureId, InterruptVectorConfiguration, NumberOfQueues, PowerManagement, TemperatureThreshold,
+    Timestamp, CAPABILITY_CHANGEABLE, SEL_DEFAULT, SEL_SUPPORTED_CAPABILITIES, VWC_WCE,
 };
 use nvme_spec::identify::{
     Cns, IdentifyController, Lpa, Oacs, Oncs, Sgls, CNTRLTYPE_IO, IDENTIFY_DATA_SIZE, VWC_PRESENT,
@@ -363,8 +363,14 @@ fn set_features(sh: &Shared, st: &mut State, cmd: &Command) -> Result<u32, NvmeE
         }
         FeatureId::INTERRUPT_COALESCING => f.interrupt_coalescing = v & 0xffff,
         FeatureId::INTERRUPT_VECTOR_CONFIGURATION => {
-            if (v & 0xffff) >= u32::from(sh.msix_vectors) {
+            let ivc = InterruptVectorConfiguration::from_bits(v);
+            if ivc.iv() >= sh.msix_vectors {
                 return Err(Status::INVALID_FIELD_IN_COMMAND.into());
+            }
+            if ivc.cd() {
+                f.coalescing_disabled.insert(ivc.iv());
+            } else {
+                f.coalescing_disabled.remove(&ivc.iv());
             }
         }
         FeatureId::WRITE_ATOMICITY_NORMAL => f.write_atomicity = v & 1,
@@ -414,7 +420,16 @@ fn get_features(sh: &Shared, st: &mut State, cmd: &Command) -> Result<u32, NvmeE
         FeatureId::VOLATILE_WRITE_CACHE => u32::from(f.volatile_write_cache),
         FeatureId::NUMBER_OF_QUEUES => f.queues.into_bits(),
         FeatureId::INTERRUPT_COALESCING => f.interrupt_coalescing,
-        FeatureId::INTERRUPT_VECTOR_CONFIGURATION => cmd.cdw11 & 0xffff,
+        FeatureId::INTERRUPT_VECTOR_CONFIGURATION => {
+            let iv = InterruptVectorConfiguration::from_bits(cmd.cdw11).iv();
+            if iv >= sh.msix_vectors {
+                return Err(Status::INVALID_FIELD_IN_COMMAND.into());
+            }
+            InterruptVectorConfiguration::new()
+                .with_iv(iv)
+                .with_cd(f.coalescing_disabled.contains(&iv))
+                .into_bits()
+        }
         FeatureId::WRITE_ATOMICITY_NORMAL => f.write_atomicity,
         FeatureId::ASYNC_EVENT_CONFIGURATION => f.async_event_config,
         FeatureId::TIMESTAMP => {
@@ -553,7 +568,7 @@ fn delete_cq(sh: &Shared, st: &mut State, cmd: &Command) -> Result<(), NvmeError
         return Err(Status::INVALID_QUEUE_DELETION.into());
     }
     st.cqs[q] = None;
-    st.irq_cqs.retain(|&c| c != qid);
+    st.irq_cqs.retain(|&(c, _)| c != qid);
     sh.doorbells.set_limit(cq_db_index(qid), 0);
     Ok(())
 }

@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use nvme_spec::log::LogPageId;
 use nvme_spec::regs::{Cap, CAP_CSS_NVM, CSTS_SHST_COMPLETE, DBS};
@@ -34,7 +35,9 @@ use crate::queue::{
     DB_ERR_INVALID_VALUE,
 };
 use crate::regs::RegFile;
-use crate::state::{lock, AsyncEvents, ErrorStats, Fatal, Shared, State, Stats, VendorLogSource};
+use crate::state::{
+    lock, AsyncEvents, ErrorStats, Fatal, HeldIrq, Shared, State, Stats, VendorLogSource,
+};
 
 /// Commands taken from the admin SQ per `process` pass.
 pub const ADMIN_BATCH: usize = 16;
@@ -382,6 +385,7 @@ impl NvmeController {
         st.events = AsyncEvents::default();
         st.dbbuf = None;
         st.irq_cqs.clear();
+        st.held_irqs.clear();
         st.features = Features::new(self.sh.max_io_queues);
         let mut r = self.sh.regs();
         r.csts.set_rdy(false);
@@ -632,8 +636,9 @@ impl NvmeController {
         match cq.push(&*self.sh.dma, cqe) {
             Ok(()) => {
                 self.sh.completed.fetch_add(1, Ordering::Relaxed);
-                if !st.irq_cqs.contains(&cqid) {
-                    st.irq_cqs.push(cqid);
+                match st.irq_cqs.iter_mut().find(|(c, _)| *c == cqid) {
+                    Some((_, n)) => *n += 1,
+                    None => st.irq_cqs.push((cqid, 1)),
                 }
             }
             Err(e) => {
@@ -670,9 +675,15 @@ impl NvmeController {
         did
     }
 
+    /// Signals the vectors of the CQs that got entries in this pass. Interrupt
+    /// Coalescing (§5.21.1.8), when the host turned it on, holds an I/O CQ's vector back
+    /// until THR + 1 entries or TIME have accumulated on it; the admin CQ and vectors with
+    /// CD set (§5.21.1.9) are never held. The worker keeps polling while a vector is held
+    /// (`arm_notifications`), so its time limit is kept to within a poll.
     fn raise_interrupts(&self, st: &mut State) {
-        let cqs = std::mem::take(&mut st.irq_cqs);
-        for cqid in cqs {
+        let now = Instant::now();
+        let coalescing = st.features.coalescing();
+        for (cqid, entries) in std::mem::take(&mut st.irq_cqs) {
             let Some(cq) = st.cqs[usize::from(cqid)].as_ref() else {
                 continue;
             };
@@ -680,20 +691,55 @@ impl NvmeController {
                 continue;
             }
             let v = cq.iv;
-            // INTMS is for pin-based and MSI interrupts only (§3.1.3).
-            let masked = !self.sh.irq.msix_enabled() && {
-                let mut r = self.sh.regs();
-                let bit = 1u32.checked_shl(u32::from(v)).unwrap_or(0);
-                if r.intms & bit != 0 {
-                    r.irq_pending |= bit;
-                    true
-                } else {
-                    false
-                }
-            };
-            if !masked {
-                self.sh.irq.signal(v);
+            if cqid == 0 || coalescing.is_none() || st.features.coalescing_disabled.contains(&v) {
+                self.signal(v);
+                continue;
             }
+            match st.held_irqs.iter_mut().find(|h| h.vector == v) {
+                Some(h) => h.entries += entries,
+                None => st.held_irqs.push(HeldIrq {
+                    vector: v,
+                    entries,
+                    since: now,
+                }),
+            }
+        }
+        let State {
+            held_irqs,
+            features,
+            ..
+        } = st;
+        held_irqs.retain(|h| {
+            let due = match coalescing {
+                Some((threshold, time)) => {
+                    h.entries >= threshold
+                        || now.duration_since(h.since) >= time
+                        || features.coalescing_disabled.contains(&h.vector)
+                }
+                None => true,
+            };
+            if due {
+                self.signal(h.vector);
+            }
+            !due
+        });
+    }
+
+    /// Signals vector `v`, or records it pending while INTMS masks it (pin-based and
+    /// MSI interrupts only, §3.1.3).
+    fn signal(&self, v: u16) {
+        let masked = !self.sh.irq.msix_enabled() && {
+            let mut r = self.sh.regs();
+            let bit = 1u32.checked_shl(u32::from(v)).unwrap_or(0);
+            if r.intms & bit != 0 {
+                r.irq_pending |= bit;
+                true
+            } else {
+                false
+            }
+        };
+        if !masked {
+            self.sh.irq.signal(v);
         }
     }
 }
@@ -866,7 +912,8 @@ impl PciFunction for NvmeController {
     }
 
     /// Publishes EventIdx = tail on every I/O SQ with a shadow doorbell (the driver's next
-    /// submission then traps) and reports whether a command slipped in before that.
+    /// submission then traps) and reports whether a command slipped in before that, or
+    /// an interrupt is held by coalescing (the worker must come back for it).
     fn arm_notifications(&self) -> bool {
         let mut st = lock(&self.state);
         st.armed = true;
@@ -880,8 +927,9 @@ impl PciFunction for NvmeController {
                 work |= self.sq_has_work(&mut st, qid);
             }
         }
-        // A bad shadow tail found just now is work too (its event).
-        work | self.doorbell_errors(&mut st)
+        // A bad shadow tail found just now is work too (its event), and so is an
+        // interrupt held by coalescing: it must go out within its time limit.
+        work | self.doorbell_errors(&mut st) | !st.held_irqs.is_empty()
     }
 }
 

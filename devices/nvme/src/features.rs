@@ -4,9 +4,10 @@
 //! worker. The values live in the worker's state and go back to their defaults on every
 //! controller reset.
 
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use nvme_spec::feature::NumberOfQueues;
+use nvme_spec::feature::{InterruptCoalescing, NumberOfQueues};
 
 /// Current values of the features (§5.21.1); reset by a Controller Reset.
 #[derive(Debug)]
@@ -20,6 +21,9 @@ pub struct Features {
     /// Granted I/O queues (0's based NSQA/NCQA), set once by Number of Queues.
     pub queues: NumberOfQueues,
     pub interrupt_coalescing: u32,
+    /// Interrupt vectors whose Interrupt Vector Configuration has CD (Coalescing
+    /// Disable) set.
+    pub coalescing_disabled: BTreeSet<u16>,
     pub write_atomicity: u32,
     pub async_event_config: u32,
     /// Host-set timestamp (ms) and when it was set.
@@ -45,11 +49,24 @@ impl Features {
             volatile_write_cache: true,
             queues: NumberOfQueues::new().with_nsq(q).with_ncq(q),
             interrupt_coalescing: 0,
+            coalescing_disabled: BTreeSet::new(),
             write_atomicity: 0,
             async_event_config: 0,
             timestamp: None,
             keep_alive: 0,
             software_progress_marker: 0,
         }
+    }
+
+    /// Interrupt Coalescing as (completion entries per interrupt, longest delay); `None`
+    /// when THR or TIME is 0, which turns coalescing off (§5.21.1.8).
+    pub fn coalescing(&self) -> Option<(u32, Duration)> {
+        let c = InterruptCoalescing::from_bits(self.interrupt_coalescing);
+        (c.thr() != 0 && c.time() != 0).then(|| {
+            (
+                u32::from(c.thr()) + 1,
+                Duration::from_micros(100 * u64::from(c.time())),
+            )
+        })
     }
 }

@@ -20,7 +20,10 @@
 //! - all DMA goes through a [`p2plab_memory::DmaSpace`]; the fabric behind it routes CMB
 //!   addresses (queues, PRP lists, data) to the CMB memory and counts them as `self`, so
 //!   the model has no CMB data path of its own (`cmb` is only the register semantics);
-//! - interrupts go through a [`p2plab_memory::InterruptSink`] (vector = CQ's IV).
+//! - interrupts go through a [`p2plab_memory::InterruptSink`] (vector = CQ's IV), one per
+//!   vector per pass; when the host sets Interrupt Coalescing (Feature 08h) an I/O CQ's
+//!   vector waits for THR + 1 entries or TIME, unless its Interrupt Vector Configuration
+//!   has CD set (the worker keeps polling while one waits).
 //!
 //! Modules, imports running one way (openvmm `storage/nvme`):
 //! - `controller`: [`NvmeController`], the register path and the worker loop;
@@ -37,8 +40,7 @@
 //! Metadata / protection information, reservations, namespace management, Format NVM,
 //! firmware download, self-test, sanitize, directives, boot partitions, PMR, NVM
 //! subsystem reset, keep-alive timeouts, weighted round robin (all SQs are serviced
-//! round robin), interrupt coalescing (accepted, not applied), fused commands. Only
-//! 4 KiB memory pages (CAP.MPSMAX = 0). Commands execute synchronously in `process`,
+//! round robin), fused commands. Only 4 KiB memory pages (CAP.MPSMAX = 0). Commands execute synchronously in `process`,
 //! so Abort never finds anything to abort.
 
 #![forbid(unsafe_code)]

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 use nvme_spec::log::LogPageId;
 use nvme_spec::{AsyncEventCompletion, AsyncEventType, Status};
@@ -184,6 +185,15 @@ impl AsyncEvents {
     }
 }
 
+/// An interrupt vector held back by Interrupt Coalescing: the completion entries posted
+/// for it since its last interrupt, and when the first of them was.
+#[derive(Debug)]
+pub(crate) struct HeldIrq {
+    pub vector: u16,
+    pub entries: u32,
+    pub since: Instant,
+}
+
 /// Worker-owned state.
 pub(crate) struct State {
     pub epoch: u64,
@@ -198,8 +208,10 @@ pub(crate) struct State {
     pub events: AsyncEvents,
     /// Doorbell Buffer Config: (shadow doorbell buffer, EventIdx buffer).
     pub dbbuf: Option<(u64, u64)>,
-    /// CQs with new entries in this pass (interrupts to raise).
-    pub irq_cqs: Vec<u16>,
+    /// CQs with new entries in this pass and how many (interrupts to raise).
+    pub irq_cqs: Vec<(u16, u32)>,
+    /// Interrupt vectors held back by Interrupt Coalescing.
+    pub held_irqs: Vec<HeldIrq>,
     /// Next I/O SQ to start the round robin at.
     pub rr: usize,
     /// The worker is about to sleep (`arm_notifications`): empty shadow-doorbell SQs
@@ -228,6 +240,7 @@ impl State {
             events: AsyncEvents::default(),
             dbbuf: None,
             irq_cqs: Vec::new(),
+            held_irqs: Vec::new(),
             rr: 0,
             vendor_log_snapshot: None,
         }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nvme_spec::feature::{FeatureId, NumberOfQueues};
+use nvme_spec::feature::{FeatureId, InterruptVectorConfiguration, NumberOfQueues};
 use nvme_spec::identify::{Cns, IdentifyController, IdentifyNamespace, Nidt};
 use nvme_spec::log::{LogPageId, SmartHealthLog};
 use nvme_spec::nvm::{DsmRange, RwCdw12};
@@ -867,6 +867,141 @@ fn completions_raise_the_cq_vector() {
     c.nsid = 1;
     assert_eq!(h.io(c), Status::SUCCESS);
     assert_eq!(h.irq.take(), vec![1]);
+}
+
+/// Set Features (`fid`, CDW11 `v`) on the admin queue; the admin CQ's interrupt is
+/// taken away so a test sees only the I/O CQ's.
+fn set_feature(h: &mut Harness, fid: FeatureId, v: u32) {
+    let mut c = h.cmd(AdminOpcode::SET_FEATURES.0);
+    c.cdw10 = u32::from(fid.0);
+    c.cdw11 = v;
+    h.admin_ok(c);
+    h.irq.take();
+}
+
+/// `n` Flushes submitted with one doorbell write and processed in one pass.
+fn flushes(h: &mut Harness, n: usize) {
+    for _ in 0..n {
+        let mut c = h.cmd(NvmOpcode::FLUSH.0);
+        c.nsid = 1;
+        h.submit_io(&c, false);
+    }
+    h.w32(r::sq_tail_doorbell(1, 0), h.io_tail);
+    h.run();
+    for _ in 0..n {
+        assert_eq!(status(&h.reap_io().expect("a completion")), Status::SUCCESS);
+    }
+}
+
+#[test]
+fn interrupt_coalescing_holds_the_vector_until_threshold_entries() {
+    let mut h = Harness::new();
+    h.ready();
+    // THR 3 (four entries per interrupt, 0's based), TIME 255 × 100 µs.
+    set_feature(&mut h, FeatureId::INTERRUPT_COALESCING, 0xff03);
+    flushes(&mut h, 3);
+    assert!(h.irq.take().is_empty(), "3 of 4 entries: held");
+    assert!(
+        h.ctrl.arm_notifications(),
+        "a held vector keeps the worker polling"
+    );
+    flushes(&mut h, 1);
+    assert_eq!(
+        h.irq.take(),
+        vec![1],
+        "the 4th entry releases one interrupt"
+    );
+    flushes(&mut h, 5);
+    assert_eq!(h.irq.take(), vec![1], "5 in one pass: at least THR + 1");
+    assert!(
+        !h.ctrl.arm_notifications(),
+        "nothing held: the worker may sleep"
+    );
+    // The admin CQ is never held.
+    let ka = h.cmd(AdminOpcode::KEEP_ALIVE.0);
+    h.admin_ok(ka);
+    assert_eq!(h.irq.take(), vec![0]);
+}
+
+#[test]
+fn interrupt_coalescing_releases_a_held_vector_after_its_time() {
+    let mut h = Harness::new();
+    h.ready();
+    // THR 255 entries, TIME 1 (100 µs).
+    set_feature(&mut h, FeatureId::INTERRUPT_COALESCING, 0x01ff);
+    flushes(&mut h, 1);
+    assert!(h.irq.take().is_empty());
+    std::thread::sleep(std::time::Duration::from_micros(150));
+    h.ctrl.process();
+    assert_eq!(h.irq.take(), vec![1], "released by a pass after TIME");
+}
+
+#[test]
+fn interrupt_coalescing_is_off_with_thr_or_time_zero_and_when_turned_off() {
+    for v in [0x0000, 0x0003, 0xff00] {
+        let mut h = Harness::new();
+        h.ready();
+        set_feature(&mut h, FeatureId::INTERRUPT_COALESCING, v);
+        flushes(&mut h, 1);
+        assert_eq!(h.irq.take(), vec![1], "coalescing {v:#06x} is off");
+    }
+    // Held, then coalescing turned off: the next pass releases it.
+    let mut h = Harness::new();
+    h.ready();
+    set_feature(&mut h, FeatureId::INTERRUPT_COALESCING, 0xff03);
+    flushes(&mut h, 1);
+    assert!(h.irq.take().is_empty());
+    let mut c = h.cmd(AdminOpcode::SET_FEATURES.0);
+    c.cdw10 = u32::from(FeatureId::INTERRUPT_COALESCING.0);
+    h.admin_ok(c);
+    assert_eq!(
+        h.irq.take(),
+        vec![0, 1],
+        "released in the pass that turned it off"
+    );
+}
+
+#[test]
+fn coalescing_disable_exempts_a_vector_and_reads_back() {
+    let mut h = Harness::new();
+    h.ready();
+    set_feature(&mut h, FeatureId::INTERRUPT_COALESCING, 0xff03);
+    set_feature(
+        &mut h,
+        FeatureId::INTERRUPT_VECTOR_CONFIGURATION,
+        InterruptVectorConfiguration::new()
+            .with_iv(1)
+            .with_cd(true)
+            .into_bits(),
+    );
+    flushes(&mut h, 1);
+    assert_eq!(h.irq.take(), vec![1], "CD: not held");
+    let get = |h: &mut Harness, iv: u16| {
+        let mut c = h.cmd(AdminOpcode::GET_FEATURES.0);
+        c.cdw10 = u32::from(FeatureId::INTERRUPT_VECTOR_CONFIGURATION.0);
+        c.cdw11 = u32::from(iv);
+        InterruptVectorConfiguration::from_bits(h.admin_ok(c).dw0)
+    };
+    let v1 = get(&mut h, 1);
+    assert_eq!((v1.iv(), v1.cd()), (1, true));
+    assert!(!get(&mut h, 0).cd());
+    // CD cleared again: held once more.
+    set_feature(&mut h, FeatureId::INTERRUPT_VECTOR_CONFIGURATION, 1);
+    flushes(&mut h, 1);
+    assert!(h.irq.take().is_empty());
+    // A vector the controller does not have is an invalid field, set or get.
+    let mut c = h.cmd(AdminOpcode::GET_FEATURES.0);
+    c.cdw10 = u32::from(FeatureId::INTERRUPT_VECTOR_CONFIGURATION.0);
+    c.cdw11 = 0xffff;
+    assert_eq!(status(&h.admin(c)), Status::INVALID_FIELD_IN_COMMAND);
+    // A Controller Reset returns both features to their defaults.
+    h.w32(r::CC, 0);
+    h.run();
+    h.enable();
+    assert!(!get(&mut h, 1).cd());
+    let mut c = h.cmd(AdminOpcode::GET_FEATURES.0);
+    c.cdw10 = u32::from(FeatureId::INTERRUPT_COALESCING.0);
+    assert_eq!(h.admin_ok(c).dw0, 0);
 }
 
 #[test]

@@ -336,6 +336,147 @@ fn run_tool(prog: &str, args: &[&str]) -> Result<Vec<u8>, String> {
     Ok(o.stdout)
 }
 
+/// Interrupts taken so far by controller `ctrl`'s I/O queues (`<ctrl>q1`, `<ctrl>q2`, …
+/// in /proc/interrupts, every CPU's column).
+fn io_queue_interrupts(ctrl: &str) -> Result<u64, String> {
+    let text = std::fs::read_to_string("/proc/interrupts")
+        .map_err(|e| format!("/proc/interrupts: {e}"))?;
+    let ncpus = text
+        .lines()
+        .next()
+        .map_or(0, |h| h.split_whitespace().count());
+    let prefix = format!("{ctrl}q");
+    let mut total = 0;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let name = words.clone().last().unwrap_or_default();
+        let is_io_queue = name
+            .strip_prefix(&prefix)
+            .is_some_and(|q| q != "0" && !q.is_empty() && q.bytes().all(|b| b.is_ascii_digit()));
+        if !is_io_queue {
+            continue;
+        }
+        words.next(); // "NN:"
+        total += words
+            .take(ncpus)
+            .map(|w| w.parse::<u64>().unwrap_or(0))
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
+/// Interrupt Coalescing for [`irq_coalescing`]: THR 7 (8 entries, 0's based), TIME 255
+/// (25.5 ms), so at QD 32 nearly every interrupt waits for its 8 entries.
+const IRQ_COALESCING: u32 = 0xff07;
+/// The fewest I/Os per interrupt [`irq_coalescing`] accepts with it: 8 minus slack for
+/// the run's ramp-down (fewer than 8 in flight: those wait for the time limit).
+const IRQ_COALESCED_MIN_PER_IRQ: f64 = 6.0;
+
+/// fio 4 KiB randread at QD 32 on `ns` for 1 s: (I/Os, interrupts of `ctrl`'s I/O queues).
+fn qd32_ios_per_irq(ns: &str, ctrl: &str) -> Result<(u64, u64), String> {
+    let before = io_queue_interrupts(ctrl)?;
+    let v = fio_json(&[
+        "--name=irq-coalescing",
+        &format!("--filename={ns}"),
+        "--direct=1",
+        "--ioengine=io_uring",
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=32",
+        &format!("--offset={FIO_OFF}"),
+        &format!("--size={FIO_SIZE}"),
+        "--time_based",
+        "--runtime=1",
+        "--norandommap",
+        "--randrepeat=0",
+        "--output-format=json",
+    ])?;
+    let irqs = io_queue_interrupts(ctrl)? - before;
+    let job = &v["jobs"][0];
+    if job["error"].as_i64() != Some(0) {
+        return Err(format!("fio randread QD 32: error {}", job["error"]));
+    }
+    let ios = job["read"]["total_ios"]
+        .as_u64()
+        .ok_or("fio JSON has no read.total_ios")?;
+    Ok((ios, irqs))
+}
+
+/// irq-coalescing: the controller applies Interrupt Coalescing. Linux never sets it;
+/// nvme-cli does here, and the guest's own interrupt counts show the aggregation.
+pub fn irq_coalescing(ctx: &mut Ctx) -> Result<(), String> {
+    let (c, _bdf, ns) = nvme_role(ctx, Role::Client)?;
+    let ctrl = c.ctrl.clone().ok_or("client has no controller")?;
+    let (ios0, irqs0) = qd32_ios_per_irq(&ns, &ctrl)?;
+    set_interrupt_coalescing(c, IRQ_COALESCING)?;
+    let coalesced = qd32_ios_per_irq(&ns, &ctrl);
+    set_interrupt_coalescing(c, 0)?;
+    let (ios1, irqs1) = coalesced?;
+    let per = |ios: u64, irqs: u64| ios as f64 / irqs.max(1) as f64;
+    ctx.diag(&format!(
+        "{ctrl} QD 32: {ios0} I/Os / {irqs0} interrupts ({:.1} each) without coalescing, {ios1} / {irqs1} ({:.1} each) with THR 7 TIME 255",
+        per(ios0, irqs0),
+        per(ios1, irqs1)
+    ));
+    if ios1 == 0 {
+        return Err("no I/O completed with coalescing on".into());
+    }
+    if per(ios1, irqs1) < IRQ_COALESCED_MIN_PER_IRQ {
+        return Err(format!(
+            "with Interrupt Coalescing of 8 entries: {:.1} I/Os per interrupt, want >= {IRQ_COALESCED_MIN_PER_IRQ}",
+            per(ios1, irqs1)
+        ));
+    }
+    Ok(())
+}
+
+/// Set Features Interrupt Coalescing (08h) on `d`'s controller, CDW11 = `value`, and
+/// check that Get Features reads it back.
+pub(super) fn set_interrupt_coalescing(d: &Found, value: u32) -> Result<(), String> {
+    let ctrl = d
+        .ctrl
+        .as_deref()
+        .ok_or_else(|| format!("{} has no NVMe controller", d.info.name))?;
+    let dev = format!("/dev/{ctrl}");
+    run_tool(
+        "nvme",
+        &[
+            "set-feature",
+            &dev,
+            "--feature-id=8",
+            &format!("--value={value}"),
+        ],
+    )?;
+    let got = get_feature(&dev, 8)?;
+    if got != value {
+        return Err(format!(
+            "{dev}: Interrupt Coalescing set to {value:#x}, reads back {got:#x}"
+        ));
+    }
+    Ok(())
+}
+
+/// Get Features `fid` (current value) on controller `dev`: its CQE dword 0.
+fn get_feature(dev: &str, fid: u8) -> Result<u32, String> {
+    let out = run_tool(
+        "nvme",
+        &["get-feature", dev, &format!("--feature-id={fid}")],
+    )?;
+    let text = String::from_utf8_lossy(&out);
+    // "get-feature:0x08 (Interrupt Coalescing), Current value:0x00000107"
+    let v = text
+        .split("Current value:")
+        .nth(1)
+        .map(|t| t.split_whitespace().next().unwrap_or_default())
+        .ok_or_else(|| format!("nvme get-feature {dev} -f {fid}: {:.200}", text.trim()))?;
+    let (digits, radix) = match v.strip_prefix("0x") {
+        Some(h) => (h, 16),
+        None => (v, 10),
+    };
+    u32::from_str_radix(digits, radix)
+        .map_err(|e| format!("nvme get-feature {dev} -f {fid}: {v:?}: {e}"))
+}
+
 const VLOG_LEN: usize = 64 * 1024;
 
 /// The vendor log page 0xC0 of controller `ctrl` as JSON (nvme-cli's get-log).
