@@ -121,7 +121,7 @@ const METRICS: &[Metric] = &[
     metric(
         "rr4k_qd32_coalesced_iops",
         "IOPS",
-        "rr4k_qd32 with Interrupt Coalescing set on both controllers (Set Features 08h: 8 entries / 100 µs; QEMU's NVMe stores it, does not apply it)",
+        "rr4k_qd32 with Interrupt Coalescing asked of both controllers (Set Features 08h: 8 entries / 100 µs); QEMU's NVMe refuses it (Feature Not Changeable) and runs as in rr4k_qd32",
         PREAD4K,
     ),
     metric(

@@ -86,9 +86,10 @@ pub struct RunArgs {
     #[arg(long = "qemu-arg", allow_hyphen_values = true)]
     pub qemu_args: Vec<String>,
     /// Extra guest kernel command line (e.g. `nvme.use_cmb_sqes=0`; module.param=value
-    /// words are passed to insmod by the guest's /init).
+    /// words are passed to insmod by the guest's /init). Repeatable: the words of every
+    /// `--append` go in, in order, after the topology's.
     #[arg(long)]
-    pub append: Option<String>,
+    pub append: Vec<String>,
     /// The guest runner binary (static p2plab-guest; default $P2PLAB_GUEST_RUNNER, else
     /// the cargo target dir's x86_64-unknown-linux-gnu/release/p2plab-guest).
     #[arg(long)]
@@ -493,10 +494,9 @@ pub fn run_main(args: RunArgs) -> Result<i32> {
 
     // --- kernel command line
     let mut cmdline = base_cmdline(args.verbose, accel);
-    for extra in [
-        topo.machine.cmdline.as_str(),
-        args.append.as_deref().unwrap_or(""),
-    ] {
+    for extra in
+        std::iter::once(topo.machine.cmdline.as_str()).chain(args.append.iter().map(String::as_str))
+    {
         if !extra.trim().is_empty() {
             cmdline.push(' ');
             cmdline.push_str(extra.trim());
