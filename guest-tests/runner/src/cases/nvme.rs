@@ -379,11 +379,10 @@ const IRQ_COALESCED_MIN_PER_IRQ: f64 = 24.0;
 const IRQ_COALESCED_TIME_S: f64 = 0.0255;
 
 /// fio 4 KiB randread at QD 32 on `ns` for 1 s, pinned to CPU 0 (so one I/O queue and
-/// one vector carry it all): (I/Os, interrupts of `ctrl`'s I/O queues, seconds between
-/// the two interrupt counts).
+/// one vector carry it all): (I/Os, interrupts of `ctrl`'s I/O queues, seconds fio spent
+/// reading).
 fn qd32_ios_per_irq(ns: &str, ctrl: &str) -> Result<(u64, u64, f64), String> {
     let before = io_queue_interrupts(ctrl)?;
-    let t = Instant::now();
     let v = fio_json(&[
         "--name=irq-coalescing",
         &format!("--filename={ns}"),
@@ -402,7 +401,6 @@ fn qd32_ios_per_irq(ns: &str, ctrl: &str) -> Result<(u64, u64, f64), String> {
         "--output-format=json",
     ])?;
     let irqs = io_queue_interrupts(ctrl)? - before;
-    let secs = t.elapsed().as_secs_f64();
     let job = &v["jobs"][0];
     if job["error"].as_i64() != Some(0) {
         return Err(format!("fio randread QD 32: error {}", job["error"]));
@@ -410,7 +408,10 @@ fn qd32_ios_per_irq(ns: &str, ctrl: &str) -> Result<(u64, u64, f64), String> {
     let ios = job["read"]["total_ios"]
         .as_u64()
         .ok_or("fio JSON has no read.total_ios")?;
-    Ok((ios, irqs, secs))
+    let ms = job["read"]["runtime"]
+        .as_f64()
+        .ok_or("fio JSON has no read.runtime")?;
+    Ok((ios, irqs, ms / 1000.0))
 }
 
 /// irq-coalescing: the controller applies Interrupt Coalescing. Linux never sets it;
@@ -441,8 +442,9 @@ pub fn irq_coalescing(ctx: &mut Ctx) -> Result<(), String> {
         ));
     }
     // THR is never reached, so each interrupt ends a 25.5 ms hold that began with the
-    // first entry after the one before: at most one per 25.5 ms (+ the last, + slack).
-    let most = (secs / IRQ_COALESCED_TIME_S).floor() as u64 + 3;
+    // first entry after the one before: at most one per 25.5 ms of reading (+ the I/Os
+    // still in flight when fio stops, + slack). Without coalescing: 180–850 a second.
+    let most = (secs / IRQ_COALESCED_TIME_S).floor() as u64 + 5;
     if irqs1 > most {
         return Err(format!(
             "with Interrupt Coalescing TIME 25.5 ms: {irqs1} interrupts in {secs:.2} s, want <= {most}"
