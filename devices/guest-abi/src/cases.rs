@@ -249,7 +249,7 @@ case_table! {
     },
     IrqCoalescing = "irq-coalescing" {
         when: Any, roles: [Client], tools: [Fio], needs: [P2plabClient],
-        description: "Set Features Interrupt Coalescing (THR 255, TIME 25.5 ms) on the client: fio 4 KiB randread at QD 32 on CPU 0 completes, at least 24 I/Os per interrupt of its I/O queues (/proc/interrupts; 3-17 without) and at most one interrupt per 25.5 ms of reading (+5); off again after",
+        description: "Set Features Interrupt Coalescing (THR 255, TIME 25.5 ms) on the client: fio 4 KiB randread at QD 32 on CPU 0 completes, at least 24 I/Os per interrupt of its I/O queues (/proc/interrupts; 3-20 without) and at most one interrupt per 25.5 ms of reading (+5); off again after",
     },
     NvmeNvmeCopy = "nvme-nvme-copy" {
         when: Any, roles: [Client, Peer], tools: [], needs: [P2plabClient, P2plabPeer],

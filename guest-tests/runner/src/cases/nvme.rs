@@ -373,7 +373,7 @@ fn io_queue_interrupts(ctrl: &str) -> Result<u64, String> {
 const IRQ_COALESCING: u32 = 0xffff;
 /// The fewest I/Os per interrupt [`irq_coalescing`] accepts with it: QD 32 less room for
 /// the run's start and end (~40 interrupts in a 1 s run). Without coalescing a TCG guest
-/// sees 3–17.
+/// sees 3–20 (the most under two CPU hogs and two parallel rows).
 const IRQ_COALESCED_MIN_PER_IRQ: f64 = 24.0;
 /// [`IRQ_COALESCING`]'s TIME in seconds.
 const IRQ_COALESCED_TIME_S: f64 = 0.0255;
