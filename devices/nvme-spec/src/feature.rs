@@ -96,6 +96,19 @@ pub struct InterruptCoalescing {
     __: u16,
 }
 
+impl InterruptCoalescing {
+    /// (completion entries per interrupt, longest delay); `None` when THR or TIME is 0,
+    /// which turns coalescing off.
+    pub fn aggregation(self) -> Option<(u32, std::time::Duration)> {
+        (self.thr() != 0 && self.time() != 0).then(|| {
+            (
+                u32::from(self.thr()) + 1,
+                std::time::Duration::from_micros(100 * u64::from(self.time())),
+            )
+        })
+    }
+}
+
 /// Interrupt Vector Configuration, CDW11 (§5.21.1.9, Figure 288).
 #[bitfield(u32)]
 pub struct InterruptVectorConfiguration {

@@ -61,12 +61,6 @@ impl Features {
     /// Interrupt Coalescing as (completion entries per interrupt, longest delay); `None`
     /// when THR or TIME is 0, which turns coalescing off (§5.21.1.8).
     pub fn coalescing(&self) -> Option<(u32, Duration)> {
-        let c = InterruptCoalescing::from_bits(self.interrupt_coalescing);
-        (c.thr() != 0 && c.time() != 0).then(|| {
-            (
-                u32::from(c.thr()) + 1,
-                Duration::from_micros(100 * u64::from(c.time())),
-            )
-        })
+        InterruptCoalescing::from_bits(self.interrupt_coalescing).aggregation()
     }
 }

@@ -18,6 +18,7 @@ use super::nvme::fio_json;
 use super::Ctx;
 use crate::devices::{Found, Role};
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
+use nvme_spec::feature::InterruptCoalescing;
 use std::time::Instant;
 
 const LEN: usize = 64 * MIB;
@@ -566,10 +567,13 @@ fn fio_figures(ctx: &mut Ctx, sides: &[Side]) -> Result<(), String> {
     report_sides(ctx, sides, "rr4k_qd1_p99_us", "us", &p99, |s| {
         format!("{}: clat p99", what(s))
     });
-    let v = paired(sides, |_, s| {
-        let sec = fio_job(&s.ns, "rr4k_qd32", "io_uring", "randread", "4k", 32)?;
-        num(&sec, &["iops"], "IOPS")
-    })?;
+    let qd32 = |name: &str| {
+        paired(sides, |_, s| {
+            let sec = fio_job(&s.ns, name, "io_uring", "randread", "4k", 32)?;
+            num(&sec, &["iops"], "IOPS")
+        })
+    };
+    let v = qd32("rr4k_qd32")?;
     report_sides(ctx, sides, "rr4k_qd32_iops", "IOPS", &v, |s| {
         format!("fio 4 KiB randread, io_uring QD 32, {}", span(s))
     });
@@ -591,19 +595,12 @@ fn fio_figures(ctx: &mut Ctx, sides: &[Side]) -> Result<(), String> {
             }
         }
     }
-    let v = paired(sides, |_, s| {
-        let sec = fio_job(
-            &s.ns,
-            "rr4k_qd32_coalesced",
-            "io_uring",
-            "randread",
-            "4k",
-            32,
-        )?;
-        num(&sec, &["iops"], "IOPS")
-    });
+    let v = qd32("rr4k_qd32_coalesced");
     restore_coalescing(sides, &taken)?;
-    let (entries, us) = ((COALESCING & 0xff) + 1, ((COALESCING >> 8) & 0xff) * 100);
+    let (entries, time) = COALESCING
+        .aggregation()
+        .ok_or("COALESCING turns coalescing off")?;
+    let us = time.as_micros();
     let refused: Vec<&str> = sides
         .iter()
         .zip(&taken)
@@ -623,13 +620,16 @@ fn fio_figures(ctx: &mut Ctx, sides: &[Side]) -> Result<(), String> {
 
 /// Interrupt Coalescing for [`fio_figures`]' coalesced row (CDW11 of Set Features 08h):
 /// THR 7 (8 completion entries per interrupt, 0's based), TIME 1 (100 µs).
-const COALESCING: u32 = 0x0107;
+const COALESCING: InterruptCoalescing = InterruptCoalescing::new().with_thr(7).with_time(1);
 
 /// Interrupt Coalescing off again on the sides that took it (`taken[i]`).
 fn restore_coalescing(sides: &[Side], taken: &[bool]) -> Result<(), String> {
     let mut r = Ok(());
     for (s, _) in sides.iter().zip(taken).filter(|(_, t)| **t) {
-        r = r.and(super::nvme::set_interrupt_coalescing(&s.client, 0));
+        r = r.and(super::nvme::set_interrupt_coalescing(
+            &s.client,
+            InterruptCoalescing::new(),
+        ));
     }
     r
 }

@@ -126,6 +126,7 @@ pub fn cmb_p2pmem(ctx: &mut Ctx) -> Result<(), String> {
 
 use crate::devices::{Found, Role};
 use crate::mem::{direct_io, open_direct, Mapping, MIB};
+use nvme_spec::feature::InterruptCoalescing;
 use std::time::Instant;
 
 const CMB_READ_OFF: u64 = 64 << 20;
@@ -370,13 +371,11 @@ fn io_queue_interrupts(ctrl: &str) -> Result<u64, String> {
 /// and carries every I/O in flight: the host cannot submit more before it sees them,
 /// and 25.5 ms is long enough for a TCG guest on a loaded host to have resubmitted all
 /// 32 (at 2 ms the suite under CI-like load saw 23–27 per interrupt).
-const IRQ_COALESCING: u32 = 0xffff;
+const IRQ_COALESCING: InterruptCoalescing = InterruptCoalescing::new().with_thr(255).with_time(255);
 /// The fewest I/Os per interrupt [`irq_coalescing`] accepts with it: QD 32 less room for
 /// the run's start and end (~40 interrupts in a 1 s run). Without coalescing a TCG guest
 /// sees 3–20 (the most under two CPU hogs and two parallel rows).
 const IRQ_COALESCED_MIN_PER_IRQ: f64 = 24.0;
-/// [`IRQ_COALESCING`]'s TIME in seconds.
-const IRQ_COALESCED_TIME_S: f64 = 0.0255;
 
 /// fio 4 KiB randread at QD 32 on `ns` for 1 s, pinned to CPU 0 (so one I/O queue and
 /// one vector carry it all): (I/Os, interrupts of `ctrl`'s I/O queues, seconds fio spent
@@ -421,10 +420,13 @@ fn qd32_ios_per_irq(ns: &str, ctrl: &str) -> Result<(u64, u64, f64), String> {
 pub fn irq_coalescing(ctx: &mut Ctx) -> Result<(), String> {
     let (c, _bdf, ns) = nvme_role(ctx, Role::Client)?;
     let ctrl = c.ctrl.clone().ok_or("client has no controller")?;
+    let (_, time) = IRQ_COALESCING
+        .aggregation()
+        .ok_or("IRQ_COALESCING turns coalescing off")?;
     let (ios0, irqs0, _) = qd32_ios_per_irq(&ns, &ctrl)?;
     set_interrupt_coalescing(c, IRQ_COALESCING)?;
     let coalesced = qd32_ios_per_irq(&ns, &ctrl);
-    set_interrupt_coalescing(c, 0)?;
+    set_interrupt_coalescing(c, InterruptCoalescing::new())?;
     let (ios1, irqs1, secs) = coalesced?;
     let per = |ios: u64, irqs: u64| ios as f64 / irqs.max(1) as f64;
     ctx.diag(&format!(
@@ -444,7 +446,7 @@ pub fn irq_coalescing(ctx: &mut Ctx) -> Result<(), String> {
     // THR is never reached, so each interrupt ends a 25.5 ms hold that began with the
     // first entry after the one before: at most one per 25.5 ms of reading (+ the I/Os
     // still in flight when fio stops, + slack). Without coalescing: 225–4,200 a second.
-    let most = (secs / IRQ_COALESCED_TIME_S).floor() as u64 + 5;
+    let most = (secs / time.as_secs_f64()).floor() as u64 + 5;
     if irqs1 > most {
         return Err(format!(
             "with Interrupt Coalescing TIME 25.5 ms: {irqs1} interrupts in {secs:.2} s, want <= {most}"
@@ -455,7 +457,11 @@ pub fn irq_coalescing(ctx: &mut Ctx) -> Result<(), String> {
 
 /// Set Features Interrupt Coalescing (08h) on `d`'s controller, CDW11 = `value`, and
 /// check that Get Features reads it back.
-pub(super) fn set_interrupt_coalescing(d: &Found, value: u32) -> Result<(), String> {
+pub(super) fn set_interrupt_coalescing(
+    d: &Found,
+    value: InterruptCoalescing,
+) -> Result<(), String> {
+    let value = value.into_bits();
     let ctrl = d
         .ctrl
         .as_deref()
