@@ -125,6 +125,18 @@ const METRICS: &[Metric] = &[
         PREAD4K,
     ),
     metric(
+        "rr4k_qd1_polled_iops",
+        "IOPS",
+        "fio 4 KiB randread, io_uring QD 1 polled (--hipri on the driver's poll queue, nvme.poll_queues=1: no interrupts)",
+        PREAD4K,
+    ),
+    metric(
+        "rr4k_qd32_polled_iops",
+        "IOPS",
+        "fio 4 KiB randread, io_uring QD 32 polled (--hipri on the driver's poll queue)",
+        PREAD4K,
+    ),
+    metric(
         "seq128k_read",
         "MiB/s",
         "fio 128 KiB sequential read, io_uring QD 8",
@@ -1039,6 +1051,8 @@ mod tests {
                 "rr4k_qd1_p99_us",
                 "rr4k_qd32_iops",
                 "rr4k_qd32_coalesced_iops",
+                "rr4k_qd1_polled_iops",
+                "rr4k_qd32_polled_iops",
                 "seq128k_read",
                 "seq128k_write",
                 "p2p_read",
