@@ -1,5 +1,6 @@
 use super::*;
 use p2plab_memory::memfd_create;
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 const MIB: u64 = 1 << 20;
@@ -12,6 +13,11 @@ const CMB_BAR: u64 = 0x81_0000_0000;
 /// A client with fd-backed RAM at 0..16 MiB and a relayed range at RELAY_BASE.
 struct FakeClient {
     ram: Arc<MmapRegion>,
+    /// The RAM map is there (`unmap_ram` takes it away, as a DMA_UNMAP would).
+    ram_mapped: AtomicBool,
+    /// The RAM map takes device writes.
+    ram_writable: AtomicBool,
+    generation: Arc<AtomicU64>,
     relayed: Mutex<Vec<(bool, u64, usize)>>,
     relay_mem: Mutex<Vec<u8>>,
 }
@@ -21,16 +27,32 @@ impl FakeClient {
         let f = memfd_create("ram", RAM_LEN).unwrap();
         Arc::new(Self {
             ram: Arc::new(MmapRegion::new(Arc::new(f), 0, RAM_LEN as usize, true).unwrap()),
+            ram_mapped: AtomicBool::new(true),
+            ram_writable: AtomicBool::new(true),
+            generation: Arc::default(),
             relayed: Mutex::default(),
             relay_mem: Mutex::new(vec![0; 0x40000]),
         })
     }
+
+    /// The RAM map goes (or comes back), as the client's maps change.
+    fn map_ram(&self, mapped: bool) {
+        self.ram_mapped.store(mapped, Relaxed);
+        self.generation.fetch_add(1, Release);
+    }
+
+    fn in_ram(&self, addr: u64) -> bool {
+        self.ram_mapped.load(Relaxed) && addr < RAM_BASE + RAM_LEN
+    }
 }
 
 impl HostMemory for FakeClient {
-    fn resolve(&self, addr: BusAddr, len: u64, _write: bool) -> Result<(HostRoute, u64), DmaError> {
+    fn resolve(&self, addr: BusAddr, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError> {
         let addr = addr.0;
-        if addr < RAM_BASE + RAM_LEN {
+        if self.in_ram(addr) {
+            if write && !self.ram_writable.load(Relaxed) {
+                return Err(DmaError::ReadOnly { addr });
+            }
             Ok((
                 HostRoute::Mapped {
                     region: self.ram.clone(),
@@ -43,6 +65,26 @@ impl HostMemory for FakeClient {
         } else {
             Err(DmaError::Unmapped { addr, len })
         }
+    }
+    fn map_at(&self, addr: BusAddr) -> Option<HostMap> {
+        let (start, len, route) = if self.in_ram(addr.0) {
+            let region = self.ram.clone();
+            (RAM_BASE, RAM_LEN, HostRoute::Mapped { region, offset: 0 })
+        } else if (RELAY_BASE..RELAY_BASE + 0x40000).contains(&addr.0) {
+            (RELAY_BASE, 0x40000, HostRoute::Relay)
+        } else {
+            return None;
+        };
+        Some(HostMap {
+            start,
+            len,
+            readable: true,
+            writable: start != RAM_BASE || self.ram_writable.load(Relaxed),
+            route,
+        })
+    }
+    fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
     }
     fn relay_read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
         let addr = addr.0;
@@ -312,4 +354,116 @@ fn concurrent_traffic_counts_exactly() {
             ops: 400
         }
     );
+}
+
+#[test]
+fn cached_routes_follow_a_moved_window() {
+    let l = lab();
+    let port = l.fabric.port(l.nvme);
+    for _ in 0..3 {
+        port.write(BusAddr(GPU_BAR + 64), &[1; 64]).unwrap();
+    }
+    const MOVED: u64 = 0x90_0000_0000;
+    l.fabric.set_bar_window(l.gpu, 2, Some((MOVED, 8 * MIB)));
+    assert!(matches!(
+        port.write(BusAddr(GPU_BAR + 64), &[2; 64]),
+        Err(DmaError::Unmapped { .. })
+    ));
+    port.write(BusAddr(MOVED + 128), &[3; 64]).unwrap();
+    let mut b = [0u8; 64];
+    l.vram.read(64, &mut b).unwrap();
+    assert_eq!(b, [1; 64], "the write to the old address went nowhere");
+    l.vram.read(128, &mut b).unwrap();
+    assert_eq!(b, [3; 64]);
+    let c = l.fabric.snapshot();
+    assert_eq!(dev(&c, "nvme0").dma.peers["gpu0"].write_bytes, 4 * 64);
+    assert_eq!(dev(&c, "gpu0").inbound.peers["nvme0"].write_bytes, 4 * 64);
+    assert_eq!(dev(&c, "nvme0").dma.faults.write_bytes, 64);
+}
+
+#[test]
+fn cached_routes_follow_the_client_s_maps() {
+    let l = lab();
+    let port = l.fabric.port(l.gpu);
+    let mut b = [0u8; 8];
+    for _ in 0..3 {
+        port.read(BusAddr(0x3000), &mut b).unwrap();
+    }
+    l.client.map_ram(false);
+    assert!(matches!(
+        port.read(BusAddr(0x3000), &mut b),
+        Err(DmaError::Unmapped { .. })
+    ));
+    l.client.map_ram(true);
+    port.read(BusAddr(0x3000), &mut b).unwrap();
+    // A different client: its maps, not the old one's.
+    l.fabric.set_client(l.gpu, None);
+    assert!(port.read(BusAddr(0x3000), &mut b).is_err());
+    let g = l.fabric.snapshot();
+    let g = dev(&g, "gpu0");
+    assert_eq!(g.dma.host_memory.read_bytes, 4 * 8);
+    assert_eq!(g.dma.faults.read_bytes, 2 * 8);
+}
+
+#[test]
+fn cached_routes_keep_permissions_and_bus_master() {
+    let l = lab();
+    l.client.ram_writable.store(false, Relaxed);
+    l.client.map_ram(true);
+    let port = l.fabric.port(l.gpu);
+    let mut b = [0u8; 8];
+    port.read(BusAddr(0x5000), &mut b).unwrap();
+    port.read(BusAddr(0x5000), &mut b).unwrap();
+    assert_eq!(
+        port.write(BusAddr(0x5000), &b),
+        Err(DmaError::ReadOnly { addr: 0x5000 })
+    );
+    l.fabric.set_bus_master(l.gpu, false);
+    assert_eq!(
+        port.read(BusAddr(0x5000), &mut b),
+        Err(DmaError::BusMasterDisabled)
+    );
+    // Its own BAR needs no bus master, cached or not.
+    let own = l.fabric.port(l.gpu);
+    own.write(BusAddr(GPU_BAR), &[1]).unwrap();
+    own.write(BusAddr(GPU_BAR), &[1]).unwrap();
+}
+
+#[test]
+fn cached_routes_hold_no_mapping_alive() {
+    let l = lab();
+    let port = l.fabric.port(l.nvme);
+    let mut b = [0u8; 8];
+    for a in [0x1000, 0x2000, GPU_BAR, CMB_BAR, RELAY_BASE] {
+        port.read(BusAddr(a), &mut b).unwrap();
+        port.read(BusAddr(a), &mut b).unwrap();
+    }
+    assert_eq!(Arc::strong_count(&l.client.ram), 1);
+    let client: Arc<dyn HostMemory> = l.client.clone();
+    l.fabric.set_client(l.nvme, None);
+    l.fabric.set_client(l.gpu, None);
+    assert_eq!(Arc::strong_count(&client), 2, "the lab's and this one");
+}
+
+#[test]
+fn a_range_between_windows_stops_at_the_next_window() {
+    // RAM reaches up to RAM_LEN; a window placed inside it takes its addresses from
+    // the host route cached below it.
+    let l = lab();
+    let port = l.fabric.port(l.nvme);
+    let mut b = [0u8; 8];
+    port.read(BusAddr(0x1000), &mut b).unwrap();
+    l.fabric
+        .set_bar_window(l.gpu, 2, Some((0x80_0000, 8 * MIB)));
+    port.write(BusAddr(0x80_0000), &[4; 8]).unwrap();
+    port.write(BusAddr(0x1000), &[5; 8]).unwrap();
+    // A transfer across the window's start: RAM, then VRAM.
+    port.write(BusAddr(0x80_0000 - 8), &[6; 16]).unwrap();
+    let mut v = [0u8; 8];
+    l.vram.read(0, &mut v).unwrap();
+    assert_eq!(v, [6; 8]);
+    let c = l.fabric.snapshot();
+    let n = dev(&c, "nvme0");
+    assert_eq!(n.dma.peers["gpu0"].write_bytes, 16);
+    assert_eq!(n.dma.host_memory.write_bytes, 16);
 }

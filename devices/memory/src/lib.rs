@@ -37,7 +37,7 @@ mod mmap;
 pub mod route;
 mod seal;
 pub use mmap::{memfd_create, MmapRegion};
-pub use route::{HostMemory, HostRoute, Piece, Pieces};
+pub use route::{HostMap, HostMemory, HostRoute, Piece, Pieces};
 pub use seal::{memfd_create_sealed, seal_against_shrink, seals, SIZE_SEALS};
 
 /// A bus address (guest physical address) as seen by a DMA master.

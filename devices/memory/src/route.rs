@@ -4,6 +4,7 @@
 
 use crate::{bounce_from_file, bounce_to_file, BusAddr, DmaError, MmapRegion};
 use std::fs::File;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// Where guest memory at a bus address lives, as the client (QEMU) described it.
@@ -28,11 +29,30 @@ impl std::fmt::Debug for HostRoute {
     }
 }
 
+/// One whole DMA map of a client ([`HostMemory::map_at`]), for caches of routes.
+#[derive(Clone, Debug)]
+pub struct HostMap {
+    /// Its bus range.
+    pub start: u64,
+    pub len: u64,
+    pub readable: bool,
+    pub writable: bool,
+    /// Where `start` lives (a mapped route's offset grows with the address).
+    pub route: HostRoute,
+}
+
 /// Guest memory as one client connection maps it (implemented by the vfio-user
 /// server's DMA map table; the fabric routes to it after the BAR windows).
 pub trait HostMemory: Send + Sync {
     /// The map containing `addr` and how many bytes from `addr` stay inside it (<= len).
     fn resolve(&self, addr: BusAddr, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError>;
+    /// The whole map containing `addr`, or None. A caller that keeps it must hold
+    /// [`HostMemory::generation`]'s value read before the lookup and drop the map when
+    /// the counter moves; it must not keep the region alive (the client waits for a
+    /// removed map's users before it answers the unmap).
+    fn map_at(&self, addr: BusAddr) -> Option<HostMap>;
+    /// A counter the client bumps after every change to its maps (map, unmap, clear).
+    fn generation(&self) -> Arc<AtomicU64>;
     /// The client reads guest memory at `addr` into `buf` for us.
     fn relay_read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError>;
     /// The client writes `data` to guest memory at `addr` for us.

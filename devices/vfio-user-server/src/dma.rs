@@ -19,13 +19,13 @@
 use crate::link::Link;
 use crate::Errno;
 use p2plab_memory::{
-    route, BusAddr, DmaError, DmaSpace, HostMemory, HostRoute, MmapRegion, Piece, Pieces,
+    route, BusAddr, DmaError, DmaSpace, HostMap, HostMemory, HostRoute, MmapRegion, Piece, Pieces,
 };
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use vfio_user_proto::wire::DmaAccess;
@@ -69,6 +69,8 @@ pub struct DmaMapInfo {
 pub struct ClientDma {
     link: Arc<Link>,
     maps: RwLock<BTreeMap<u64, MapEntry>>,
+    /// Bumped after every change to `maps`, under its lock ([`HostMemory::generation`]).
+    generation: Arc<AtomicU64>,
     max_maps: AtomicUsize,
     unmap_wait: Duration,
     layout: DmaRwLayout,
@@ -94,6 +96,7 @@ impl ClientDma {
         ClientDma {
             link,
             maps: RwLock::new(BTreeMap::new()),
+            generation: Arc::default(),
             max_maps: AtomicUsize::new(max_maps),
             unmap_wait,
             layout,
@@ -268,6 +271,7 @@ impl ClientDma {
                 checked_file,
             },
         );
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -325,10 +329,12 @@ impl ClientDma {
     pub(crate) fn remove(&self, iova: u64, size: u64) -> Result<(), Errno> {
         let e = {
             let mut maps = self.write_maps();
-            match maps.get(&iova) {
+            let e = match maps.get(&iova) {
                 Some(e) if e.size == size => maps.remove(&iova),
                 _ => None,
-            }
+            };
+            self.generation.fetch_add(1, Ordering::Release);
+            e
         };
         let e = e.ok_or(Errno::EINVAL)?;
         self.retire(iova, e);
@@ -337,7 +343,11 @@ impl ClientDma {
 
     /// DMA_UNMAP with the ALL flag, and disconnect.
     pub(crate) fn clear(&self) {
-        let all = std::mem::take(&mut *self.write_maps());
+        let all = {
+            let mut maps = self.write_maps();
+            self.generation.fetch_add(1, Ordering::Release);
+            std::mem::take(&mut *maps)
+        };
         for (iova, e) in all {
             self.retire(iova, e);
         }
@@ -428,6 +438,26 @@ impl Pieces for ClientDma {
 impl HostMemory for ClientDma {
     fn resolve(&self, addr: BusAddr, len: u64, write: bool) -> Result<(HostRoute, u64), DmaError> {
         ClientDma::resolve(self, addr.0, len, write)
+    }
+    fn map_at(&self, addr: BusAddr) -> Option<HostMap> {
+        let maps = self.read_maps();
+        let (&start, e) = maps.range(..=addr.0).next_back()?;
+        (addr.0 - start < e.size).then(|| HostMap {
+            start,
+            len: e.size,
+            readable: e.flags & DMA_MAP_FLAG_READ != 0,
+            writable: e.flags & DMA_MAP_FLAG_WRITE != 0,
+            route: match &e.backing {
+                Some((region, delta)) => HostRoute::Mapped {
+                    region: region.clone(),
+                    offset: *delta,
+                },
+                None => HostRoute::Relay,
+            },
+        })
+    }
+    fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
     }
     fn relay_read(&self, addr: BusAddr, buf: &mut [u8]) -> Result<(), DmaError> {
         ClientDma::relay_read(self, addr.0, buf)
