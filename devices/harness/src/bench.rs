@@ -161,6 +161,12 @@ const METRICS: &[Metric] = &[
         PREAD_MEMFD,
     ),
     metric(
+        "p2p_read_qd8_polled",
+        "MiB/s",
+        "p2p_read_qd8 with its completions polled (io_uring IOPOLL on the driver's poll queue: no interrupts, no sleeping reader)",
+        PREAD_MEMFD,
+    ),
+    metric(
         "p2p_read_mcpu",
         "MiB/s",
         "NVMe → provider p2pmem, io_uring READ 1 MiB, 8 in flight from each guest CPU (the guest's per-request work on both vCPUs)",
@@ -1057,6 +1063,7 @@ mod tests {
                 "seq128k_write",
                 "p2p_read",
                 "p2p_read_qd8",
+                "p2p_read_qd8_polled",
                 "p2p_read_mcpu",
                 "uring_dmabuf_read",
                 "p2p_write",

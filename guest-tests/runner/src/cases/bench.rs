@@ -350,6 +350,19 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
             report_sides(ctx, &sides, "p2p_read_qd8", "MiB/s", &v, |s| {
                 uring_what(s, "")
             });
+            // The same, completions polled from the driver's poll queue (no interrupts,
+            // no sleeping reader), when every side's namespace has one.
+            if sides.iter().all(|s| io_poll(&s.ns)) {
+                let ring = super::uring::Ring::new_polled(super::uring::DEPTH * 2)?;
+                let v = paired_verified_reads(&sides, &p2p, |s, m| {
+                    ring.transfer(&s.file, m, 0, false)
+                })?;
+                report_sides(ctx, &sides, "p2p_read_qd8_polled", "MiB/s", &v, |s| {
+                    uring_what(s, ", polled (IOPOLL)")
+                });
+            } else {
+                ctx.diag("p2p_read_qd8_polled not measured: a namespace without poll queues");
+            }
             // And on every CPU at once (the guest's per-request work is the limit): each
             // CPU's thread reads its slice with DEPTH in flight on its own ring.
             // (A power of two: the slices stay whole 1 MiB requests.)

@@ -23,6 +23,9 @@ const SEED: u64 = 0x7572_696e;
 const OP_READ: u8 = 22;
 const OP_WRITE: u8 = 23;
 const ENTER_GETEVENTS: u32 = 1;
+/// `IORING_SETUP_IOPOLL`: completions are polled from the device's queue (O_DIRECT files
+/// on a block queue with poll queues), no interrupts.
+const SETUP_IOPOLL: u32 = 1;
 const OFF_SQ_RING: i64 = 0;
 const OFF_CQ_RING: i64 = 0x800_0000;
 const OFF_SQES: i64 = 0x1000_0000;
@@ -155,7 +158,20 @@ pub(super) struct Ring {
 
 impl Ring {
     pub(super) fn new(entries: u32) -> Result<Ring, String> {
-        let mut p = Params::default();
+        Self::with_flags(entries, 0)
+    }
+
+    /// A ring whose completions are polled (`IORING_SETUP_IOPOLL`): `enter` with a wait
+    /// polls the device's completion queue instead of sleeping for an interrupt.
+    pub(super) fn new_polled(entries: u32) -> Result<Ring, String> {
+        Self::with_flags(entries, SETUP_IOPOLL)
+    }
+
+    fn with_flags(entries: u32, flags: u32) -> Result<Ring, String> {
+        let mut p = Params {
+            flags,
+            ..Default::default()
+        };
         // SAFETY: io_uring_setup reads and fills `p`, a live io_uring_params.
         let fd = unsafe {
             libc::syscall(
