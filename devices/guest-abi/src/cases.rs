@@ -251,6 +251,10 @@ case_table! {
         when: Any, roles: [Client], tools: [Fio], needs: [P2plabClient],
         description: "Set Features Interrupt Coalescing (THR 255, TIME 25.5 ms) on the client: fio 4 KiB randread at QD 32 on CPU 0 completes, at least 24 I/Os per interrupt of its I/O queues (/proc/interrupts; 3-20 without) and at most one interrupt per 25.5 ms of reading (+5); off again after",
     },
+    PolledIo = "polled-io" {
+        when: Any, roles: [Client], tools: [Fio], needs: [P2plabClient],
+        description: "the driver's poll queue on the client (nvme.poll_queues=1 at run time, applied by a controller reset): its CQ has no interrupt; fio io_uring --hipri writes and xxhash-verifies 16 MiB through it while none of the controller's vectors fires; the boot's setting (and another reset) after",
+    },
     NvmeNvmeCopy = "nvme-nvme-copy" {
         when: Any, roles: [Client, Peer], tools: [], needs: [P2plabClient, P2plabPeer],
         description: "client namespace -> peer NVMe CMB p2pmem -> peer namespace (64 MiB, like p2pmem-test), read back and verified",

@@ -58,6 +58,7 @@ pub fn body(id: CaseId) -> fn(&mut Ctx) -> Result<(), String> {
         CaseId::VendorLog => nvme::vendor_log_case,
         CaseId::FioVerify => nvme::fio_verify,
         CaseId::IrqCoalescing => nvme::irq_coalescing,
+        CaseId::PolledIo => nvme::polled_io,
         CaseId::NvmeNvmeCopy => nvme::nvme_nvme_copy,
         CaseId::P2pHostBridge => nvme::p2p_host_bridge,
         CaseId::PciConfig => pci::config,

@@ -340,6 +340,12 @@ fn run_tool(prog: &str, args: &[&str]) -> Result<Vec<u8>, String> {
 /// Interrupts taken so far by controller `ctrl`'s I/O queues (`<ctrl>q1`, `<ctrl>q2`, …
 /// in /proc/interrupts, every CPU's column).
 fn io_queue_interrupts(ctrl: &str) -> Result<u64, String> {
+    queue_interrupts(ctrl, false)
+}
+
+/// Interrupts taken so far on the vectors of `ctrl`'s queues (`<ctrl>qN` lines of
+/// /proc/interrupts, all CPUs): the I/O queues', and the admin queue's (q0) with `admin`.
+fn queue_interrupts(ctrl: &str, admin: bool) -> Result<u64, String> {
     let text = std::fs::read_to_string("/proc/interrupts")
         .map_err(|e| format!("/proc/interrupts: {e}"))?;
     let ncpus = text
@@ -351,9 +357,9 @@ fn io_queue_interrupts(ctrl: &str) -> Result<u64, String> {
     for line in text.lines() {
         let mut words = line.split_whitespace();
         let name = words.clone().last().unwrap_or_default();
-        let is_io_queue = name
-            .strip_prefix(&prefix)
-            .is_some_and(|q| q != "0" && !q.is_empty() && q.bytes().all(|b| b.is_ascii_digit()));
+        let is_io_queue = name.strip_prefix(&prefix).is_some_and(|q| {
+            (admin || q != "0") && !q.is_empty() && q.bytes().all(|b| b.is_ascii_digit())
+        });
         if !is_io_queue {
             continue;
         }
@@ -450,6 +456,116 @@ pub fn irq_coalescing(ctx: &mut Ctx) -> Result<(), String> {
     if irqs1 > most {
         return Err(format!(
             "with Interrupt Coalescing TIME 25.5 ms: {irqs1} interrupts in {secs:.2} s, want <= {most}"
+        ));
+    }
+    Ok(())
+}
+
+/// What [`polled_io`] writes and verifies through the poll queue.
+const POLLED_SIZE: u64 = 16 << 20;
+/// The NVMe driver's poll-queue count (read at each controller reset).
+const POLL_QUEUES: &str = "/sys/module/nvme/parameters/poll_queues";
+
+/// polled-io: the driver's poll queues work on the controller. Linux creates a poll
+/// queue's CQ without interrupts (IEN 0, IV 0) and reaps it by reading it; io_uring's
+/// IOPOLL (fio `--hipri`) sends its I/O there. The driver sizes its queue maps when it
+/// binds, so the case rebinds the client with one poll queue, has fio write and verify
+/// 16 MiB polled while none of the controller's vectors may fire (a device that
+/// signalled a CQ with IEN 0 would show on vector 0, the admin queue's; I/O that went
+/// to an interrupt-driven queue on its vector), and rebinds it with the boot's setting.
+pub fn polled_io(ctx: &mut Ctx) -> Result<(), String> {
+    let c = ctx.env.role(Role::Client)?.clone();
+    let boot = std::fs::read_to_string(POLL_QUEUES)
+        .map_err(|e| format!("{POLL_QUEUES}: {e}"))?
+        .trim()
+        .to_string();
+    let polled = rebind_with_poll_queues(&c, "1").and_then(|d| {
+        let ctrl = d.ctrl.clone().unwrap_or_default();
+        let ns = d.ns.clone().unwrap_or_default();
+        polled_fio(ctx, &ctrl, &ns)
+    });
+    let back = rebind_with_poll_queues(&c, &boot).and_then(|d| {
+        // The run's other cases use the names found at boot.
+        if d.ctrl != c.ctrl || d.ns != c.ns {
+            return Err(format!(
+                "the client came back as {:?} {:?}, the run's other cases use {:?} {:?}",
+                d.ctrl, d.ns, c.ctrl, c.ns
+            ));
+        }
+        Ok(())
+    });
+    polled.and(back)
+}
+
+/// Unbind the controller `c` from nvme, set the driver's poll-queue count to `n`, bind
+/// it again, and wait for its namespace; the namespace must take polled I/O iff n > 0.
+fn rebind_with_poll_queues(c: &Found, n: &str) -> Result<Found, String> {
+    use super::pci::{driver_of, rediscover, write_sysfs};
+    let bdf = c.bdf.as_deref().ok_or("client has no PCI address")?;
+    if driver_of(bdf).as_deref() == Some("nvme") {
+        write_sysfs(&format!("/sys/bus/pci/devices/{bdf}/driver/unbind"), bdf)?;
+    }
+    let set = write_sysfs(POLL_QUEUES, n);
+    write_sysfs("/sys/bus/pci/drivers/nvme/bind", bdf)?;
+    set?;
+    let d = rediscover(&c.info)?;
+    let ns = d.ns.as_deref().unwrap_or_default();
+    let name = ns.rsplit('/').next().unwrap_or(ns);
+    let io_poll = super::pci::read_sysfs(&format!("/sys/class/block/{name}/queue/io_poll"))?;
+    if (io_poll == "1") != (n != "0") {
+        return Err(format!(
+            "{ns} rebound with poll_queues={n}: queue/io_poll reads {io_poll}"
+        ));
+    }
+    Ok(d)
+}
+
+/// fio random writes + verify of [`POLLED_SIZE`] on `ns`, all polled; no interrupt of
+/// `ctrl` may come meanwhile.
+fn polled_fio(ctx: &mut Ctx, ctrl: &str, ns: &str) -> Result<(), String> {
+    let before = queue_interrupts(ctrl, true)?;
+    let t = Instant::now();
+    let v = fio_json(&[
+        "--name=polled-io",
+        &format!("--filename={ns}"),
+        "--direct=1",
+        "--ioengine=io_uring",
+        "--hipri",
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=8",
+        &format!("--offset={FIO_OFF}"),
+        &format!("--size={POLLED_SIZE}"),
+        "--verify=xxhash",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--verify_backlog=0",
+        "--output-format=json",
+    ])?;
+    let irqs = queue_interrupts(ctrl, true)?.saturating_sub(before);
+    let job = &v["jobs"][0];
+    let err = job["error"]
+        .as_i64()
+        .ok_or("fio JSON has no jobs[0].error")?;
+    let wb = job["write"]["io_bytes"].as_u64().unwrap_or(0);
+    let rb = job["read"]["io_bytes"].as_u64().unwrap_or(0);
+    ctx.diag(&format!(
+        "{ns} polled (io_uring --hipri, QD 8, 4 KiB): wrote {} MiB, verified {} MiB, error {err}, {irqs} interrupts of {ctrl} meanwhile, {:.1} s",
+        wb >> 20,
+        rb >> 20,
+        t.elapsed().as_secs_f64()
+    ));
+    if err != 0 {
+        return Err(format!("fio --hipri: error {err}"));
+    }
+    if wb < POLLED_SIZE || rb < POLLED_SIZE {
+        return Err(format!(
+            "fio --hipri: wrote {wb} and verified {rb} bytes, want >= {POLLED_SIZE} each"
+        ));
+    }
+    if irqs != 0 {
+        return Err(format!(
+            "{irqs} interrupts of {ctrl} during polled I/O (its poll queue's CQ has IEN 0; nothing else ran on it)"
         ));
     }
     Ok(())
