@@ -525,44 +525,23 @@ fn rebind_with_poll_queues(c: &Found, n: &str) -> Result<Found, String> {
 fn polled_fio(ctx: &mut Ctx, ctrl: &str, ns: &str) -> Result<(), String> {
     let before = queue_interrupts(ctrl, true)?;
     let t = Instant::now();
-    let v = fio_json(&[
-        "--name=polled-io",
-        &format!("--filename={ns}"),
-        "--direct=1",
-        "--ioengine=io_uring",
-        "--hipri",
-        "--rw=randwrite",
-        "--bs=4k",
-        "--iodepth=8",
-        &format!("--offset={FIO_OFF}"),
-        &format!("--size={POLLED_SIZE}"),
-        "--verify=xxhash",
-        "--do_verify=1",
-        "--verify_fatal=1",
-        "--verify_backlog=0",
-        "--output-format=json",
-    ])?;
+    let f = FioVerify::run(
+        "polled-io",
+        ns,
+        &["--ioengine=io_uring", "--hipri"],
+        "4k",
+        8,
+        POLLED_SIZE,
+    )?;
     let irqs = queue_interrupts(ctrl, true)?.saturating_sub(before);
-    let job = &v["jobs"][0];
-    let err = job["error"]
-        .as_i64()
-        .ok_or("fio JSON has no jobs[0].error")?;
-    let wb = job["write"]["io_bytes"].as_u64().unwrap_or(0);
-    let rb = job["read"]["io_bytes"].as_u64().unwrap_or(0);
     ctx.diag(&format!(
-        "{ns} polled (io_uring --hipri, QD 8, 4 KiB): wrote {} MiB, verified {} MiB, error {err}, {irqs} interrupts of {ctrl} meanwhile, {:.1} s",
-        wb >> 20,
-        rb >> 20,
+        "{ns} polled (io_uring --hipri, QD 8, 4 KiB): wrote {} MiB, verified {} MiB, error {}, {irqs} interrupts of {ctrl} meanwhile, {:.1} s",
+        f.wrote >> 20,
+        f.verified >> 20,
+        f.err,
         t.elapsed().as_secs_f64()
     ));
-    if err != 0 {
-        return Err(format!("fio --hipri: error {err}"));
-    }
-    if wb < POLLED_SIZE || rb < POLLED_SIZE {
-        return Err(format!(
-            "fio --hipri: wrote {wb} and verified {rb} bytes, want >= {POLLED_SIZE} each"
-        ));
-    }
+    f.check("fio --hipri", POLLED_SIZE)?;
     if irqs != 0 {
         return Err(format!(
             "{irqs} interrupts of {ctrl} during polled I/O (its poll queue's CQ has IEN 0; nothing else ran on it)"
@@ -747,47 +726,95 @@ pub fn fio_verify(ctx: &mut Ctx) -> Result<(), String> {
     let (_c, _bdf, ns) = nvme_role(ctx, Role::Client)?;
     for (qd, bs) in [(1u32, "64k"), (32, "16k")] {
         let t = Instant::now();
-        let v = fio_json(&[
-            &format!("--name=verify-qd{qd}"),
-            &format!("--filename={ns}"),
-            "--direct=1",
-            "--ioengine=libaio",
-            "--rw=randwrite",
-            &format!("--bs={bs}"),
-            &format!("--iodepth={qd}"),
-            &format!("--offset={FIO_OFF}"),
-            &format!("--size={FIO_SIZE}"),
-            "--verify=xxhash",
-            "--do_verify=1",
-            "--verify_fatal=1",
-            "--verify_backlog=0",
-            "--output-format=json",
-        ])?;
-        let job = &v["jobs"][0];
-        let err = job["error"]
-            .as_i64()
-            .ok_or("fio JSON has no jobs[0].error")?;
-        let wb = job["write"]["io_bytes"].as_u64().unwrap_or(0);
-        let rb = job["read"]["io_bytes"].as_u64().unwrap_or(0);
-        let wbw = job["write"]["bw"].as_u64().unwrap_or(0) / 1024;
-        let rbw = job["read"]["bw"].as_u64().unwrap_or(0) / 1024;
-        let wiops = job["write"]["iops"].as_f64().unwrap_or(0.0);
+        let f = FioVerify::run(
+            &format!("verify-qd{qd}"),
+            &ns,
+            &["--ioengine=libaio"],
+            bs,
+            qd,
+            FIO_SIZE,
+        )?;
         ctx.diag(&format!(
-            "fio QD{qd} bs {bs}: wrote {} MiB ({wbw} MiB/s, {wiops:.0} IOPS), verified {} MiB ({rbw} MiB/s), error {err}, {:.1} s",
-            wb >> 20,
-            rb >> 20,
+            "fio QD{qd} bs {bs}: wrote {} MiB ({} MiB/s, {:.0} IOPS), verified {} MiB ({} MiB/s), error {}, {:.1} s",
+            f.wrote >> 20,
+            f.write_mibs,
+            f.write_iops,
+            f.verified >> 20,
+            f.read_mibs,
+            f.err,
             t.elapsed().as_secs_f64()
         ));
-        if err != 0 {
-            return Err(format!("fio QD{qd}: error {err}"));
-        }
-        if wb < FIO_SIZE || rb < FIO_SIZE {
-            return Err(format!(
-                "fio QD{qd}: wrote {wb} and verified {rb} bytes, want >= {FIO_SIZE} each"
-            ));
-        }
+        f.check(&format!("fio QD{qd}"), FIO_SIZE)?;
     }
     Ok(())
+}
+
+/// A fio random-write + xxhash-verify job's figures ([`FioVerify::run`]).
+struct FioVerify {
+    err: i64,
+    wrote: u64,
+    verified: u64,
+    write_mibs: u64,
+    read_mibs: u64,
+    write_iops: f64,
+}
+
+impl FioVerify {
+    /// fio randwrite of `size` bytes at [`FIO_OFF`] of `ns` (O_DIRECT, `bs`, QD `qd`,
+    /// `engine` arguments), every block verified after (xxhash, fatal).
+    fn run(
+        name: &str,
+        ns: &str,
+        engine: &[&str],
+        bs: &str,
+        qd: u32,
+        size: u64,
+    ) -> Result<Self, String> {
+        let mut args = vec![
+            format!("--name={name}"),
+            format!("--filename={ns}"),
+            "--direct=1".into(),
+            "--rw=randwrite".into(),
+            format!("--bs={bs}"),
+            format!("--iodepth={qd}"),
+            format!("--offset={FIO_OFF}"),
+            format!("--size={size}"),
+            "--verify=xxhash".into(),
+            "--do_verify=1".into(),
+            "--verify_fatal=1".into(),
+            "--verify_backlog=0".into(),
+            "--output-format=json".into(),
+        ];
+        args.extend(engine.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v = fio_json(&args)?;
+        let job = &v["jobs"][0];
+        let n = |dir: &str, k: &str| job[dir][k].as_u64().unwrap_or(0);
+        Ok(FioVerify {
+            err: job["error"]
+                .as_i64()
+                .ok_or("fio JSON has no jobs[0].error")?,
+            wrote: n("write", "io_bytes"),
+            verified: n("read", "io_bytes"),
+            write_mibs: n("write", "bw") / 1024,
+            read_mibs: n("read", "bw") / 1024,
+            write_iops: job["write"]["iops"].as_f64().unwrap_or(0.0),
+        })
+    }
+
+    /// The job failed, or wrote or verified less than `size`: an error naming `what`.
+    fn check(&self, what: &str, size: u64) -> Result<(), String> {
+        if self.err != 0 {
+            return Err(format!("{what}: error {}", self.err));
+        }
+        if self.wrote < size || self.verified < size {
+            return Err(format!(
+                "{what}: wrote {} and verified {} bytes, want >= {size} each",
+                self.wrote, self.verified
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// nvme-nvme-copy: client namespace → peer's CMB (p2pmem) → peer namespace, verified by
