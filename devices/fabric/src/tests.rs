@@ -467,3 +467,61 @@ fn a_range_between_windows_stops_at_the_next_window() {
     assert_eq!(n.dma.peers["gpu0"].write_bytes, 16);
     assert_eq!(n.dma.host_memory.write_bytes, 16);
 }
+
+#[test]
+fn a_shared_port_counts_every_byte_while_its_routes_change() {
+    // Four threads on one port (one cache) write to the GPU's BAR and to RAM while a
+    // fifth moves the window away and back and unmaps and remaps the RAM: every byte is
+    // counted exactly once, as moved (peer on both ends, or host memory) or as a fault.
+    let l = Arc::new(lab());
+    let port = l.fabric.port(l.nvme);
+    const WRITES: u64 = 2000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (l, stop) = (l.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Relaxed) {
+                let away = n.is_multiple_of(2);
+                l.fabric
+                    .set_bar_window(l.gpu, 2, (!away).then_some((GPU_BAR, 8 * MIB)));
+                l.client.map_ram(!away);
+                n += 1;
+                std::thread::yield_now();
+            }
+            l.fabric.set_bar_window(l.gpu, 2, Some((GPU_BAR, 8 * MIB)));
+            l.client.map_ram(true);
+        })
+    };
+    let writers: Vec<_> = (0..4u64)
+        .map(|i| {
+            let port = port.clone();
+            std::thread::spawn(move || {
+                for j in 0..WRITES {
+                    let off = (i * WRITES + j) % 1024 * 64;
+                    let a = if j.is_multiple_of(2) {
+                        GPU_BAR + off
+                    } else {
+                        off
+                    };
+                    let _ = port.write(BusAddr(a), &[0x5a; 64]);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, Relaxed);
+    churn.join().unwrap();
+    let c = l.fabric.snapshot();
+    let n = dev(&c, "nvme0");
+    let moved = n.dma.peers["gpu0"].write_bytes + n.dma.host_memory.write_bytes;
+    assert_eq!(moved + n.dma.faults.write_bytes, 4 * WRITES * 64);
+    assert_eq!(
+        n.dma.peers["gpu0"].write_bytes,
+        dev(&c, "gpu0").inbound.peers["nvme0"].write_bytes
+    );
+    assert_eq!(n.dma.self_, DirSnapshot::default());
+    assert_eq!(n.dma.client_relay, DirSnapshot::default());
+}
