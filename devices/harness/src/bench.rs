@@ -179,6 +179,12 @@ const METRICS: &[Metric] = &[
         PREAD_MEMFD,
     ),
     metric(
+        "uring_dmabuf_read_polled",
+        "MiB/s",
+        "uring_dmabuf_read with its completions polled (io_uring IOPOLL on the driver's poll queue)",
+        PREAD_MEMFD,
+    ),
+    metric(
         "p2p_write",
         "MiB/s",
         "provider p2pmem → NVMe, O_DIRECT 1 MiB writes",
@@ -1066,6 +1072,7 @@ mod tests {
                 "p2p_read_qd8_polled",
                 "p2p_read_mcpu",
                 "uring_dmabuf_read",
+                "uring_dmabuf_read_polled",
                 "p2p_write",
                 "p2p_read_bounce2m",
                 "p2p_write_bounce2m",

@@ -435,14 +435,40 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), String> {
     if ours.provider.info.kind == p2plab_guest_abi::DeviceKind::Gpu {
         let gpu = super::gpu::Gpu::open(&ours.provider)?;
         let (ns, pname) = (ours.ns.clone(), ours.provider.info.name.clone());
-        match super::uring_dmabuf::bench_read(&ns, 0, &gpu, 768 << 20, LEN, SAMPLES)? {
-            Ok(v) => report(
-                ctx,
-                "uring_dmabuf_read",
-                "MiB/s",
-                &v,
-                &format!("io_uring READ_FIXED {ns} -> {pname} VRAM dma-buf, 1 MiB QD 8"),
-            ),
+        let what = format!("io_uring READ_FIXED {ns} -> {pname} VRAM dma-buf, 1 MiB QD 8");
+        match super::uring_dmabuf::bench_read(&ns, 0, &gpu, 768 << 20, LEN, SAMPLES, false)? {
+            Ok(v) => {
+                report(ctx, "uring_dmabuf_read", "MiB/s", &v, &what);
+                // The same on a polled ring (the driver's poll queue), as p2p_read_qd8_polled.
+                if !io_poll(&ns) {
+                    ctx.diag(
+                        "uring_dmabuf_read_polled not measured: a namespace without poll queues",
+                    );
+                } else {
+                    // A kernel whose series refuses polled READ_FIXED says so here and
+                    // the row is left out; the interrupt-driven row above stands.
+                    match super::uring_dmabuf::bench_read(
+                        &ns,
+                        0,
+                        &gpu,
+                        768 << 20,
+                        LEN,
+                        SAMPLES,
+                        true,
+                    ) {
+                        Ok(Ok(v)) => report(
+                            ctx,
+                            "uring_dmabuf_read_polled",
+                            "MiB/s",
+                            &v,
+                            &format!("{what}, polled (IOPOLL)"),
+                        ),
+                        Ok(Err(why)) | Err(why) => {
+                            ctx.diag(&format!("uring_dmabuf_read_polled not measured: {why}"))
+                        }
+                    }
+                }
+            }
             Err(why) => ctx.diag(&format!("uring_dmabuf_read not measured: {why}")),
         }
     }

@@ -82,7 +82,11 @@ const SLOTS: u32 = 4;
 
 /// A ring with a sparse fixed-buffer table.
 fn sparse_ring(depth: u32) -> Result<Ring, String> {
-    let ring = Ring::new(depth)?;
+    sparse_ring_with(Ring::new(depth)?)
+}
+
+/// [`sparse_ring`]'s table on `ring` (e.g. a polled one).
+fn sparse_ring_with(ring: Ring) -> Result<Ring, String> {
     let mut reg = RsrcRegister {
         nr: SLOTS,
         flags: IORING_RSRC_REGISTER_SPARSE,
@@ -807,11 +811,12 @@ fn pattern_zero_digest(len: usize) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// `p2plab bench`'s `uring_dmabuf_read`: `samples` passes of `len` bytes of 1 MiB
-/// READ_FIXED at QD 8 from `ns` (at `ns_off`, already written) into a dma-buf of `gpu`'s
-/// VRAM at `vram_off`, each in MiB/s; the first map happens in a warm-up pass that is not
-/// counted. `Ok(None)`: the kernel lacks the series (the probe's answer is returned in
-/// the `Err` of the inner result for the caller's note).
+/// `p2plab bench`'s `uring_dmabuf_read` (`polled`: `uring_dmabuf_read_polled`, the ring
+/// set up with `IORING_SETUP_IOPOLL`, for a namespace with poll queues): `samples`
+/// passes of `len` bytes of 1 MiB READ_FIXED at QD 8 from `ns` (at `ns_off`, already
+/// written) into a dma-buf of `gpu`'s VRAM at `vram_off`, each in MiB/s; the first map
+/// happens in a warm-up pass that is not counted. An inner `Err`: the kernel lacks the
+/// series (the probe's answer, for the caller's note).
 pub(super) fn bench_read(
     ns: &str,
     ns_off: u64,
@@ -819,6 +824,7 @@ pub(super) fn bench_read(
     vram_off: u64,
     len: usize,
     samples: usize,
+    polled: bool,
 ) -> Result<Result<Vec<f64>, String>, String> {
     if let Err(why) = probe() {
         return Ok(Err(why));
@@ -827,7 +833,11 @@ pub(super) fn bench_read(
     let dmabuf = gpu
         .export_dmabuf(vram_off, len as u64)
         .map_err(|e| format!("{} EXPORT_DMABUF: {e}", gpu.dev))?;
-    let ring = sparse_ring(32)?;
+    let ring = if polled {
+        sparse_ring_with(Ring::new_polled(32)?)?
+    } else {
+        sparse_ring(32)?
+    };
     update(&ring, 0, &dmabuf_desc(dmabuf.as_raw_fd(), f.as_raw_fd()))
         .map_err(|e| format!("registering the dma-buf for {ns}: {e}"))?;
     let reqs = chunks(false, ns_off, 0, len, MIB);
